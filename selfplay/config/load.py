@@ -1,0 +1,123 @@
+"""Load a recipe: YAML file + ``--set key=value`` overrides -> validated :class:`RunConfig`.
+
+Errors are collected (not first-only) and each line names the field path, the bad value and what is
+allowed, e.g. ``train.beta: must be greater than 0 (got -1)``. Override values are parsed as YAML, so
+``--set train.beta=0.2``, ``--set generation.stop=['\\n']`` and ``--set policy.path=null`` all work;
+an override of an unknown key is the same "unknown field" error as a typo in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from selfplay.config.schema import RunConfig
+
+_UNION_SECTIONS = {"task", "judge"}
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run. ``problems`` holds one ``"field.path: message"`` line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid recipe {source}:\n{lines}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.loss.beta=0.2"`` -> (["train", "loss", "beta"], 0.2)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", [f"{item!r}: expected key.path=value, e.g. train.beta=0.2"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", [f"{key}: cannot parse value {raw!r} ({exc.problem})"]) from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError("--set", [f"{'.'.join(path)}: {where} is {child!r}, not a section"])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_loc(loc: tuple, data: dict[str, Any]) -> str:
+    parts = [str(p) for p in loc]
+    # Discriminated unions put the tag in the location ("judge.reward_model.path"): drop it.
+    if len(parts) > 1 and parts[0] in _UNION_SECTIONS:
+        tag = (data.get(parts[0]) or {}).get("type") if isinstance(data.get(parts[0]), dict) else None
+        if parts[1] == tag:
+            parts.pop(1)
+    return ".".join(parts)
+
+
+def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        path = _format_loc(err["loc"], data)
+        msg = err["msg"]
+        kind = err["type"]
+        if kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            # Section validators write "field: message"; join it onto the section path.
+            head, sep, rest = msg.partition(": ")
+            if sep and head.replace("_", "").replace(".", "").isalnum() and " " not in head:
+                path = f"{path}.{head}" if path else head
+                msg = rest
+        elif kind == "extra_forbidden":
+            msg = "unknown field (check the spelling; `selfplay schema` lists the fields)"
+        elif kind == "union_tag_invalid":
+            msg = msg.replace("Input tag", "type").replace("found using 'type' does not match", "is not")
+        elif kind == "missing":
+            msg = "required field is missing"
+        if kind not in ("missing", "extra_forbidden", "union_tag_invalid") and "input" in err:
+            if not isinstance(err["input"], dict):
+                msg = f"{msg} (got {err['input']!r})"
+        problems.append(f"{path or '<recipe>'}: {msg}")
+    return problems
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a recipe (a YAML path or an already-parsed dict), applying ``--set`` overrides."""
+    if isinstance(source, dict):
+        name, data = "<dict>", dict(source)
+    else:
+        name = str(source)
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(name, [f"recipe file not found: {path}"])
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(name, [f"<recipe>: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(name, [f"<recipe>: expected a mapping of sections, got {type(data).__name__}"])
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(name, format_errors(exc, data)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The fully resolved recipe as YAML (written into every run's manifest)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Tiers: pure math (no fixtures), tiny real models, real Ray/vLLM/DeepSpeed.
+
+Heavy engines are imported inside fixtures so that collecting the pure tiers stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from selfplay.env import setup_env
+
+setup_env(threads=int(os.environ.get("SELFPLAY_TEST_THREADS", "2")))
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama policy with a character tokenizer, built offline (no hub)."""
+    from selfplay.models import build_policy
+
+    return build_policy(tmp_path_factory.mktemp("models") / "nano", preset="nano", tokenizer="char", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole session (starting Ray costs ~6 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
