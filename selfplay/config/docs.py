@@ -41,7 +41,8 @@ def _walk(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
             lines.append(f"{path}: section. {doc}".rstrip())
             for sub in nested:
                 tag = sub.model_fields.get("type")
-                sub_prefix = f"{path}[type={typing.get_args(tag.annotation)[0]}]." if tag and len(nested) > 1 else f"{path}."
+                union = tag is not None and len(nested) > 1
+                sub_prefix = f"{path}[type={typing.get_args(tag.annotation)[0]}]." if union else f"{path}."
                 _walk(sub, sub_prefix, lines)
             continue
         default = "required" if field.default is PydanticUndefined else f"default {field.default!r}"

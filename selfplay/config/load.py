@@ -8,6 +8,7 @@ an override of an unknown key is the same "unknown field" error as a typo in the
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,27 @@ def _format_loc(loc: tuple, data: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
+def _field_paths(model=None, prefix: str = "") -> list[str]:
+    from selfplay.config.docs import _models_in
+
+    out = []
+    for name, field in (model or RunConfig).model_fields.items():
+        out.append(prefix + name)
+        for sub in _models_in(field.annotation):
+            out.extend(_field_paths(sub, f"{prefix}{name}."))
+    return sorted(set(out))
+
+
+def _suggest(path: str) -> str:
+    paths = _field_paths()
+    leaf = path.rsplit(".", 1)[-1]
+    same_leaf = [p for p in paths if p.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(path, paths, n=2, cutoff=0.75)
+    if close:
+        return f"; did you mean {' or '.join(close[:2])}?"
+    return " (`selfplay schema` lists the fields)"
+
+
 def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -82,14 +104,14 @@ def format_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
                 path = f"{path}.{head}" if path else head
                 msg = rest
         elif kind == "extra_forbidden":
-            msg = "unknown field (check the spelling; `selfplay schema` lists the fields)"
+            msg = "unknown field" + _suggest(path)
         elif kind == "union_tag_invalid":
             msg = msg.replace("Input tag", "type").replace("found using 'type' does not match", "is not")
         elif kind == "missing":
             msg = "required field is missing"
-        if kind not in ("missing", "extra_forbidden", "union_tag_invalid") and "input" in err:
-            if not isinstance(err["input"], dict):
-                msg = f"{msg} (got {err['input']!r})"
+        shows_input = kind not in ("missing", "extra_forbidden", "union_tag_invalid") and "input" in err
+        if shows_input and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
         problems.append(f"{path or '<recipe>'}: {msg}")
     return problems
 

@@ -60,22 +60,34 @@ class PolicyConfig(Section):
 # ----------------------------------------------------------------------------------------------- task
 class ArithmeticTaskConfig(Section):
     type: Literal["arithmetic"]
-    level: Annotated[int, Field(ge=1, le=5)] = 1
-    """Difficulty level (see selfplay/tasks/arithmetic.py for the digit/operator table)."""
-    graded: bool = False
+    level: Annotated[int, Field(ge=1, le=6)] = 1
+    """Difficulty: 1 = 1-2 digit +, 2 = 2-digit +/-, 3 = 3-digit +/-, 4 = adds 2x1-digit *, 5, 6 harder."""
+    partial_credit: bool = False
     """Give partial credit per correct digit instead of 0/1."""
+    chat: bool = False
+    """Give prompts as chat messages instead of plain text."""
 
 
 class SortingTaskConfig(Section):
     type: Literal["sorting"]
     min_len: PositiveInt = 3
     """Fewest numbers in a list."""
-    max_len: PositiveInt = 5
+    max_len: PositiveInt = 6
     """Most numbers in a list."""
     max_value: PositiveInt = 99
     """Largest number that appears."""
-    graded: bool = False
+    descending: bool = False
+    """Sort in descending order."""
+    partial_credit: bool = False
     """Score the fraction of positions right instead of 0/1."""
+    chat: bool = False
+    """Give prompts as chat messages instead of plain text."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SortingTaskConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len: {self.min_len} is larger than max_len {self.max_len}")
+        return self
 
 
 class DatasetTaskConfig(Section):
@@ -86,6 +98,8 @@ class DatasetTaskConfig(Section):
     """Column holding the prompt: plain text or a list of chat messages."""
     reference_column: str | None = None
     """Optional column with a reference answer (needed by the `sft` judge and the warm start)."""
+    id_column: str | None = None
+    """Optional column with stable prompt ids (default: a hash of the prompt)."""
     eval_path: str | None = None
     """Separate held-out file; when absent, `eval_fraction` of `path` is held out (seeded)."""
     eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05

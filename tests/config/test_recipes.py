@@ -54,7 +54,7 @@ def test_overrides_set_nested_values_with_yaml_types():
         [
             "train.loss.beta=0.2",
             "train.loss.type=ipo",
-            "generation.stop=['\\n', '.']",
+            'generation.stop=["\\n", "."]',  # YAML double quotes interpret the escape
             "train.zero_stage=3",
             "generation.backend=hf",
         ],
@@ -88,7 +88,7 @@ _DELETE = object()
 
 # (field path to break, bad value, substrings the message must contain)
 BROKEN = [
-    ("train.beta", 0.2, ["train.beta", "unknown field"]),  # beta lives under train.loss
+    ("train.beta", 0.2, ["train.beta", "unknown field", "did you mean train.loss.beta"]),
     ("train.loss.beta", -1, ["train.loss.beta", "greater than 0", "-1"]),
     ("train.loss.type", "dpoo", ["train.loss.type", "'dpoo'", "sigmoid", "simpo"]),
     ("train.loss.params", {"gamma": 1.0}, ["train.loss.params", "gamma", "label_smoothing"]),
@@ -100,7 +100,7 @@ BROKEN = [
     ("generation.top_k", 0, ["generation.top_k", "-1 to disable"]),
     ("judge.type", "oracle", ["judge", "oracle", "verifier", "reward_model"]),
     ("judge", {"type": "reward_model"}, ["judge.path", "required"]),
-    ("task.level", 9, ["task.level", "less than or equal to 5", "9"]),
+    ("task.level", 9, ["task.level", "less than or equal to 6", "9"]),
     ("task", _DELETE, ["task", "required"]),
     ("policy", {"preset": "nano", "path": "/models/x"}, ["policy", "exactly one"]),
     ("policy.preset", "huge", ["policy.preset", "huge", "'nano'"]),

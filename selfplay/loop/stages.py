@@ -1,0 +1,220 @@
+"""The stages of one iteration. Each reads its input artifact from the iteration directory, writes its
+output atomically and returns a small dict of facts that the manifest records (and status shows).
+
+Which weights each actor holds is derived from the run directory, never remembered: the policy that
+*generates* in iteration k is iteration k-1's ``policy/`` (or the initial one), and the policy that
+*trains* in iteration k starts from the same directory. That is what makes every stage resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from selfplay.loop.rundir import read_parquet, replace_dir, write_json, write_parquet
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def brief(info: dict[str, Any]) -> str:
+    keys = ("samples", "pairs", "mean_score", "loss", "reward_accuracy", "accuracy", "win_rate", "max_diff")
+    parts = [f"{k}={info[k]:.4g}" if isinstance(info[k], float) else f"{k}={info[k]}" for k in keys if k in info]
+    return " ".join(parts)
+
+
+def initial_policy(rt) -> Path:
+    return Path(rt.rd.manifest.get("initial_policy") or rt.rd.initial_dir / "policy")
+
+
+def policy_before(rt, k: int) -> Path:
+    """The policy iteration ``k`` generates with and starts training from."""
+    return rt.rd.iter_dir(k - 1) / "policy" if k > 0 else initial_policy(rt)
+
+
+def sample_prompts(rt, k: int) -> list:
+    """Iteration k's training prompts: slice k of a seeded permutation of the task's training split,
+    so iterations see disjoint prompts until the split is used up (then it wraps around)."""
+    per_iter = rt.cfg.generation.prompts_per_iteration
+    pool = rt.task.train_examples(None, seed=rt.cfg.seed)
+    if not pool:
+        raise ValueError("the task returned no training prompts")
+    order = list(range(len(pool)))
+    random.Random(rt.cfg.seed).shuffle(order)
+    start = (k * per_iter) % len(pool)
+    return [pool[order[(start + i) % len(pool)]] for i in range(min(per_iter, len(pool)))]
+
+
+def _examples_by_id(examples) -> dict[str, Any]:
+    return {ex.id: ex for ex in examples}
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(rt) -> dict[str, Any]:
+    """The starting policy (a preset built offline, or a local checkpoint), its warm start, its eval."""
+    from selfplay.models import build_policy, check_model_dir
+
+    cfg = rt.cfg
+    target = rt.rd.initial_dir / "policy"
+    if cfg.policy.preset is not None:
+        base = build_policy(rt.rd.initial_dir / "base", preset=cfg.policy.preset, tokenizer=cfg.policy.tokenizer,
+                            seed=cfg.seed, overwrite=True)
+    else:
+        base = check_model_dir(cfg.policy.path)
+    info: dict[str, Any] = {}
+    if cfg.policy.warmstart is not None:
+        ws = cfg.policy.warmstart
+        examples = rt.task.train_examples(ws.examples, seed=cfg.seed + 7919)
+        learners = rt.learners(base)
+        info["warmstart"] = learners.sft_round(examples, ws)
+        learners.save_hf(target)
+        rt.rd.manifest["initial_policy"] = str(target)
+    else:
+        rt.rd.manifest["initial_policy"] = str(base)
+    rt.rd.save()
+    info.update(evaluate_policy(rt, initial_policy(rt), version=0, out_dir=rt.rd.initial_dir))
+    return info
+
+
+# ----------------------------------------------------------------------------------------- the stages
+
+
+def generate(rt, k: int, prompts: list) -> dict[str, Any]:
+    from selfplay.loop.records import generations_table
+
+    it = rt.rd.iter_dir(k)
+    pool = rt.generators(policy_before(rt, k), version=k)
+    pool.expect_version(k)
+    sampling = rt.sampling(seed=rt.cfg.seed * 100_003 + k)
+    completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations")
+    table = generations_table(prompts, completions, iteration=k, policy_version=k)
+    write_parquet(it / "generations.parquet", table)
+    tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
+    return {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def judge(rt, k: int) -> dict[str, Any]:
+    from selfplay.judges import judge_table
+
+    it = rt.rd.iter_dir(k)
+    generations = read_parquet(it / "generations.parquet")
+    examples = _examples_by_id(sample_prompts(rt, k))
+    judgments, stats = judge_table(generations, rt.judge, examples)
+    write_parquet(it / "judgments.parquet", judgments)
+    return stats
+
+
+def build_pairs(rt, k: int) -> dict[str, Any]:
+    from selfplay.pairs import build_pairs as make_pairs
+    from selfplay.pairs import mix_previous
+
+    it = rt.rd.iter_dir(k)
+    if rt.cfg.task.type == "pairs":
+        pairs = rt.task.pairs_table(iteration=k)
+        stats = {"pairs": pairs.num_rows, "source": "dataset"}
+    else:
+        judgments = read_parquet(it / "judgments.parquet")
+        pairs, stats = make_pairs(judgments, rt.cfg.pairing, rt.cfg.pairing_strategy, seed=rt.cfg.seed + k)
+        if rt.cfg.pairing.mix_previous > 0 and k > 0:
+            previous = read_parquet(rt.rd.iter_dir(k - 1) / "pairs.parquet")
+            pairs = mix_previous(pairs, previous, rt.cfg.pairing.mix_previous, seed=rt.cfg.seed + k)
+            stats["mixed_in"] = pairs.num_rows - stats.get("pairs", 0)
+    if pairs.num_rows == 0:
+        raise ValueError(f"no preference pairs in iteration {k} ({json.dumps(stats, default=str)}); "
+                         "every prompt's samples tied: raise generation.n/temperature or lower pairing.min_margin")
+    write_parquet(it / "pairs.parquet", pairs)
+    return {**stats, "pairs": pairs.num_rows}
+
+
+def reference_logps(rt, k: int) -> dict[str, Any]:
+    """Reference log-probs for every pair, computed once and stored beside the pairs."""
+    it = rt.rd.iter_dir(k)
+    pairs = read_parquet(it / "pairs.parquet")
+    learners = rt.learners(policy_before(rt, k))
+    if rt.cfg.train.loss.reference_free:
+        write_parquet(it / "reference.parquet", pairs)
+        return {"skipped": "reference-free loss"}
+    ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" else None
+    table = learners.compute_reference(pairs, reference_dir=ref_dir)
+    write_parquet(it / "reference.parquet", table)
+    return {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
+
+
+def train(rt, k: int) -> dict[str, Any]:
+    it = rt.rd.iter_dir(k)
+    table = read_parquet(it / "reference.parquet")
+    learners = rt.learners(policy_before(rt, k))
+    ckpt = it / "checkpoint"
+    metrics = learners.train_round(table, rt.cfg.train, out_dir=it, checkpoint_dir=ckpt,
+                                   resume=ckpt.exists())
+    learners.save_checkpoint(ckpt)
+    return {key: metrics[key] for key in metrics if not isinstance(metrics[key], (list, dict))}
+
+
+def export(rt, k: int) -> dict[str, Any]:
+    it = rt.rd.iter_dir(k)
+    learners = rt.learners(policy_before(rt, k))
+    if learners.trained_iteration != k:  # resumed after a crash between train and export
+        learners.load_checkpoint(it / "checkpoint")
+    replace_dir(it / "policy", learners.save_hf)
+    return {"policy": str(it / "policy")}
+
+
+def sync(rt, k: int) -> dict[str, Any]:
+    it = rt.rd.iter_dir(k)
+    version = k + 1
+    if not rt.has_generators:  # resumed: start the generators directly on the exported policy
+        rt.generators(it / "policy", version=version)
+        return {"version": version, "method": "load from disk (resumed)"}
+    report = rt.push_weights(version)
+    return {"version": version, **report}
+
+
+def evaluate(rt, k: int) -> dict[str, Any]:
+    it = rt.rd.iter_dir(k)
+    info = evaluate_policy(rt, it / "policy", version=k + 1, out_dir=it)
+    train_info = rt.rd.stage_info(k, "train")
+    if "kl" in train_info:
+        info["kl"] = train_info["kl"]
+        write_json(it / "eval.json", {**json.loads((it / "eval.json").read_text()), "kl": train_info["kl"]})
+    return info
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path) -> dict[str, Any]:
+    """Held-out evaluation: task accuracy (verifier), win rate vs the initial policy, mean judge score."""
+    from selfplay.loop.evaluation import score_eval
+
+    n = rt.cfg.evaluation.num_prompts
+    if n == 0:
+        write_json(out_dir / "eval.json", {"version": version, "num_prompts": 0})
+        return {}
+    examples = rt.task.eval_examples(n, seed=rt.cfg.seed)
+    pool = rt.generators(policy_dir, version=version)
+    pool.expect_version(version)
+    sampling = rt.sampling(seed=rt.cfg.seed, eval_mode=True)
+    completions, _ = pool.generate(examples, sampling, shard_dir=None)
+    responses = [c[0].text for c in completions]
+    baseline = rt.rd.initial_dir / "eval_generations.parquet"
+    result, table = score_eval(rt, examples, responses, baseline if version > 0 else None)
+    result = {"version": version, "num_prompts": len(examples), **result}
+    write_parquet(out_dir / "eval_generations.parquet", table)
+    write_json(out_dir / "eval.json", result)
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def as_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows)

@@ -1,0 +1,64 @@
+"""``selfplay status``: one row per iteration from the manifest and each iteration's eval.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from selfplay.loop.rundir import STAGES, RunDir, RunDirError
+
+COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "kl", "seconds")
+
+
+def _eval(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    rd = RunDir(run_dir)
+    if not rd.exists:
+        raise RunDirError(f"{rd.root} has no manifest.json: not a selfplay run directory")
+    rows = []
+    if rd.manifest.get("prepared"):
+        ev = _eval(rd.initial_dir / "eval.json")
+        rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in COLUMNS[5:9]},
+                     "seconds": rd.manifest.get("prepare", {}).get("seconds")})
+    for key in sorted(rd.manifest.get("iterations", {}), key=int):
+        entry = rd.manifest["iterations"][key]
+        stages = entry.get("stages", {})
+        k = int(key)
+        pending = [s for s in STAGES if s not in stages]
+        state = "done" if entry.get("complete") else f"at {pending[0]}" if pending else "committing"
+        train = stages.get("train", {})
+        ev = _eval(rd.iter_dir(k) / "eval.json")
+        rows.append({
+            "iteration": k,
+            "state": state,
+            "pairs": stages.get("pairs", {}).get("pairs"),
+            "loss": train.get("loss"),
+            "reward_acc": train.get("reward_accuracy"),
+            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward", "kl")},
+            "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1),
+        })
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def status_table(run_dir: str | Path, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"selfplay run {Path(run_dir)}")
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for row in status_rows(run_dir):
+        table.add_row(*(_fmt(row.get(c)) for c in COLUMNS))
+    (console or Console()).print(table)
