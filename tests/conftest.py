@@ -12,7 +12,9 @@ import pytest
 
 from selfplay.env import setup_env
 
-setup_env(threads=int(os.environ.get("SELFPLAY_TEST_THREADS", "2")))
+# One torch thread in the test process: Ray actors and vLLM engines run beside it on 2 cores, and
+# oversubscribed threads were measured 5-10x slower here. SELFPLAY_TEST_THREADS overrides it.
+setup_env(threads=int(os.environ.get("SELFPLAY_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config, items):

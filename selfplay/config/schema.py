@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from selfplay.losses import LOSS_PARAMS, REFERENCE_FREE
+from selfplay.losses import KTO_PARAMS, LOSS_PARAMS, REFERENCE_FREE, TDPO_PARAMS, validate_loss_params
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -254,8 +254,6 @@ class PairingConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- train
 ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo"]))
-KTO_PARAMS = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
-TDPO_PARAMS = {"alpha": 0.5, "variant": 2}
 
 
 def loss_param_defaults(loss_type: str) -> dict[str, Any]:
@@ -283,6 +281,11 @@ class LossConfig(Section):
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
             raise ValueError(f"params: {unknown} not accepted by loss {self.type!r}; allowed: {names}")
+        if self.type in LOSS_PARAMS:  # ranges (e.g. robust's label_smoothing < 0.5) are the loss library's
+            try:
+                validate_loss_params(self.type, self.params)
+            except ValueError as exc:
+                raise ValueError(f"params: {exc}") from None
         return self
 
     @property

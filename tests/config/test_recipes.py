@@ -92,6 +92,7 @@ BROKEN = [
     ("train.loss.beta", -1, ["train.loss.beta", "greater than 0", "-1"]),
     ("train.loss.type", "dpoo", ["train.loss.type", "'dpoo'", "sigmoid", "simpo"]),
     ("train.loss.params", {"gamma": 1.0}, ["train.loss.params", "gamma", "label_smoothing"]),
+    ("train.loss", {"type": "robust", "params": {"label_smoothing": 0.6}}, ["train.loss.params", "label_smoothing"]),
     ("train.zero_stage", 4, ["train.zero_stage", "4", "0, 1, 2 or 3"]),
     ("train.precision", "fp16", ["train.precision", "fp16", "'fp32' or 'bf16'"]),
     ("generation.backend", "sglang", ["generation.backend", "sglang", "'vllm' or 'hf'"]),

@@ -1,0 +1,64 @@
+"""``build_judge``: the configured judge, built by one explicit if/elif over ``judge.type``.
+
+Model judges (``reward_model``, ``pairwise``) run in-process by default; ``remote=True`` hosts the same
+judge in a Ray actor (``actors/judge.py``) and returns a proxy with the same ``score`` method. The
+``llm_judge`` needs something that completes text: a ``complete(list[str]) -> list[str]`` callable, or
+an ``engine`` with the generator API (``generate(prompts, sampling)``) serving ``judge.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from selfplay.judges.base import Judge
+from selfplay.judges.llm_judge import Complete
+
+
+def build_judge(
+    cfg: Any,
+    task: Any = None,
+    *,
+    engine: Any = None,
+    complete: Complete | None = None,
+    remote: bool = False,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+) -> Judge:
+    """The judge for ``cfg`` (a ``JudgeConfig``). ``task`` is needed by ``verifier`` only."""
+    kind = cfg.type
+    if kind == "verifier":
+        from selfplay.judges.rules import VerifierJudge
+
+        return VerifierJudge(task)
+    if kind == "sft":
+        from selfplay.judges.rules import SFTJudge
+
+        return SFTJudge()
+    if kind in ("reward_model", "pairwise"):
+        if remote:
+            from actors.judge import spawn_judge
+
+            return spawn_judge(cfg, num_cpus=num_cpus, num_gpus=num_gpus)
+        if kind == "reward_model":
+            from selfplay.judges.reward_model import RewardModelJudge
+
+            return RewardModelJudge(cfg.path, batch_size=cfg.batch_size, max_length=cfg.max_length)
+        from selfplay.judges.pairwise import PairwiseJudge
+
+        return PairwiseJudge(cfg.path, batch_size=cfg.batch_size)
+    if kind == "llm_judge":
+        from selfplay.judges.llm_judge import LLMJudge, engine_complete
+
+        if complete is None:
+            if engine is None:
+                raise ValueError(f"judge.type 'llm_judge' needs an engine serving {cfg.path!r} "
+                                 "or a complete(list[str]) callable")
+            complete = engine_complete(engine, max_tokens=cfg.max_tokens)
+        return LLMJudge(complete, template=cfg.template, both_orders=cfg.both_orders,
+                        name=f"llm_judge:{Path(cfg.path).name}")
+    if kind == "python":
+        from selfplay.judges.python_judge import PythonJudge
+
+        return PythonJudge(cfg.target, cfg.kwargs)
+    raise ValueError(f"judge.type: unknown judge {kind!r}")

@@ -1,0 +1,148 @@
+"""Reward-model judge: a Hugging Face sequence-classification model (one logit) scores (prompt, response).
+
+Choices:
+
+* (prompt, response) is rendered with the RM tokenizer's chat template when it has one (the prompt's
+  messages, or one user message, then the response as the assistant turn), and as ``prompt + response``
+  otherwise. Templated text is tokenized without extra special tokens (the template writes them).
+* Truncation is from the left, so the end of the response (where the RM reads its score, the last
+  non-pad token) always survives; padding is on the right and needs ``config.pad_token_id``, which
+  ``load_model_and_tokenizer`` fills in from the tokenizer (pad, else eos) when a checkpoint lacks it.
+* Texts are scored in batches sorted by length (less padding), results returned in input order.
+* ``SequenceScorer`` is plain in-process code; ``actors/judge.py`` hosts the same judge in a Ray actor.
+* ``build_reward_model`` makes an RM from a causal-LM policy: its backbone weights and tokenizer with a
+  freshly (seeded) initialised score head; ``train_rm.py`` fits it on pairs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from selfplay.judges.base import Prompt, PromptGroup, Scores, prompt_text
+
+
+def render_response(tokenizer: Any, prompt: Prompt, response: str) -> str:
+    """The text an RM scores for (prompt, response)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": response}], tokenize=False
+        )
+    return prompt_text(prompt) + response
+
+
+def load_model_and_tokenizer(path: str | Path, num_labels: int = 1, seed: int = 0) -> tuple[Any, Any]:
+    """A sequence-classification model (new head seeded when ``path`` is a causal LM) and its tokenizer,
+    with pad token and ``config.pad_token_id`` set."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    new_head = not any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    verbosity = hf_logging.get_verbosity()
+    if new_head:  # the "lm_head unexpected / score missing" load report is expected here
+        hf_logging.set_verbosity_error()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=True, dtype="auto"
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+class SequenceScorer:
+    """Batched logits of a one-label sequence-classification model for already rendered texts."""
+
+    def __init__(self, path: str | Path, batch_size: int = 16, max_length: int = 1024) -> None:
+        import torch
+
+        self.path = str(path)
+        self.model, self.tokenizer = load_model_and_tokenizer(path)
+        self.tokenizer.truncation_side = "left"
+        self.tokenizer.padding_side = "right"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.templated = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def logits(self, texts: list[str], add_special_tokens: bool | None = None) -> list[float]:
+        import torch
+
+        special = not self.templated if add_special_tokens is None else add_special_tokens
+        order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
+        out: list[float] = [0.0] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                batch = self.tokenizer([texts[k] for k in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, add_special_tokens=special,
+                                       return_tensors="pt").to(self.device)
+                values = self.model(**batch).logits[:, 0].float().cpu().tolist()
+                for k, v in zip(idx, values):
+                    out[k] = v
+        return out
+
+
+class RewardModelJudge:
+    """Scores every response with a reward model: the RM's logit for (prompt, response)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 16, max_length: int = 1024) -> None:
+        self.scorer = SequenceScorer(path, batch_size=batch_size, max_length=max_length)
+        self.name = f"reward_model:{Path(path).name}"
+
+    def score(self, groups: list[PromptGroup]) -> Scores:
+        tok = self.scorer.tokenizer
+        texts = [render_response(tok, g.prompt, r) for g in groups for r in g.responses]
+        flat = self.scorer.logits(texts)
+        out: Scores = []
+        for g in groups:
+            out.append(list(flat[: len(g.responses)]))
+            flat = flat[len(g.responses):]
+        return out
+
+
+def build_reward_model(policy_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """A one-label ``*ForSequenceClassification`` from a causal-LM policy's backbone and tokenizer, with
+    a seeded random score head, saved (atomically) as a Hugging Face directory. Returns ``out_dir``."""
+    model, tok = load_model_and_tokenizer(policy_dir, seed=seed)
+    return save_model_dir(model, tok, out_dir)
+
+
+def save_model_dir(model: Any, tokenizer: Any, out_dir: str | Path,
+                   extra: dict[str, str] | None = None) -> Path:
+    """Write model + tokenizer (+ ``extra`` text files) under a temporary sibling and rename it into place
+    (replacing ``out_dir``)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,186 @@
+"""Judged samples to (chosen, rejected) pairs: ``prompts -> generate -> judge -> [pairs] -> train``.
+
+Strategies, per prompt (samples whose score is ``None`` are left out and counted):
+
+* ``best_worst``: the highest against the lowest score (ties broken by sample index: lowest index as
+  best, highest as worst). One pair.
+* ``best_random``: the best against one random other sample that passes the filters (seeded per
+  prompt, so a prompt's pick does not depend on the rest of the table). One pair.
+* ``all_pairs``: every pair of samples, the higher score chosen, largest margins first.
+* ``reference`` (SPIN): the reference answer (chosen, score ``REFERENCE_SCORE`` = 1.0) against each
+  sample scoring below it; with the ``sft`` judge those are exactly the samples that differ from it.
+  The reference has no token ids (``chosen_token_ids`` is null) and no length penalty.
+
+Options (``PairingConfig``): ``length_penalty`` ranks by ``score - penalty * len(response_token_ids)``
+(as in RLHFlow's length-penalised max-min); ``margin`` is on that penalised scale while
+``chosen_score``/``rejected_score`` keep the judge's raw scores. ``drop_ties`` drops margin-0 pairs,
+``min_margin`` drops smaller margins, ``max_pairs_per_prompt`` keeps the first pairs in strategy order.
+Pairs whose two texts are equal, or that repeat an earlier pair's texts, are always dropped (they
+carry no preference, or double-count one).
+
+Stats (flat, for the manifest): prompts, prompts_with_pairs, prompts_without_pair, the reason each
+pairless prompt had (``no_pair_all_correct`` / ``all_wrong`` / ``all_tied`` / ``below_margin`` /
+``too_few_scored`` / ``no_reference``), pairs, mean_margin, samples, unscored_samples and the
+candidate pairs dropped by each filter (``dropped_*``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from selfplay.pairs.schema import PAIRS_SCHEMA
+
+STRATEGIES = ("best_worst", "best_random", "all_pairs", "reference")
+REFERENCE_SCORE = 1.0
+NO_PAIR_REASONS = ("all_correct", "all_wrong", "all_tied", "below_margin", "too_few_scored", "no_reference")
+REQUIRED_COLUMNS = ("prompt_id", "prompt", "reference", "sample_index", "response", "score", "iteration")
+DROP_REASONS = ("ties", "below_margin", "identical", "duplicate", "over_cap")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a pair: a sample (``index`` >= 0) or the reference (``index`` -1)."""
+
+    index: int
+    text: str
+    token_ids: list[int] | None
+    score: float  # the judge's raw score
+    ranked: float  # the score pairs are ranked by (length-penalised for samples)
+    policy_version: int | None = None
+
+
+def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
+                seed: int = 0) -> tuple[pa.Table, dict[str, Any]]:
+    """Pairs (``PAIRS_SCHEMA``) and stats from a judgments table under ``cfg`` (a ``PairingConfig``)."""
+    strategy = strategy or cfg.strategy or "best_worst"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"pairing.strategy: unknown {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in judgments.column_names]
+    if missing:
+        raise ValueError(f"judgments table is missing column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}")
+    rows = judgments.to_pylist()
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["prompt_id"], []).append(row)
+    records: list[dict[str, Any]] = []
+    no_pair: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    unscored = 0
+    for pid, items in groups.items():
+        items.sort(key=lambda r: r["sample_index"])
+        sides = [_side(r, cfg.length_penalty) for r in items if r["score"] is not None]
+        unscored += len(items) - len(sides)
+        first = items[0]
+        candidates = _candidates(strategy, sides, first["reference"])
+        kept = _filter(candidates, cfg, dropped)
+        if strategy == "best_random" and kept:
+            kept = [random.Random(f"{seed}:{first['iteration']}:{pid}").choice(kept)]
+        if cfg.max_pairs_per_prompt is not None and len(kept) > cfg.max_pairs_per_prompt:
+            dropped["over_cap"] += len(kept) - cfg.max_pairs_per_prompt
+            kept = kept[: cfg.max_pairs_per_prompt]
+        if not kept:
+            no_pair[_no_pair_reason(strategy, sides, first["reference"])] += 1
+        records += [_record(first, chosen, rejected) for chosen, rejected in kept]
+    margins = [r["margin"] for r in records]
+    stats: dict[str, Any] = {
+        "strategy": strategy,
+        "prompts": len(groups),
+        "prompts_with_pairs": len(groups) - sum(no_pair.values()),
+        "prompts_without_pair": sum(no_pair.values()),
+        **{f"no_pair_{k}": no_pair[k] for k in NO_PAIR_REASONS},
+        "pairs": len(records),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "samples": len(rows),
+        "unscored_samples": unscored,
+        **{f"dropped_{k}": dropped[k] for k in DROP_REASONS},
+    }
+    return pa.Table.from_pylist(records, schema=PAIRS_SCHEMA), stats
+
+
+def _side(row: dict[str, Any], length_penalty: float) -> Side:
+    ids = row.get("response_token_ids")
+    if length_penalty and ids is None:
+        raise ValueError(f"pairing.length_penalty needs response_token_ids; prompt {row['prompt_id']!r} "
+                         f"sample {row['sample_index']} has none")
+    ranked = row["score"] - length_penalty * len(ids) if length_penalty else row["score"]
+    return Side(row["sample_index"], row["response"], ids, row["score"], ranked, row.get("policy_version"))
+
+
+def _candidates(strategy: str, sides: list[Side], reference: str | None) -> list[tuple[Side, Side]]:
+    """Every pair the strategy considers, in its order of preference, as (chosen, rejected)."""
+    if strategy == "reference":
+        if reference is None:
+            return []
+        ref = Side(-1, reference, None, REFERENCE_SCORE, REFERENCE_SCORE)
+        return [(ref, s) for s in sides]
+    if len(sides) < 2:
+        return []
+    # best: highest ranked score, lowest index on ties; worst: lowest ranked score, highest index on ties
+    best = min(sides, key=lambda s: (-s.ranked, s.index))
+    if strategy == "best_worst":
+        worst = min(sides, key=lambda s: (s.ranked, -s.index))
+        return [(best, worst)]
+    if strategy == "best_random":
+        return [(best, s) for s in sides if s is not best]
+    pairs = [(a, b) if a.ranked >= b.ranked else (b, a) for i, a in enumerate(sides) for b in sides[i + 1:]]
+    return sorted(pairs, key=lambda p: (-(p[0].ranked - p[1].ranked), p[0].index, p[1].index))
+
+
+def _filter(candidates: list[tuple[Side, Side]], cfg: Any, dropped: Counter[str]) -> list[tuple[Side, Side]]:
+    kept, seen = [], set()
+    for chosen, rejected in candidates:
+        margin = chosen.ranked - rejected.ranked
+        # margin < 0 happens only for `reference`: a sample scored above the reference
+        if margin < 0 or (margin == 0 and (cfg.drop_ties or chosen.index == -1)):
+            dropped["ties"] += 1
+        elif margin < cfg.min_margin:
+            dropped["below_margin"] += 1
+        elif chosen.text == rejected.text:
+            dropped["identical"] += 1
+        elif (chosen.text, rejected.text) in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add((chosen.text, rejected.text))
+            kept.append((chosen, rejected))
+    return kept
+
+
+def _no_pair_reason(strategy: str, sides: list[Side], reference: str | None) -> str:
+    if strategy == "reference" and reference is None:
+        return "no_reference"
+    if len(sides) < (1 if strategy == "reference" else 2):
+        return "too_few_scored"
+    raw = {s.score for s in sides}
+    if strategy == "reference":
+        if min(raw) >= REFERENCE_SCORE:
+            return "all_correct"
+        return "below_margin"
+    if len(raw) == 1:
+        value = raw.pop()
+        return "all_correct" if value == 1.0 else "all_wrong" if value == 0.0 else "all_tied"
+    return "below_margin"
+
+
+def _record(row: dict[str, Any], chosen: Side, rejected: Side) -> dict[str, Any]:
+    a = "ref" if chosen.index == -1 else str(chosen.index)
+    versions = [v for v in (chosen.policy_version, rejected.policy_version) if v is not None]
+    return {
+        "pair_id": f"{row['iteration']}:{row['prompt_id']}:{a}:{rejected.index}",
+        "prompt_id": row["prompt_id"],
+        "prompt": row["prompt"],
+        "chosen": chosen.text,
+        "rejected": rejected.text,
+        "chosen_token_ids": chosen.token_ids,
+        "rejected_token_ids": rejected.token_ids,
+        "chosen_score": chosen.score,
+        "rejected_score": rejected.score,
+        "margin": chosen.ranked - rejected.ranked,
+        "judge": row.get("judge") or "",
+        "policy_version": max(versions) if versions else row.get("policy_version"),
+        "iteration": row["iteration"],
+    }

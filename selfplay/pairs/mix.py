@@ -1,0 +1,39 @@
+"""SPIN's option of training on some of the previous iteration's pairs as well as this round's.
+
+``mix_previous`` adds ``round(fraction * len(previous_pairs))`` rows drawn from ``previous_pairs``
+(seeded, without replacement) after this round's pairs. The drawn rows keep their own ``pair_id``,
+``iteration`` and ``policy_version``, so the learner and the stats can tell them apart; a previous row
+whose ``pair_id`` is already present is skipped (mixing twice never duplicates a pair).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+
+from selfplay.pairs.schema import PAIRS_SCHEMA
+
+
+def mix_previous(pairs: pa.Table, previous_pairs: pa.Table | None, fraction: float,
+                 seed: int = 0) -> pa.Table:
+    """This round's ``pairs`` followed by a seeded ``fraction`` of ``previous_pairs``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"pairing.mix_previous: fraction must be in [0, 1], got {fraction}")
+    current = _conform(pairs)
+    if previous_pairs is None or previous_pairs.num_rows == 0 or fraction == 0.0:
+        return current
+    previous = _conform(previous_pairs)
+    k = round(fraction * previous.num_rows)
+    picked = sorted(random.Random(seed).sample(range(previous.num_rows), k))
+    present = set(current.column("pair_id").to_pylist())
+    ids = previous.column("pair_id").to_pylist()
+    picked = [i for i in picked if ids[i] not in present]
+    return pa.concat_tables([current, previous.take(picked)])
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    missing = [f.name for f in PAIRS_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"not a pairs table: missing column(s) {missing}")
+    return table.select(PAIRS_SCHEMA.names).cast(PAIRS_SCHEMA)

@@ -1,0 +1,26 @@
+"""The pairs table's columns (one row per (chosen, rejected) pair), shared by the builder and the mixer.
+
+``chosen_token_ids`` is null for a reference answer (SPIN), whose tokens the learner computes itself;
+``pair_id`` is ``"{iteration}:{prompt_id}:{chosen}:{rejected}"`` with sample indices (``ref`` for the
+reference), so the same pair keeps its id when an iteration is rebuilt or mixed into a later one.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PAIRS_SCHEMA = pa.schema([
+    ("pair_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("chosen", pa.string()),
+    ("rejected", pa.string()),
+    ("chosen_token_ids", pa.list_(pa.int64())),
+    ("rejected_token_ids", pa.list_(pa.int64())),
+    ("chosen_score", pa.float64()),
+    ("rejected_score", pa.float64()),
+    ("margin", pa.float64()),
+    ("judge", pa.string()),
+    ("policy_version", pa.int64()),
+    ("iteration", pa.int64()),
+])
