@@ -65,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from selfplay.loop.rundir import RunDirError
+        from selfplay.loop.runtime import StageError
+
+        if not isinstance(exc, StageError | RunDirError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print("finished stages and earlier iterations are kept; fix the cause and rerun to resume",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130

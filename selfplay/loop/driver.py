@@ -17,12 +17,14 @@ from typing import Any
 
 from selfplay.config import RunConfig
 from selfplay.loop import stages
+from selfplay.loop.preflight import preflight
 from selfplay.loop.rundir import RunDir
 from selfplay.loop.runtime import Runtime, open_run_dir
 
 
 def run(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
     """Run (or resume) every iteration of ``cfg`` in ``run_dir``."""
+    preflight(cfg)
     rd = open_run_dir(cfg, run_dir)
     with Runtime(cfg, rd, console=console) as rt:
         if not rd.manifest.get("prepared"):
@@ -30,6 +32,16 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
         for k in range(rd.next_iteration(), cfg.iterations):
             run_iteration(rt, k)
         rt.summary()
+    return rd
+
+
+def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
+    """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
+    preflight(cfg)
+    rd = open_run_dir(cfg, run_dir)
+    with Runtime(cfg, rd, console=console) as rt:
+        if not rd.manifest.get("prepared"):
+            _stage(rt, "prepare", lambda: stages.prepare(rt))
     return rd
 
 

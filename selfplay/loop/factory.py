@@ -55,8 +55,26 @@ def build_judge_from_config(rt) -> Any:
 
 
 def build_generators(rt, policy_dir: Path, version: int):
-    raise NotImplementedError
+    """The generator pool (Ray actors, each owning a vLLM or HF engine) holding ``policy_dir``."""
+    from actors.generator import GeneratorPool
+
+    rt.ensure_ray()
+    cfg = rt.cfg
+    return GeneratorPool(policy_dir, cfg.generation, cfg.resources, version=version, dtype=cfg.policy.dtype,
+                         seed=cfg.seed)
 
 
 def build_learners(rt, policy_dir: Path):
-    raise NotImplementedError
+    """The DeepSpeed learner group (Ray actors forming one world) starting from ``policy_dir``."""
+    from actors.learner import LearnerGroup
+
+    rt.ensure_ray()
+    cfg = rt.cfg
+    return LearnerGroup(policy_dir, cfg.train, cfg.resources.learners, cfg.resources, cfg.seed,
+                        output_dir=rt.rd.root / "tensorboard")
+
+
+def build_sync(rt):
+    from selfplay.sync import make_sync
+
+    return make_sync(rt.cfg.sync, rt.rd.root / "weights")

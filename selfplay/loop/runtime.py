@@ -66,6 +66,8 @@ class Runtime:
         self._generators = None
         self._learners = None
         self._started_ray = False
+        self._sync = None
+        self._judge_pool = None
         self.policy_version = 0
 
     # --- lifecycle
@@ -80,10 +82,12 @@ class Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
-        for part in (self._generators, self._learners):
-            if part is not None:
+        parts = ((self._judge, "close"), (self._judge_pool, "shutdown"), (self._generators, "shutdown"),
+                 (self._learners, "shutdown"))
+        for part, method in parts:
+            if part is not None and hasattr(part, method):
                 with contextlib.suppress(Exception):
-                    part.shutdown()
+                    getattr(part, method)()
         if self._started_ray:
             import ray
 
@@ -166,6 +170,38 @@ class Runtime:
     @property
     def has_learners(self) -> bool:
         return self._learners is not None
+
+    @property
+    def has_generators(self) -> bool:
+        return self._generators is not None
+
+    def sampling(self, seed: int, eval_mode: bool = False):
+        """Sampling for training generations, or for evaluation (one sample at the eval temperature)."""
+        from selfplay.generate.types import Sampling
+
+        if eval_mode:
+            return Sampling.from_config(self.cfg.generation, seed=seed, n=1,
+                                        temperature=self.cfg.evaluation.temperature, logprobs=False)
+        return Sampling.from_config(self.cfg.generation, seed=seed)
+
+    def push_weights(self, version: int) -> dict[str, Any]:
+        """Learner -> generators through the configured sync method, verified on a probe batch."""
+        from selfplay.loop.factory import build_sync
+
+        if self._sync is None:
+            self._sync = build_sync(self)
+        report = self._sync.push(self._learners, self._generators, version)
+        self.policy_version = version
+        return report.as_dict()
+
+    def judge_engine(self):
+        """A generator serving the LLM judge's model (greedy; shares nothing with the policy pool)."""
+        from actors.generator import GeneratorPool
+
+        self.ensure_ray()
+        judge_gen = self.cfg.generation.model_copy(update={"replicas": 1, "n": 1})
+        self._judge_pool = GeneratorPool(self.cfg.judge.path, judge_gen, self.cfg.resources, seed=self.cfg.seed)
+        return self._judge_pool
 
     def info(self) -> dict[str, Any]:
         return {"run_dir": str(self.rd.root), "policy_version": self.policy_version}

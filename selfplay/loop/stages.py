@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from selfplay.loop import faults
 from selfplay.loop.rundir import read_parquet, replace_dir, write_json, write_parquet
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -92,7 +93,8 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     pool = rt.generators(policy_before(rt, k), version=k)
     pool.expect_version(k)
     sampling = rt.sampling(seed=rt.cfg.seed * 100_003 + k)
-    completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations")
+    completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations",
+                                         on_shard=faults.shard_hook("generate", k))
     table = generations_table(prompts, completions, iteration=k, policy_version=k)
     write_parquet(it / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
@@ -152,6 +154,7 @@ def train(rt, k: int) -> dict[str, Any]:
     table = read_parquet(it / "reference.parquet")
     learners = rt.learners(policy_before(rt, k))
     ckpt = it / "checkpoint"
+    faults.watch_lines("train", k, it / "train_metrics.jsonl")
     metrics = learners.train_round(table, rt.cfg.train, out_dir=it, checkpoint_dir=ckpt,
                                    resume=ckpt.exists())
     learners.save_checkpoint(ckpt)
