@@ -7,6 +7,7 @@ must end with exactly the records of the uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from tests.e2e.conftest import ROOT, selfplay_cmd
+from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +33,13 @@ def _run(recipe, run_dir, kill_at: str | None = None, timeout: float = 600) -> s
         out, _ = proc.communicate(timeout=timeout)
     finally:
         # The driver may be dead already (SIGKILL); take its embedded Ray processes down with it.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    from tests.e2e.conftest import MICRO
-    import yaml
-
     d = tmp_path_factory.mktemp("ref")
     recipe = d / "micro.yaml"
     recipe.write_text(yaml.safe_dump(MICRO, sort_keys=False))
@@ -95,7 +92,9 @@ def test_status_and_report(reference_run):
     out = subprocess.run(selfplay_cmd("report", str(run)), cwd=ROOT, capture_output=True, text=True, check=True)
     pngs = out.stdout.split()
     assert {p.rsplit("/", 1)[-1] for p in pngs} >= {"eval.png", "margins.png", "logps.png", "stage_times.png"}
-    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    for p in pngs:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", p
 
 
 def test_killed_driver_resumes_to_the_same_records(reference_run, tmp_path):
