@@ -33,7 +33,7 @@ class WarmStartConfig(Section):
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     """Peak learning rate of the warm start."""
     micro_batch_size: PositiveInt = 32
-    """Examples per optimizer step."""
+    """Examples per learner per optimizer step (global batch = this x learners)."""
 
 
 class PolicyConfig(Section):

@@ -69,6 +69,7 @@ class Runtime:
         self._sync = None
         self._judge_pool = None
         self.policy_version = 0
+        self.trained_iteration: int | None = None  # the iteration whose round the learners hold
 
     # --- lifecycle
     def __enter__(self) -> Runtime:
@@ -190,7 +191,7 @@ class Runtime:
 
         if self._sync is None:
             self._sync = build_sync(self)
-        report = self._sync.push(self._learners, self._generators, version)
+        report = self._sync.push(self._learners.sync_handle, self._generators, version)
         self.policy_version = version
         return report.as_dict()
 

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from selfplay.loop import faults
-from selfplay.loop.rundir import read_parquet, replace_dir, write_json, write_parquet
+from selfplay.loop.rundir import read_parquet, write_json, write_parquet
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -71,10 +71,18 @@ def prepare(rt) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if cfg.policy.warmstart is not None:
         ws = cfg.policy.warmstart
-        examples = rt.task.train_examples(ws.examples, seed=cfg.seed + 7919)
+        from selfplay.loop.records import encode_prompt
+
+        pool = rt.task.train_examples(None, seed=cfg.seed)
+        rows = [{"prompt": encode_prompt(ex.prompt), "reference": ex.reference} for ex in pool[: ws.examples]
+                if ex.reference is not None]
+        if not rows:
+            raise ValueError("policy.warmstart: the task has no reference answers to fine-tune on")
         learners = rt.learners(base)
-        info["warmstart"] = learners.sft_round(examples, ws)
-        learners.save_hf(target)
+        learners.set_metrics_dir(rt.rd.initial_dir)
+        summary = learners.sft_round(rows, ws)
+        info["warmstart"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+        learners.save_hf(target)  # atomic: written beside, then renamed into place
         rt.rd.manifest["initial_policy"] = str(target)
     else:
         rt.rd.manifest["initial_policy"] = str(base)
@@ -143,8 +151,9 @@ def reference_logps(rt, k: int) -> dict[str, Any]:
     if rt.cfg.train.loss.reference_free:
         write_parquet(it / "reference.parquet", pairs)
         return {"skipped": "reference-free loss"}
-    ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" else None
-    table = learners.compute_reference(pairs, reference_dir=ref_dir)
+    # `previous`: the weights the learner holds now (iteration k-1's policy). `initial`: loaded from disk.
+    ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" and k > 0 else None
+    table = learners.compute_reference(pairs, model_path=ref_dir)
     write_parquet(it / "reference.parquet", table)
     return {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
 
@@ -154,19 +163,44 @@ def train(rt, k: int) -> dict[str, Any]:
     table = read_parquet(it / "reference.parquet")
     learners = rt.learners(policy_before(rt, k))
     ckpt = it / "checkpoint"
+    if (ckpt / "latest").exists():  # a round interrupted after a checkpoint: continue it, don't restart
+        learners.load_checkpoint(ckpt)
+    learners.set_metrics_dir(it)
     faults.watch_lines("train", k, it / "train_metrics.jsonl")
-    metrics = learners.train_round(table, rt.cfg.train, out_dir=it, checkpoint_dir=ckpt,
-                                   resume=ckpt.exists())
-    learners.save_checkpoint(ckpt)
-    return {key: metrics[key] for key in metrics if not isinstance(metrics[key], (list, dict))}
+    summary = learners.train_round(table, rt.cfg.train, checkpoint_dir=ckpt)
+    rt.trained_iteration = k
+    info = {key: v for key, v in summary.items() if isinstance(v, int | float | str)}
+    info.update(_kl_estimate(learners, table, rt.cfg))
+    return info
+
+
+def _kl_estimate(learners, table, cfg) -> dict[str, Any]:
+    """Sample estimate of KL(reference || new policy) on the round's own policy samples.
+
+    The rejected responses were sampled from the policy that generated this iteration; with
+    ``reference: previous`` that *is* the reference, so mean(log pi_ref(y) - log pi_new(y)) over them
+    is an unbiased estimate of KL(pi_ref || pi_new). With ``initial`` it is the same quantity measured
+    on the previous policy's samples (an approximation, reported all the same).
+    """
+    if cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
+        return {}
+    sampled = [i for i, ids in enumerate(table.column("rejected_token_ids").to_pylist()) if ids is not None]
+    if not sampled:
+        return {}
+    after = learners.compute_reference(table.take(sampled))
+    before = table.take(sampled).column("ref_rejected_logps").to_pylist()
+    now = after.column("ref_rejected_logps").to_pylist()
+    diffs = [b - a for b, a in zip(before, now) if b is not None and a is not None]
+    return {"kl": sum(diffs) / len(diffs)} if diffs else {}
 
 
 def export(rt, k: int) -> dict[str, Any]:
     it = rt.rd.iter_dir(k)
     learners = rt.learners(policy_before(rt, k))
-    if learners.trained_iteration != k:  # resumed after a crash between train and export
+    if rt.trained_iteration != k:  # resumed after a crash between train and export
         learners.load_checkpoint(it / "checkpoint")
-    replace_dir(it / "policy", learners.save_hf)
+        rt.trained_iteration = k
+    learners.save_hf(it / "policy")  # atomic: written beside, then renamed into place
     return {"policy": str(it / "policy")}
 
 

@@ -1,0 +1,222 @@
+"""Ray adapter for the learner: ``LearnerActor`` (one DeepSpeed rank) and ``LearnerGroup`` (W of them).
+
+The actor is thin: it pins its thread count, builds a :class:`selfplay.train.Learner` and forwards method
+calls to it. ``LearnerGroup`` reserves a placement group (one bundle per rank, PACK or SPREAD), starts the
+actors, lets rank 0 choose the rendezvous address (its node IP and a free port) and forms one DeepSpeed
+world. Its methods mirror the Learner's: each call goes to every rank (DeepSpeed collectives need all of
+them), waits with a timeout, and returns rank 0's result. A failure or a timeout raises
+:class:`LearnerGroupError` naming the method and the rank. A failed rank usually leaves the others waiting
+in a collective: call ``shutdown()`` and start a new group (from a checkpoint) after any error.
+
+``LearnerGroup(..., local=True)`` with one learner runs the Learner in this process, with the same API
+and without Ray: tests and single-GPU machines.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from selfplay.config.schema import ResourcesConfig
+from selfplay.sync.nccl import BroadcastSenderMixin
+
+DEFAULT_TIMEOUT_S = 6 * 3600.0
+SETUP_TIMEOUT_S = 900.0
+QUICK_TIMEOUT_S = 600.0  # probe, export, save: no training inside
+
+
+class LearnerGroupError(RuntimeError):
+    """A learner rank failed or did not answer in time."""
+
+
+@ray.remote
+class LearnerActor(BroadcastSenderMixin):
+    """One learner rank in its own process.
+
+    ``export_weights`` and ``probe_logps`` are actor methods of their own (not only via ``call``) so that a
+    weight sync can address the ranks directly (``LearnerGroup.sync_handle``) and keep rank 0's buckets in
+    the object store; ``BroadcastSenderMixin`` adds the NCCL-broadcast side of a sync.
+    """
+
+    def __init__(self, threads: int) -> None:
+        from selfplay.env import setup_env
+
+        setup_env(threads)
+        self.threads = threads
+        self.learner = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        """This node's IP and a free port on it: where rank 0 hosts the process-group store."""
+        from selfplay.train.engine import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, model_path: str, cfg: Any, rank: int, world_size: int, seed: int, master_addr: str,
+              master_port: int, output_dir: str | None, timeout_s: float) -> int:
+        from selfplay.train import Learner
+
+        self.learner = Learner(model_path, cfg, rank=rank, world_size=world_size, seed=seed,
+                               output_dir=output_dir, master_addr=master_addr, master_port=master_port,
+                               threads=self.threads, timeout_s=timeout_s)
+        return rank
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.learner, method)(*args, **kwargs)
+
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[bytes]:
+        return self.learner.export_weights(bucket_mb, version, dtype)
+
+    def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.learner.probe_logps(sequences)
+
+
+class LearnerGroup:
+    """W learner ranks forming one DeepSpeed world; methods broadcast to every rank and return rank 0's result."""
+
+    def __init__(self, model_path: str | Path, cfg: Any, num_learners: int = 1,
+                 resources: ResourcesConfig | None = None, run_seed: int = 0, *, local: bool = False,
+                 output_dir: str | Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 setup_timeout_s: float = SETUP_TIMEOUT_S) -> None:
+        self.resources = resources or ResourcesConfig(learners=num_learners)
+        self.num_learners = num_learners
+        self.timeout_s = timeout_s
+        self.actors: list[Any] = []
+        self.placement_group = None
+        self._local = None
+        out = str(output_dir) if output_dir is not None else None
+        if local:
+            if num_learners != 1:
+                raise ValueError(f"local=True runs one in-process learner; got num_learners={num_learners}")
+            from selfplay.train import Learner
+
+            self._local = Learner(model_path, cfg, seed=run_seed, output_dir=out,
+                                  threads=self.resources.threads_per_actor)
+            return
+        self._start(str(model_path), cfg, run_seed, out, setup_timeout_s)
+
+    def _start(self, model_path: str, cfg: Any, seed: int, output_dir: str | None, setup_timeout_s: float) -> None:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        res = self.resources
+        bundle = {"CPU": res.learner_cpus, **({"GPU": res.learner_gpus} if res.learner_gpus else {})}
+        self.placement_group = placement_group([dict(bundle)] * self.num_learners,
+                                               strategy=res.placement.upper())
+        try:
+            ray.get(self.placement_group.ready(), timeout=setup_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise LearnerGroupError(f"LearnerGroup: no room for {self.num_learners} learner(s) of {bundle} "
+                                    f"within {setup_timeout_s:.0f}s (placement {res.placement})") from None
+        threads = res.threads_per_actor
+        for rank in range(self.num_learners):
+            strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
+            self.actors.append(LearnerActor.options(
+                num_cpus=res.learner_cpus, num_gpus=res.learner_gpus, scheduling_strategy=strategy,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}},
+                name=None,
+            ).remote(threads))
+        addr, port = self._gather("rendezvous", [self.actors[0].rendezvous.remote()], setup_timeout_s)[0]
+        refs = [actor.setup.remote(model_path, cfg, rank, self.num_learners, seed, addr, port, output_dir,
+                                   setup_timeout_s)
+                for rank, actor in enumerate(self.actors)]
+        self._gather("setup", refs, setup_timeout_s)
+
+    @property
+    def sync_handle(self) -> Any:
+        """What a weight sync (``selfplay.sync``) addresses: the rank actors, or the in-process Learner."""
+        return self._local if self._local is not None else list(self.actors)
+
+    # ------------------------------------------------------------------------------------- plumbing
+    def _call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        if self._local is not None:
+            return getattr(self._local, method)(*args, **kwargs)
+        # Large arguments (a pairs table) go to the object store once, not once per rank.
+        args = tuple(ray.put(a) if isinstance(a, pa.Table | list) else a for a in args)
+        refs = [actor.call.remote(method, *args, **kwargs) for actor in self.actors]
+        return self._gather(method, refs, timeout or self.timeout_s)[0]
+
+    def _gather(self, method: str, refs: list[Any], timeout: float) -> list[Any]:
+        """Results of ``refs`` in rank order; the first failure or the deadline raises naming the rank."""
+        pending = {ref: rank for rank, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, remaining))
+            if not ready:
+                ranks = sorted(pending.values())
+                raise LearnerGroupError(f"LearnerGroup.{method}: rank(s) {ranks} did not answer within "
+                                        f"{timeout:.0f}s")
+            for ref in ready:
+                rank = pending.pop(ref)
+                try:
+                    results[rank] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                    raise LearnerGroupError(f"LearnerGroup.{method} failed on rank {rank}: {exc}") from exc
+        return results
+
+    # ------------------------------------------------------------------------------- learner methods
+    def reload(self, model_path: str | Path, cfg: Any = None, *, timeout: float | None = None) -> None:
+        """Rebuild every rank's engine from a model directory (optionally another TrainConfig)."""
+        return self._call("reload", str(model_path), cfg, timeout=timeout or QUICK_TIMEOUT_S)
+
+    def train_round(self, pairs: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
+                    on_step: Any = None, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("train_round", pairs, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
+                          timeout=timeout)
+
+    def sft_round(self, examples: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
+                  on_step: Any = None, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("sft_round", examples, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
+                          timeout=timeout)
+
+    def compute_reference(self, pairs: Any, model_path: str | Path | None = None, cfg: Any = None, *,
+                          timeout: float | None = None) -> pa.Table:
+        return self._call("compute_reference", pairs, _str(model_path), cfg, timeout=timeout)
+
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
+                       timeout: float | None = None) -> list[bytes]:
+        return self._call("export_weights", bucket_mb, version, dtype, timeout=timeout or QUICK_TIMEOUT_S)
+
+    def save_hf(self, out_dir: str | Path, dtype: str | None = None, *, timeout: float | None = None) -> str:
+        return self._call("save_hf", str(out_dir), dtype, timeout=timeout or QUICK_TIMEOUT_S)
+
+    def save_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> str:
+        return self._call("save_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)
+
+    def load_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("load_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)
+
+    def probe_logps(self, sequences: list[list[int]], *, timeout: float | None = None) -> list[list[float]]:
+        return self._call("probe_logps", sequences, timeout=timeout or QUICK_TIMEOUT_S)
+
+    def set_metrics_dir(self, out_dir: str | Path | None, *, timeout: float | None = None) -> None:
+        """Send ``train_metrics.jsonl``/TensorBoard output to ``out_dir`` from now on (rank 0 writes)."""
+        return self._call("set_metrics_dir", _str(out_dir), timeout=timeout or QUICK_TIMEOUT_S)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Leave the process group on every rank, then end the actors and free the placement group."""
+        if self._local is not None:
+            self._local.shutdown()
+            self._local = None
+            return
+        if self.actors:
+            refs = [actor.call.remote("shutdown") for actor in self.actors]
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            for actor in self.actors:
+                ray.kill(actor)
+            self.actors = []
+        if self.placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
+
+
+def _str(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,158 @@
+"""The batch plan of a round (who trains on what, in which order) and the collation of one micro-batch.
+
+Every rank computes the *same* global plan from ``(seed, epoch)`` and takes its own slice, so sharding
+needs no communication and is reproducible. Choices:
+
+* **Length-bucketed.** Examples are sorted by their padded length (ties broken randomly per epoch) and cut
+  into consecutive micro-batches, so a micro-batch holds similar lengths and little padding is computed.
+  The *order of optimizer steps* is then shuffled from the seed, so training does not see lengths in order.
+* **A step is G = world_size x accumulation micro-batches**; micro-batch ``j`` of a step goes to rank
+  ``j // accumulation``. The number of micro-batches is rounded up to a multiple of G and examples are
+  spread evenly over them (sizes differ by at most one), so every rank runs the same number of
+  forward/backward passes (ZeRO-3 needs that: parameter gathers are collective) and nothing is dropped.
+  Only when a step has fewer examples than G, a micro-batch repeats one example with weight 0.
+* Because the plan depends on G and not on how G splits into ranks x accumulation, ``W=1 x 2`` and
+  ``W=2 x 1`` see identical steps; with the loss normalised by the step's example count (see
+  ``objective.py``) they compute the same gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selfplay.train.data import Encoded
+
+
+@dataclass(frozen=True)
+class Micro:
+    """One micro-batch: example indices, and which of them count (False = weight-0 filler)."""
+
+    indices: tuple[int, ...]
+    real: tuple[bool, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(self.real)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step of the global plan: G micro-batches and the number of real examples in them."""
+
+    micros: tuple[Micro, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(m.count for m in self.micros)
+
+    def for_rank(self, rank: int, accumulation: int) -> tuple[Micro, ...]:
+        return self.micros[rank * accumulation : (rank + 1) * accumulation]
+
+
+def plan_epoch(lengths: np.ndarray, micro_batch_size: int, world_size: int, accumulation: int,
+               seed: int, epoch: int) -> list[Step]:
+    """The global list of optimizer steps for one epoch over examples of the given lengths."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    g = world_size * accumulation
+    rng = np.random.default_rng([seed, epoch])
+    tiebreak = rng.permutation(n)
+    order = tiebreak[np.argsort(np.asarray(lengths)[tiebreak], kind="stable")]
+    n_micro = -(-n // micro_batch_size)
+    n_micro = -(-n_micro // g) * g
+    chunks = np.array_split(order, n_micro)
+    micros = []
+    for chunk in chunks:
+        if len(chunk):
+            micros.append(Micro(tuple(int(i) for i in chunk), (True,) * len(chunk)))
+        else:  # fewer examples than G in total: a weight-0 stand-in keeps the collectives in step
+            micros.append(Micro((int(order[0]),), (False,)))
+    steps = [Step(tuple(micros[k : k + g])) for k in range(0, n_micro, g)]
+    return [steps[i] for i in rng.permutation(len(steps))]
+
+
+def plan_round(lengths: np.ndarray, micro_batch_size: int, world_size: int, accumulation: int,
+               seed: int, epochs: int) -> list[tuple[int, Step]]:
+    """``(epoch, step)`` for every optimizer step of a round."""
+    return [(e, s) for e in range(epochs) for s in plan_epoch(lengths, micro_batch_size, world_size,
+                                                             accumulation, seed, e)]
+
+
+def shard_indices(n: int, rank: int, world_size: int, batch_size: int) -> list[list[int]]:
+    """Contiguous, length-unaware shards for inference passes; every rank gets the same batch count.
+
+    Ranks with fewer examples get empty batches at the end (the caller still runs a forward for ZeRO-3).
+    """
+    per_rank = -(-n // world_size)
+    mine = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
+    n_batches = max(1, -(-per_rank // batch_size))
+    return [mine[k * batch_size : (k + 1) * batch_size] for k in range(n_batches)]
+
+
+def collate(data: Encoded, indices: list[int] | tuple[int, ...], pad_id: int,
+            keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded ``[K*B, T]`` batch: completions ``keys`` (default: all) concatenated along the batch.
+
+    Returns ``input_ids``, ``attention_mask`` (long) and ``loss_mask`` (bool, True on completion tokens),
+    plus ``lengths`` (completion tokens per sequence, [K*B]). Sequence ``k*B + b`` is example ``b`` with
+    completion ``keys[k]``.
+    """
+    keys = keys or tuple(data.completions)
+    seqs, prompt_lens = [], []
+    for key in keys:
+        for i in indices:
+            p, c = data.prompts[i], data.completions[key][i]
+            seqs.append(p + c)
+            prompt_lens.append(len(p))
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), t), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), t), dtype=torch.bool)
+    for r, (s, pl) in enumerate(zip(seqs, prompt_lens)):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[r, : len(s)] = 1
+        loss_mask[r, pl : len(s)] = True
+    lengths = loss_mask.sum(dim=1)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask, "lengths": lengths}
+
+
+def collate_shared(data: Encoded, indices: list[int] | tuple[int, ...], pad_id: int,
+                   keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Prompts once ``[B, Tp]`` and their K completions ``[B*K, Tc]``, for a prefix-shared forward.
+
+    Completion row ``b*K + k`` is example ``b`` with completion ``keys[k]`` (interleaved, the order of
+    ``repeat_interleave`` on the prompt's KV cache). Everything is right-padded; ``prompt_lengths`` [B]
+    locate each prompt's last token.
+    """
+    keys = keys or tuple(data.completions)
+    prompts = [data.prompts[i] for i in indices]
+    completions = [data.completions[k][i] for i in indices for k in keys]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("an example has an empty prompt: nothing predicts its first completion token")
+    prompt_ids, prompt_mask = _right_pad(prompts, pad_id)
+    completion_ids, completion_mask = _right_pad(completions, pad_id)
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "prompt_lengths": prompt_mask.sum(-1),
+            "completion_ids": completion_ids, "completion_mask": completion_mask}
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def column(data: Encoded, name: str, indices: tuple[int, ...] | list[int], default: float | None = None
+           ) -> torch.Tensor | None:
+    """Float64 tensor of ``data.columns[name]`` at ``indices`` (``default``-filled when absent)."""
+    values = data.columns.get(name)
+    if values is None:
+        return None if default is None else torch.full((len(indices),), default, dtype=torch.float64)
+    return torch.as_tensor(values[list(indices)], dtype=torch.float64)

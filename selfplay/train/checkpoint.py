@@ -1,0 +1,136 @@
+"""What leaves the learner: weight buckets for a sync, a Hugging Face directory, a resumable checkpoint.
+
+* ``export_buckets``: full tensors under their Hugging Face names, packed with the project's wire format
+  (:func:`selfplay.sync.buckets.pack_buckets`); gathered one parameter at a time from ZeRO-3 shards.
+* ``save_hf``: an ordinary HF directory (``config.json``, ``model.safetensors`` sharded above 5 GB,
+  ``generation_config.json``, tokenizer files) that transformers and vLLM load with ``from_pretrained``.
+  Written by rank 0 under a temporary sibling name and renamed into place, so a crash never leaves a
+  directory that looks complete but is not.
+* ``save_checkpoint``/``load_checkpoint``: DeepSpeed's own checkpoint (weights, optimizer shards, per rank)
+  plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state. Every
+  save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
+  and older tags are removed only after that, so an interrupted save leaves the previous one usable.
+
+All of these are collective: every rank calls them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfplay.sync.buckets import pack_buckets
+from selfplay.train.engine import iter_full_params
+
+TAG_PREFIX = "step"
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
+    """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks."""
+    params = iter_full_params(engine, dtype)
+    if _rank() != 0:
+        for _ in params:
+            pass
+        return []
+    return list(pack_buckets(params, bucket_mb=bucket_mb, version=version))
+
+
+def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype) -> Path | None:
+    """Write the current weights as a Hugging Face directory; returns the path on rank 0."""
+    from huggingface_hub import save_torch_state_dict
+
+    out_dir = Path(out_dir)
+    state = dict(iter_full_params(engine, dtype))
+    if _rank() != 0:
+        _barrier()
+        return None
+    module = engine.module
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        config = copy.deepcopy(module.config)
+        config.dtype = str(dtype).removeprefix("torch.")
+        config.use_cache = True  # the learner turns the KV cache off for training; inference wants it
+        config.save_pretrained(tmp)
+        if getattr(module, "generation_config", None) is not None:
+            module.generation_config.save_pretrained(tmp)
+        save_torch_state_dict(state, tmp, max_shard_size="5GB", metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _barrier()
+    return out_dir
+
+
+def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_state: dict[str, Any],
+                    reference: torch.nn.Module | None = None) -> Path:
+    """DeepSpeed checkpoint under a new tag, plus RNG (per rank) and a frozen reference (TDPO, rank 0)."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = f"{TAG_PREFIX}{global_step:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(rng, ckpt_dir / tag / f"rng_rank{_rank()}.pt")
+    if reference is not None and _rank() == 0:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in reference.state_dict().items()}
+        save_file(state, str(ckpt_dir / tag / "reference.safetensors"))
+    _barrier()
+    if _rank() == 0:
+        tmp = ckpt_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(tag)
+        os.replace(tmp, ckpt_dir / "latest")  # the new checkpoint becomes the one to resume from
+        for old in ckpt_dir.glob(f"{TAG_PREFIX}*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return ckpt_dir / tag
+
+
+def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from the latest tag; returns the saved ``client_state``.
+
+    ``client_state["reference_file"]`` names the saved frozen reference (TDPO), when there is one.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"no learner checkpoint in {ckpt_dir} (the 'latest' file is missing)")
+    tag = latest.read_text().strip()
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"learner checkpoint {ckpt_dir / tag} could not be loaded")
+    rng_file = ckpt_dir / tag / f"rng_rank{_rank()}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    ref_file = ckpt_dir / tag / "reference.safetensors"
+    client_state = dict(client_state or {})
+    client_state["reference_file"] = str(ref_file) if ref_file.is_file() else None
+    client_state["tag"] = tag
+    return client_state

@@ -1,0 +1,165 @@
+"""DeepSpeed plumbing for one learner rank: the process group, the engine config, and full-weight access.
+
+Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not pull it in. Choices:
+
+* **Rendezvous**: ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are set from the
+  arguments; a single rank with no address given picks ``127.0.0.1`` and a free port itself, so a test or
+  a one-GPU machine needs no launcher and no Ray. Backend: NCCL with CUDA, gloo otherwise.
+* **Optimizer**: a plain ``torch.optim.AdamW`` is handed to DeepSpeed as the client optimizer, so no
+  fused/CPU Adam extension is compiled; ``zero_force_ds_cpu_optimizer: false`` lets it run with offload.
+* **Gradient accumulation** is driven by the learner (``set_gradient_accumulation_boundary``), and losses
+  are pre-normalised by the learner (``backward(..., scale_wrt_gas=False)``); DeepSpeed's
+  ``gradient_accumulation_steps`` is only bookkeeping.
+* **Full weights** are read one parameter at a time (``GatheredParameters`` under ZeRO-3: collective), so
+  exporting never needs two full copies of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+_saved_env: dict[str, str | None] | None = None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    """This machine's address as other nodes see it (the default-route interface), else loopback."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.254.254.254", 1))  # no packet is sent for UDP connect
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def device_for(local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str | None, master_port: int | None,
+                     local_rank: int = 0, timeout_s: float = 1800.0) -> None:
+    """Join (or, for a single rank, create) the process group of this learner world."""
+    import deepspeed
+
+    global _saved_env
+    if _saved_env is None:  # restored by destroy_distributed, so the process looks as before
+        _saved_env = {key: os.environ.get(key) for key in _DIST_ENV}
+    if master_addr is None or master_port is None:
+        if world_size > 1:
+            raise ValueError("a learner world of more than one rank needs master_addr and master_port")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    else:
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size)
+
+
+def destroy_distributed() -> None:
+    """Leave the process group and restore the rendezvous environment variables set by init."""
+    import deepspeed.comm as dist
+
+    global _saved_env
+    if torch.distributed.is_initialized():
+        dist.destroy_process_group()
+    for key, value in (_saved_env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved_env = None
+
+
+def ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for a ``TrainConfig``."""
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.zero_stage == 3:
+        # Small tensors (norms) stay replicated; gathers are per layer.
+        zero.update(stage3_param_persistence_threshold=10_000, stage3_prefetch_bucket_size=5e7,
+                    stage3_gather_16bit_weights_on_model_save=False)
+    if cfg.optimizer_offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_clipping": cfg.max_grad_norm,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no decay on 1-D parameters (norms, biases), as is standard for transformers."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay, "decay": True},
+              {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                             foreach=False)
+
+
+def build_engine(model: torch.nn.Module, cfg: Any, world_size: int) -> tuple[Any, torch.optim.AdamW]:
+    import deepspeed
+
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, world_size))
+    return engine, optimizer
+
+
+def iter_full_params(engine: Any, dtype: torch.dtype | None = None, to_all: bool = False
+                     ) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """``(hf_name, full_tensor)`` for every parameter and persistent buffer; collective under ZeRO-3.
+
+    Every rank must exhaust the iterator. Tensors are CPU copies on rank 0 (on every rank with
+    ``to_all``); other ranks get ``None``.
+    """
+    import deepspeed
+
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    keep = to_all or rank == 0
+    module = engine.module
+    zero3 = engine.zero_optimization_stage() == 3
+    for name, param in module.named_parameters():
+        if zero3:
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                tensor = _copy(param, dtype) if keep else None
+        else:
+            tensor = _copy(param, dtype) if keep else None
+        yield name, tensor
+    persistent = set(module.state_dict().keys())
+    for name, buf in module.named_buffers():
+        if name in persistent:
+            yield name, (_copy(buf, dtype) if keep else None)
+
+
+def _copy(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach()
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.to("cpu", copy=True).contiguous()
+
+
+def compute_dtype(cfg: Any) -> torch.dtype:
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32

@@ -1,0 +1,310 @@
+"""The learner: one DeepSpeed rank that trains the policy for one round per self-play iteration.
+
+The same class runs in-process (world size 1, no Ray: tests, a single GPU) and as one rank of a W-rank
+world inside a Ray actor (``actors/learner.py``). Every public method is collective: in a W-rank world all
+ranks call it with the same arguments; results that are not per-rank come back on rank 0.
+
+A round (``train_round``/``sft_round``) is: tokenise -> plan the steps from the seed -> for each step run
+this rank's micro-batches (forward, loss, backward), reduce the statistics, check they are finite, take
+the optimizer step, log, maybe checkpoint. Choices:
+
+* **Fresh optimizer state per round** (AdamW moments and the LR schedule restart; the weights carry over),
+  so an iteration's starting state is just the previous iteration's weights, an immutable artifact. A
+  round restarted after ``load_checkpoint`` continues with the saved optimizer state instead, when the
+  round is the same (same data fingerprint and settings); it then ends with the same weights as an
+  uninterrupted round.
+* **Exact averaging**: each micro-batch's summed loss is divided by the example count of the whole step
+  (times W, because DeepSpeed averages gradients over ranks), so ``W=1 x 2`` accumulation and ``W=2 x 1``
+  give the same gradient.
+* **Numerical guard** (``step.py``): a NaN/inf loss or gradient norm stops the round before the optimizer
+  step with :class:`NonFiniteError` naming the step and its table rows; the weights stay the last good ones.
+* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing. Per round: everything
+  else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from selfplay.train import checkpoint as ckpt
+from selfplay.train import reference as ref
+from selfplay.train.batches import plan_round
+from selfplay.train.data import (
+    KTO_REF_COLUMNS,
+    REF_COLUMNS,
+    Encoded,
+    encode_pairs,
+    encode_sft,
+    kl_partners,
+    kto_view,
+    read_table,
+    table_fingerprint,
+)
+from selfplay.train.engine import (
+    build_engine,
+    compute_dtype,
+    destroy_distributed,
+    device_for,
+    init_distributed,
+)
+from selfplay.train.metrics import MetricsWriter
+from selfplay.train.objective import kto_objective, pair_objective, sft_objective
+from selfplay.train.rounds import RoundSpec, metrics_record, round_fingerprint, summary
+from selfplay.train.step import optimizer_step, step_rows
+
+
+class Learner:
+    """One learner rank owning a DeepSpeed engine over a Hugging Face causal LM."""
+
+    def __init__(self, model_path: str | Path, cfg: Any, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 output_dir: str | Path | None = None, master_addr: str | None = None,
+                 master_port: int | None = None, local_rank: int = 0, threads: int | None = None,
+                 timeout_s: float = 1800.0) -> None:
+        from selfplay.env import setup_env
+
+        setup_env(threads)
+        self.cfg, self.rank, self.world_size, self.seed = cfg, rank, world_size, seed
+        self.device = device_for(local_rank)
+        init_distributed(rank, world_size, master_addr, master_port, local_rank, timeout_s)
+        self.engine = self.optimizer = None
+        self.reload(model_path, cfg)
+        self.metrics = MetricsWriter(output_dir if rank == 0 else None)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.global_step = 0
+        self._round_state: dict[str, Any] | None = None  # fingerprint, position, round_index while a round runs
+        self._saved_step = -1
+
+    def reload(self, model_path: str | Path, cfg: Any = None) -> None:
+        """(Re)build the engine from a model directory, optionally with another ``TrainConfig``. Collective.
+
+        Keeps the process (and its process group): a driver can start an iteration from an HF directory,
+        or change ZeRO stage/precision, without starting new ranks. Optimizer state and any frozen
+        reference are dropped; the round counter restarts at 0, the global step (the metrics' x-axis) does not.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = cfg or self.cfg
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = self.optimizer = self.ref_model = None
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, local_files_only=True)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.cfg = cfg
+        self.engine, self.optimizer = build_engine(model, cfg, self.world_size)
+        self.engine.train()
+        self.dtype = compute_dtype(cfg)
+        # Prompt KV-cache reuse needs use_cache in training, which gradient checkpointing forbids.
+        self.share_prefix = not cfg.gradient_checkpointing
+        self.ref_model: torch.nn.Module | None = None  # tdpo only
+        self._resume = None
+        self.rounds = 0
+
+    # ------------------------------------------------------------------------------------------ rounds
+    def train_round(self, pairs: pa.Table | str | Path | list[dict], cfg: Any = None, *,
+                    checkpoint_dir: str | Path | None = None,
+                    on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """One preference round on ``pairs`` (with reference columns unless the loss is reference-free).
+
+        ``checkpoint_dir``: where ``cfg.checkpoint_every`` checkpoints (and one at the end) go.
+        ``on_step(record)``: called on every rank after each optimizer step (metrics, fault injection).
+        Returns the round summary (rank 0's view; identical on all ranks).
+        """
+        cfg = cfg or self.cfg
+        table = read_table(pairs)
+        loss = cfg.loss
+        data = encode_pairs(table, self.tokenizer, cfg)
+        if loss.type == "kto":
+            ref.require_columns(table, (*REF_COLUMNS, *KTO_REF_COLUMNS), cfg)
+            data = kto_view(data, self.seed)
+            objective = lambda d, m: kto_objective(self.engine, d, m, loss, self.pad_id, self.device,
+                                                   share_prefix=self.share_prefix)
+        else:
+            if loss.type == "tdpo" and self.ref_model is None:
+                self.ref_model = self._tdpo_reference(table)
+            if not loss.reference_free and loss.type != "tdpo":
+                ref.require_columns(table, REF_COLUMNS, cfg)
+            objective = lambda d, m: pair_objective(self.engine, d, m, loss, self.pad_id, self.device,
+                                                    ref_model=self.ref_model, share_prefix=self.share_prefix)
+        spec = RoundSpec.of(cfg, self.cfg)
+        return self._round("train", table, data, spec, objective, lambda d, step: step.count, checkpoint_dir,
+                           on_step, cfg)
+
+    def sft_round(self, examples: pa.Table | str | Path | list[dict], cfg: Any = None, *,
+                  checkpoint_dir: str | Path | None = None,
+                  on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Supervised fine-tuning (mean NLL per completion token) on (prompt, reference) examples.
+
+        ``cfg``: a ``WarmStartConfig`` (its ``examples`` caps the rows used) or a ``TrainConfig``; fields it
+        lacks come from the learner's ``TrainConfig``.
+        """
+        cfg = cfg or self.cfg
+        table = read_table(examples)
+        limit = getattr(cfg, "examples", None)
+        if limit is not None and table.num_rows > limit:
+            table = table.slice(0, limit)
+        base = self.cfg
+        data = encode_sft(table, self.tokenizer, max_prompt_length=base.max_prompt_length,
+                          max_completion_length=base.max_completion_length, truncation=base.truncation)
+        objective = lambda d, m: sft_objective(self.engine, d, m, self.pad_id, self.device)
+        n_tokens = np.asarray([len(c) for c in data.completions["completion"]], dtype=np.int64)
+        denominator = lambda d, step: sum(int(n_tokens[i]) for m in step.micros
+                                          for i, real in zip(m.indices, m.real) if real)
+        return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
+                           checkpoint_dir, on_step, cfg)
+
+    def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
+               denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
+               cfg: Any) -> dict[str, Any]:
+        table_hash = table_fingerprint(table)
+        fingerprint = round_fingerprint(kind, table_hash, cfg, spec, self.world_size, self.seed)
+        resume, self._resume = self._resume, None
+        resuming = resume is not None and resume.get("fingerprint") == fingerprint
+        if resume is not None and not resuming:
+            warnings.warn(f"the loaded checkpoint belongs to another round (data or settings differ); starting "
+                          f"this {kind} round from step 0 with the loaded weights", stacklevel=3)
+        round_index = int(resume["round_index"]) if resuming else self.rounds
+        start = int(resume["position"]) if resuming else 0
+        # The data order depends on the run seed and the data only (not on how many rounds this process
+        # ran), so a round restarted in a new process plans the same steps.
+        plan_seed = int(hashlib.sha256(f"{self.seed}:{kind}:{table_hash}".encode()).hexdigest()[:12], 16)
+        plan = plan_round(data.lengths(), spec.micro_batch_size, self.world_size, spec.accumulation, plan_seed,
+                          spec.epochs)
+        if not plan:
+            raise ValueError(f"{kind} round has no examples left (input {data.stats})")
+        spec.apply(self.engine, self.optimizer)
+        if not resuming:
+            self.optimizer.state.clear()  # fresh AdamW moments for a new round
+        self.scheduler = spec.scheduler(self.optimizer, len(plan), start)
+        self._round_state = {"fingerprint": fingerprint, "position": start, "round_index": round_index}
+        records: list[dict[str, Any]] = []
+        t_round = time.perf_counter()
+        for position in range(start, len(plan)):
+            epoch, step = plan[position]
+            t0 = time.perf_counter()
+            where = f"{kind} round step {position + 1}/{len(plan)} (epoch {epoch})"
+            denom = denominator(data, step)
+            stats, lr, norm = optimizer_step(self.engine, self.optimizer, objective, data,
+                                             step.for_rank(self.rank, spec.accumulation), denom, self.world_size,
+                                             self.device, where + f", table rows {step_rows(data, step)}")
+            self.scheduler.step()
+            self.global_step += 1
+            self._round_state["position"] = position + 1
+            record = metrics_record(kind, stats, denom, time.perf_counter() - t0, lr=lr, grad_norm=norm,
+                                    round_index=round_index, step=position + 1, global_step=self.global_step,
+                                    epoch=epoch)
+            records.append(record)
+            self.metrics.write(record, self.global_step)
+            if checkpoint_dir and spec.checkpoint_every and (position + 1) % spec.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_dir)
+            if on_step is not None:
+                on_step(record)
+        self.rounds = round_index + 1
+        if checkpoint_dir and self._saved_step != self.global_step:
+            self.save_checkpoint(checkpoint_dir)
+        self._round_state = None
+        return summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round)
+
+    # --------------------------------------------------------------------------------------- reference
+    def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
+                          cfg: Any = None) -> pa.Table:
+        """``pairs`` with reference log-prob columns from the current weights (or from ``model_path``).
+
+        For ``tdpo`` this also (re)builds the frozen reference model used during training.
+        """
+        cfg = cfg or self.cfg
+        table = read_table(pairs)
+        if cfg.loss.reference_free:
+            return table
+        data = encode_pairs(table, self.tokenizer, cfg)
+        keys: tuple[str, ...] = ("chosen", "rejected")
+        if cfg.loss.type == "kto":
+            data = ref.kto_scoring_view(data, kl_partners(len(data), self.seed))
+            keys = (*keys, "kl_chosen", "kl_rejected")
+        model = self.engine if model_path is None else ref.load_plain_model(str(model_path), self.dtype, self.device)
+        if cfg.loss.type == "tdpo":
+            self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
+                              if model_path is None else model)
+        values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size)
+        self.engine.train()
+        names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
+        meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}
+        return ref.with_columns(table, data.rows, {names[k]: v for k, v in values.items()}, meta)
+
+    def _tdpo_reference(self, table: pa.Table) -> torch.nn.Module:
+        """TDPO's frozen reference when compute_reference did not run in this process (a restarted driver):
+        the model directory the columns were computed from, else the weights held now (the round's start)."""
+        source = ref.stored_meta(table).get("reference_model")
+        if source:
+            return ref.load_plain_model(source, self.dtype, self.device)
+        return ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
+
+    def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
+        """fp32 log-prob of each token ``t >= 1`` of each sequence given its prefix (no grad)."""
+        from selfplay.losses import token_logps
+
+        out: list[list[float]] = []
+        self.engine.eval()
+        with torch.no_grad():
+            for seq in sequences:
+                ids = torch.tensor([seq], dtype=torch.long, device=self.device)
+                logits = self.engine(input_ids=ids, use_cache=False).logits
+                mask = torch.ones_like(ids[:, 1:], dtype=torch.bool)
+                out.append(token_logps(logits[:, :-1], ids[:, 1:], mask)[0].float().cpu().tolist())
+        self.engine.train()
+        return out
+
+    # ---------------------------------------------------------------------------------------- outputs
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[bytes]:
+        """Full HF-named weights as safetensors buckets on rank 0 (``[]`` elsewhere). Collective."""
+        return ckpt.export_buckets(self.engine, bucket_mb, version, self._dtype(dtype))
+
+    def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
+        """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
+        path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype))
+        return None if path is None else str(path)
+
+    def save_checkpoint(self, ckpt_dir: str | Path) -> str:
+        """Resumable DeepSpeed checkpoint (weights, optimizer, round position, RNG). Collective."""
+        client = {"global_step": self.global_step, "rounds": self.rounds, "round": self._round_state}
+        path = ckpt.save_checkpoint(self.engine, ckpt_dir, self.global_step, client, self.ref_model)
+        self._saved_step = self.global_step
+        return str(path)
+
+    def load_checkpoint(self, ckpt_dir: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint; the next ``train_round`` on the same round's data resumes where it stopped."""
+        client = ckpt.load_checkpoint(self.engine, ckpt_dir)
+        self.global_step = int(client.get("global_step", 0))
+        self.rounds = int(client.get("rounds", 0))
+        self._resume = client.get("round")
+        if client.get("reference_file"):
+            self.ref_model = ref.load_frozen(client["reference_file"], self.engine.module.config, self.dtype,
+                                             self.device)
+        return {"global_step": self.global_step, "round": self._resume, "tag": client.get("tag")}
+
+    def set_metrics_dir(self, out_dir: str | Path | None) -> None:
+        """Write ``train_metrics.jsonl`` and TensorBoard events to ``out_dir`` from now on (rank 0)."""
+        self.metrics.close()
+        self.metrics = MetricsWriter(out_dir if self.rank == 0 else None)
+        self.output_dir = Path(out_dir) if out_dir is not None else None
+
+    def shutdown(self) -> None:
+        """Close the metrics writer and leave the process group."""
+        self.metrics.close()
+        destroy_distributed()
+
+    def _dtype(self, name: str | None) -> torch.dtype:
+        return self.dtype if name is None else {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]

@@ -1,0 +1,201 @@
+"""One micro-batch through the model: log-probs, the configured loss, and the statistics to log.
+
+The learner calls exactly one function here per micro-batch; the loss formulas themselves are the pure
+functions of :mod:`selfplay.losses`. Choices:
+
+* **Chosen and rejected in one forward**, concatenated along the batch (KTO: completion and mismatched-KL
+  rows). By default the shared prompt runs first, once per example, and both completions then run in
+  one forward on its KV cache (``run_model``): same logits, a third fewer tokens for typical pairs.
+* **Summed, not averaged**: each function returns the *sum* of ``weight * loss`` over the real examples
+  of the micro-batch. The learner divides by the example count of the whole optimizer step (all ranks,
+  all accumulation micro-batches; SFT: completion tokens), known from the plan without communication.
+  That makes the gradient independent of how a step is split into ranks x accumulation.
+* Statistics are detached float64 sums (``count``, rewards, correct, log-probs, ``tokens``, ``nonfinite``),
+  so the learner can all-reduce them in one vector and divide at the end.
+* ``tdpo`` needs the reference's full next-token distribution, which cannot be precomputed as a column:
+  it takes the logits of a frozen reference model in the same step (see ``reference.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selfplay.losses import kto_loss, next_token_targets, preference_loss, tdpo_loss, token_kl, token_logps
+from selfplay.train.batches import Micro, collate, collate_shared, column
+from selfplay.train.data import Encoded
+
+STAT_KEYS = ("count", "loss", "chosen_count", "rejected_count", "chosen_rewards", "rejected_rewards", "correct",
+             "chosen_logps", "rejected_logps", "tokens", "nonfinite", "kl")
+"""The summed statistics every objective returns (float64 0-d tensors); the learner divides them."""
+
+
+@dataclass
+class Scored:
+    """Model outputs aligned with the completion tokens they score, for N = K*B sequences.
+
+    ``logits[:, t]`` is the distribution of ``labels[:, t]``; ``mask`` marks completion tokens. Rows may be
+    in any order; ``x[order]`` puts a per-row result ``x`` in key-major order (all ``keys[0]`` rows, then
+    all ``keys[1]`` rows, ...).
+    """
+
+    logits: Tensor
+    labels: Tensor
+    mask: Tensor
+    order: Tensor
+    tokens: Tensor
+    """Real tokens run through the model per example, [B] (a shared prompt counts once)."""
+
+
+def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], keys: tuple[str, ...],
+              pad_id: int, device: torch.device, share_prefix: bool = True) -> Scored:
+    """One micro-batch of ``len(keys)`` completions per example through ``model``.
+
+    With ``share_prefix`` (and more than one completion per example) the prompt runs once and its KV cache
+    is reused by each completion, the "prefix sharing" of preference training: chosen and rejected share
+    the prompt, so this skips a third to a half of the tokens of a typical self-play pair. The logits are
+    the same as a full forward up to float rounding. Without it (gradient checkpointing, one completion)
+    the K full sequences go through one ordinary forward.
+    """
+    k, b = len(keys), len(indices)
+    if not share_prefix or k == 1:
+        batch = {n: v.to(device) for n, v in collate(data, indices, pad_id, keys).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
+        tokens = batch["attention_mask"].sum(-1).view(k, b).sum(0)
+        return Scored(logits, labels, mask, torch.arange(k * b, device=device), tokens)
+    batch = {n: v.to(device) for n, v in collate_shared(data, indices, pad_id, keys).items()}
+    prompt_len = batch["prompt_lengths"]
+    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # differentiable: gradients reach the prompt through the cache
+    last = out.logits[torch.arange(b, device=device), prompt_len - 1]  # predicts each first completion token
+    ids, cmask = batch["completion_ids"], batch["completion_mask"]
+    positions = prompt_len.repeat_interleave(k)[:, None] + torch.arange(ids.shape[1], device=device)[None]
+    attention = torch.cat([batch["prompt_mask"].repeat_interleave(k, 0), cmask], dim=1)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True)
+    logits = torch.cat([last.repeat_interleave(k, 0)[:, None], out.logits[:, :-1]], dim=1)
+    order = torch.arange(k * b, device=device).view(b, k).t().reshape(-1)
+    tokens = prompt_len + cmask.sum(-1).view(b, k).sum(-1)
+    return Scored(logits, ids, cmask.bool(), order, tokens)
+
+
+def sequence_sums(scored: Scored) -> tuple[Tensor, Tensor]:
+    """Summed completion log-probs and completion lengths, [K*B] in key-major order, fp32."""
+    per_token = token_logps(scored.logits, scored.labels, scored.mask)
+    return per_token.sum(-1)[scored.order], scored.mask.sum(-1)[scored.order]
+
+
+def _weights(data: Encoded, micro: Micro, device: torch.device) -> Tensor:
+    w = column(data, "weight", micro.indices, default=1.0) * torch.tensor(micro.real, dtype=torch.float64)
+    return w.to(device=device, dtype=torch.float32)
+
+
+def _ref(data: Encoded, name: str, micro: Micro, device: torch.device) -> Tensor:
+    values = column(data, name, micro.indices)
+    if values is None:
+        raise ValueError(f"reference column {name!r} is missing: call compute_reference(pairs) first")
+    return values.to(device=device, dtype=torch.float32)
+
+
+def _stats(weights: Tensor, losses: Tensor, chosen: Tensor, rejected: Tensor, chosen_r: Tensor,
+           rejected_r: Tensor, chosen_lp: Tensor, rejected_lp: Tensor, correct: Tensor, tokens: Tensor,
+           kl: Tensor | float = 0.0) -> dict[str, Tensor]:
+    """Sums over real examples; ``chosen``/``rejected`` select which examples carry each side's values."""
+    real = (weights > 0).to(torch.float64)
+    c, r = chosen.to(torch.float64) * real, rejected.to(torch.float64) * real
+    s = lambda t, m: (torch.nan_to_num(t.detach().to(torch.float64)) * m).sum()
+    finite = torch.isfinite(losses.detach()) | (real == 0)
+    return {
+        "count": real.sum(),
+        "loss": s(losses * weights.to(losses.dtype), real),
+        "chosen_count": c.sum(),
+        "rejected_count": r.sum(),
+        "chosen_rewards": s(chosen_r, c),
+        "rejected_rewards": s(rejected_r, r),
+        "correct": s(correct.to(torch.float64), real),
+        "chosen_logps": s(chosen_lp, c),
+        "rejected_logps": s(rejected_lp, r),
+        "tokens": tokens.detach().to(torch.float64),
+        "nonfinite": (~finite).sum().to(torch.float64),
+        "kl": torch.as_tensor(kl, dtype=torch.float64).detach() * real.sum(),
+    }
+
+
+def _tokens(scored: Scored, weights: Tensor) -> Tensor:
+    """Tokens run through the model for the real examples of a micro-batch."""
+    return (scored.tokens * (weights > 0)).sum()
+
+
+def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
+                   ref_model: Any = None, share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """Summed weighted preference loss (DPO family or TDPO) of one micro-batch, and its statistics."""
+    keys = ("chosen", "rejected")
+    scored = run_model(model, data, micro.indices, keys, pad_id, device, share_prefix)
+    logps, lengths = sequence_sums(scored)
+    pc, pr = logps.chunk(2)
+    lc, lr = lengths.chunk(2)
+    weights = _weights(data, micro, device)
+    params = loss_cfg.resolved_params()
+    if loss_cfg.type == "tdpo":
+        with torch.no_grad():
+            ref_scored = run_model(ref_model, data, micro.indices, keys, pad_id, device, share_prefix)
+            ref_logps, _ = sequence_sums(ref_scored)
+        seq_kl = token_kl(scored.logits, ref_scored.logits, scored.mask).sum(-1)[scored.order]
+        rc, rr = ref_logps.chunk(2)
+        kc, kr = seq_kl.chunk(2)
+        losses, chosen_r, rejected_r = tdpo_loss(pc, pr, rc, rr, kc, kr, beta=loss_cfg.beta, **params)
+    else:
+        rc = rr = None
+        if not loss_cfg.reference_free:
+            rc = _ref(data, "ref_chosen_logps", micro, device)
+            rr = _ref(data, "ref_rejected_logps", micro, device)
+        if loss_cfg.type == "odpo" and "offset" in data.columns:
+            params["offset"] = column(data, "offset", micro.indices).to(device=device, dtype=torch.float32)
+        losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
+                                                       chosen_lengths=lc, rejected_lengths=lr, **params)
+    ones = torch.ones_like(weights)
+    stats = _stats(weights, losses, ones, ones, chosen_r, rejected_r, pc, pr, chosen_r > rejected_r,
+                   _tokens(scored, weights))
+    return (losses * weights).sum(), stats
+
+
+def kto_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
+                  share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """Summed weighted KTO loss of one micro-batch of unpaired rows (see ``data.kto_view``).
+
+    ``z0`` is estimated from the micro-batch's own mismatched rows (per rank, per micro-batch).
+    """
+    scored = run_model(model, data, micro.indices, ("completion", "kl"), pad_id, device, share_prefix)
+    pol, pol_kl = sequence_sums(scored)[0].chunk(2)
+    weights = _weights(data, micro, device)
+    labels = column(data, "label", micro.indices).to(device) > 0.5
+    ref, ref_kl = _ref(data, "ref_logps", micro, device), _ref(data, "ref_kl_logps", micro, device)
+    real = torch.tensor(micro.real, device=device)
+    losses, rewards, z0 = kto_loss(pol, ref, labels, pol_kl[real], ref_kl[real], beta=loss_cfg.beta,
+                                   **loss_cfg.resolved_params())
+    # A row is "correct" when its implicit reward has the sign its label asks for.
+    correct = torch.where(labels, rewards > 0, rewards < 0)
+    stats = _stats(weights, losses, labels, ~labels, rewards, rewards, pol, pol, correct,
+                   _tokens(scored, weights), z0)
+    return (losses * weights).sum(), stats
+
+
+def sft_objective(model: Any, data: Encoded, micro: Micro, pad_id: int, device: torch.device
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Summed negative log-likelihood of the completion tokens (the learner divides by the step's tokens).
+
+    Statistics: ``loss`` is the summed NLL, ``chosen_logps`` the summed sequence log-probs.
+    """
+    scored = run_model(model, data, micro.indices, ("completion",), pad_id, device)
+    logps, _ = sequence_sums(scored)
+    weights = _weights(data, micro, device)
+    nll = -(logps * weights).sum()
+    ones, zeros = torch.ones_like(weights), torch.zeros_like(weights)
+    stats = _stats(weights, -logps, ones, zeros, zeros, zeros, logps, zeros, zeros, _tokens(scored, weights))
+    stats["loss"] = nll.detach().to(torch.float64)
+    return nll, stats
