@@ -1,0 +1,176 @@
+"""The one module that talks to vLLM: generation, weight reload and probe log-probs on a ``vllm.LLM``.
+
+vLLM's Python API changes between releases and broken weight sync is the usual symptom (OpenRLHF
+#922), so every vLLM call of the project is here and in ``vllm_worker.py``, and nothing else imports
+vllm. Choices:
+
+* In-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager=True``): it starts in about
+  2 s on CPU (a separate engine process takes 15-20 s), and the worker runs in this process, so new
+  weights are handed over as tensors without a copy. With a separate engine process (a user setting)
+  buckets travel as bytes instead; both paths end in the worker's ``reload_weights``.
+* Prompts are tokenized here with the shared :func:`encode_prompts` and passed as token ids, so the
+  HF engine and vLLM see identical inputs.
+* A sync is verified completely (:func:`decode_sync`) before any weight is loaded; a bad bucket leaves
+  the engine on its previous weights and version. If the load itself fails half way, the engine marks
+  itself broken (version -1) and refuses to generate until a good sync arrives.
+* ``probe_logps`` uses ``prompt_logprobs=0``: the log-prob of each given token under the model, the
+  same quantity the learner computes, for sync verification.
+
+vLLM is imported when an engine is constructed, never at module import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from selfplay.generate.types import Completion, Sampling, encode_prompts
+from selfplay.generate.weights import checkpoint_names, decode_sync
+
+WORKER_EXTENSION = "selfplay.generate.vllm_worker.SelfplayWorkerExtension"
+BROKEN = -1
+
+
+class VLLMEngine:
+    """A policy served by an in-process ``vllm.LLM``; ``version``/``checksum`` say which weights it holds."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 512,
+        seed: int = 0,
+        version: int = 0,
+        tensor_parallel_size: int = 1,
+        kv_cache_gb: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        **llm_kwargs: Any,
+    ):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if kv_cache_gb is not None:  # CPU backend only; the default (setup_env) is 1 GiB
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        if gpu_memory_utilization is not None:
+            llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.model_path = Path(model_path)
+        self._llm = LLM(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=dtype,
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            worker_extension_cls=WORKER_EXTENSION,
+            **llm_kwargs,
+        )
+        self.tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.vocab_size = self._llm.llm_engine.model_config.get_vocab_size()
+        self._names = checkpoint_names(model_path)
+        self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.version = version
+        self.checksum: str | None = None
+
+    # ------------------------------------------------------------------------------------ generation
+    def generate(
+        self, prompts: Sequence[Any], sampling: Sampling, first_index: int = 0
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions for each prompt, in prompt order. ``first_index`` is the global index
+        of ``prompts[0]`` (it selects the per-prompt seeds and is recorded in each completion)."""
+        self._check_usable()
+        ids = encode_prompts(self.tokenizer, list(prompts))
+        params = [self._params(sampling, first_index + i) for i in range(len(ids))]
+        outputs = self._llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        result = []
+        for i, out in enumerate(outputs):
+            group = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                logprobs = None
+                if sampling.logprobs:
+                    logprobs = tuple(float(lp[t].logprob) for lp, t in zip(c.logprobs, c.token_ids))
+                group.append(
+                    Completion(
+                        prompt_index=first_index + i,
+                        sample_index=c.index,
+                        token_ids=tuple(c.token_ids),
+                        text=c.text,
+                        finish_reason=str(c.finish_reason),
+                        logprobs=logprobs,
+                        policy_version=self.version,
+                    )
+                )
+            if sampling.greedy:  # vLLM refuses n > 1 when greedy; the samples would be identical anyway
+                group = [replace(group[0], sample_index=j) for j in range(sampling.n)]
+            result.append(group)
+        return result
+
+    def _params(self, s: Sampling, prompt_index: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=1 if s.greedy else s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            seed=s.prompt_seed(prompt_index),
+            logprobs=0 if s.logprobs else None,
+        )
+
+    def probe_logps(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """For each token sequence, ``log p(token_t | tokens_<t)`` for t >= 1 (``len - 1`` values)."""
+        from vllm import SamplingParams
+
+        self._check_usable()
+        for i, seq in enumerate(sequences):
+            if len(seq) < 2:
+                raise ValueError(f"probe sequence {i} has {len(seq)} tokens; at least 2 are needed")
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, detokenize=False)
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False
+        )
+        return [
+            [float(pos[t].logprob) for pos, t in zip(out.prompt_logprobs[1:], seq[1:])]
+            for out, seq in zip(outputs, sequences)
+        ]
+
+    # ------------------------------------------------------------------------------------ weights
+    def load_buckets(self, blobs: Sequence[bytes], version: int) -> str:
+        """Verify every bucket, then load them all into the running engine. Returns the sync checksum.
+
+        Raises :class:`~selfplay.sync.buckets.BucketError` (engine unchanged) on a corrupt, stale or
+        incomplete sync.
+        """
+        named, digest = decode_sync(blobs, version, self._names)
+        payload: list[Any] = named if self._in_process else [bytes(b) for b in blobs]
+        try:
+            self._llm.collective_rpc("selfplay_load_weights", args=(payload,))
+        except Exception:
+            self.version, self.checksum = BROKEN, None
+            raise
+        self._llm.reset_prefix_cache()
+        self.version, self.checksum = version, digest
+        return digest
+
+    def _check_usable(self) -> None:
+        if self.version == BROKEN:
+            raise RuntimeError("this engine's last weight load failed part way; it needs a new sync")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "version": self.version,
+            "checksum": self.checksum,
+            "model_path": str(self.model_path),
+            "vocab_size": self.vocab_size,
+        }

@@ -1,0 +1,143 @@
+"""Weight sync through a shared directory: buckets written once, every generator reloads them by path.
+
+For clusters with a shared filesystem (NFS, Lustre) and for keeping every synced version inspectable.
+Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manifest.json``
+(version, bucket count, bytes, checksum). Choices:
+
+* Atomic: a version directory is written under a temporary name and renamed, so a directory that
+  exists is complete; a generator never reads a half-written sync.
+* Generators read the files and go through the same verified load as every other method (sha256 per
+  bucket, version, complete names), rather than vLLM's own reload-from-path, which would skip checks.
+* Only the newest ``keep`` versions are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from selfplay.sync.base import (
+    RemoteCallError,
+    SyncError,
+    SyncReport,
+    _remote,
+    call_all,
+    export,
+    ray_get,
+    summarize,
+    targets,
+)
+from selfplay.sync.buckets import BucketError
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+
+
+def version_dir(root: str | Path, version: int) -> Path:
+    return Path(root) / f"v{version:06d}"
+
+
+def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str:
+    """Write one sync's buckets atomically; returns the version directory."""
+    final = version_dir(root, version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for i, blob in enumerate(blobs):
+            (tmp / f"bucket_{i:05d}.safetensors").write_bytes(blob)
+        checksum, nbytes, count = summarize(blobs)
+        manifest = {"version": version, "buckets": count, "bytes": nbytes, "checksum": checksum}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if final.exists():  # a re-push of the same version replaces it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
+
+
+def read_weights_dir(path: str | Path, version: int) -> list[bytes]:
+    """The buckets of a version directory, checked against its manifest (contents are verified on load)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BucketError(f"{path} has no readable manifest.json: {exc}") from None
+    if manifest.get("version") != version:
+        raise BucketError(f"{path} holds version {manifest.get('version')}, expected {version}")
+    files = sorted(path.glob("bucket_*.safetensors"))
+    if len(files) != manifest.get("buckets"):
+        raise BucketError(
+            f"{path} has {len(files)} bucket files, its manifest lists {manifest.get('buckets')}"
+        )
+    return [f.read_bytes() for f in files]
+
+
+def prune(root: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` version directories."""
+    versions = sorted(Path(root).glob("v[0-9]*"))
+    for old in versions[: max(0, len(versions) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _PathLoader:
+    """Gives a local engine the ``load_path`` a generator actor has."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def load_path(self, path: str, version: int) -> str:
+        return self.engine.load_buckets(read_weights_dir(path, version), version)
+
+
+class FilesystemSync:
+    method = "filesystem"
+
+    def __init__(
+        self,
+        shared_dir: str | Path,
+        bucket_mb: float = 64.0,
+        *,
+        probe: ProbeSpec | None = DEFAULT_PROBE,
+        timeout_s: float = 600.0,
+        keep: int = 2,
+    ):
+        self.root = Path(shared_dir)
+        self.bucket_mb = bucket_mb
+        self.probe = probe
+        self.timeout_s = timeout_s
+        self.keep = keep
+
+    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+        named = [(n, t if hasattr(t, "load_path") else _PathLoader(t)) for n, t in targets(generators)]
+        start = time.perf_counter()
+        ex = export(learner, self.bucket_mb, version, self.timeout_s)
+        export_s = time.perf_counter() - start
+
+        start = time.perf_counter()  # writing the files is part of the transfer
+        if ex.blobs is not None:
+            path = write_weights_dir(self.root, version, ex.blobs)
+        else:  # written by a task next to the learner's buckets, not through the driver
+            task = _remote(write_weights_dir).remote(str(self.root), version, ex.ref)
+            path = ray_get(task, "write_weights_dir", self.timeout_s)
+        try:
+            checksums = call_all(named, "load_path", (path, version), self.timeout_s)
+        except RemoteCallError as exc:
+            raise SyncError(f"sync to version {version} from {path} failed: {exc}") from exc
+        check_loaded([n for n, _ in named], checksums, ex.checksum, version)
+        report = SyncReport(
+            self.method,
+            version,
+            ex.count,
+            ex.bytes,
+            ex.checksum,
+            export_s,
+            time.perf_counter() - start,
+            [n for n, _ in named],
+        )
+        prune(self.root, self.keep)
+        return finish(report, learner, generators, self.probe, self.timeout_s)

@@ -1,0 +1,211 @@
+"""Weight sync by bucketed broadcast in a process group of learner rank 0 and the generators (GPUs: NCCL).
+
+Protocol, per sync, from rank 0 (the learner) to ranks 1..R (the generators): the bucket count (one
+int64), the bucket sizes (int64[count]), then each bucket as one uint8 tensor: ``count + 2``
+collectives however many parameters the model has (OpenRLHF broadcast one parameter at a time, #533).
+Receivers hand the bytes to the engine's verified ``load_buckets``, exactly like the other methods, so
+a corrupt transfer is caught by the same sha256 check.
+
+Choices and limits:
+
+* The group is separate from the learners' DeepSpeed world: its own ``TCPStore`` (hosted by the
+  driver, port chosen by the OS) and a process-group object built directly (``ProcessGroupNCCL`` on
+  GPUs; ``ProcessGroupGloo`` with ``backend="gloo"``, the same code on CPUs, which is how it is tested
+  without GPUs). It is built on the first push and reused; a failed push discards it.
+* Every collective waits at most ``timeout_s``; the driver's waits are bounded too, so a hung transfer
+  (TRL #6797) becomes an error naming the generator instead of a stalled run.
+* Buckets are staged through host memory (packed on CPU, copied to the GPU for the broadcast, back to
+  host for verification). A zero-copy GPU path would skip the host round trips; it is not written yet.
+* The learner side is either a local object with ``export_weights`` (the driver is rank 0) or learner
+  actors that include :class:`BroadcastSenderMixin` (rank 0 of the list joins the group).
+
+NCCL needs one GPU per rank; the GPU test (``tests/sync/test_nccl_gpu.py``) was not run (see docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from selfplay.sync.base import (
+    RemoteCallError,
+    SyncError,
+    SyncReport,
+    is_remote,
+    learner_result,
+    learner_submit,
+    ray_get,
+    summarize,
+    targets,
+)
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+
+STORE_PREFIX = "selfplay-weight-sync"
+
+
+class BroadcastEndpoint:
+    """One rank of the sync group. Rank 0 sends buckets, the others receive them."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        world_size: int,
+        rank: int,
+        backend: str = "nccl",
+        timeout_s: float = 300.0,
+    ):
+        import torch
+        import torch.distributed as dist
+
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(
+            host, port, world_size, is_master=False, timeout=self.timeout, wait_for_workers=False
+        )
+        store = dist.PrefixStore(STORE_PREFIX, store)
+        if backend == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = self.timeout
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, opts)
+        elif backend == "gloo":
+            self.device = torch.device("cpu")
+            self.group = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
+        else:
+            raise ValueError(f"unknown broadcast backend {backend!r}; expected nccl or gloo")
+
+    def _broadcast(self, tensor: Any, what: str) -> None:
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        try:
+            done = self.group.broadcast([tensor], opts).wait(self.timeout)
+        except RuntimeError as exc:  # gloo reports a timeout or a vanished peer this way
+            raise RuntimeError(f"rank {self.rank}: broadcast of {what} failed: {exc}") from exc
+        if not done:
+            raise TimeoutError(f"rank {self.rank}: broadcast of {what} timed out after {self.timeout}")
+
+    def send(self, blobs: list[bytes]) -> None:
+        import torch
+
+        if self.rank != 0:
+            raise RuntimeError("only rank 0 (the learner) sends")
+        self._broadcast(torch.tensor([len(blobs)], dtype=torch.int64, device=self.device), "bucket count")
+        self._broadcast(torch.tensor([len(b) for b in blobs], dtype=torch.int64, device=self.device), "sizes")
+        for i, blob in enumerate(blobs):
+            data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
+            self._broadcast(data.to(self.device), f"bucket {i}")
+
+    def receive(self) -> list[bytes]:
+        import torch
+
+        count = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._broadcast(count, "bucket count")
+        sizes = torch.zeros(int(count.item()), dtype=torch.int64, device=self.device)
+        self._broadcast(sizes, "sizes")
+        blobs = []
+        for i, size in enumerate(sizes.tolist()):
+            buf = torch.empty(size, dtype=torch.uint8, device=self.device)
+            self._broadcast(buf, f"bucket {i}")
+            blobs.append(buf.cpu().numpy().tobytes())
+        return blobs
+
+
+class BroadcastSenderMixin:
+    """Add to a learner actor class (it must have ``export_weights``) to serve :class:`BroadcastSync`."""
+
+    _selfplay_broadcast: BroadcastEndpoint | None = None
+
+    def broadcast_join(
+        self, host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float
+    ) -> bool:
+        self._selfplay_broadcast = BroadcastEndpoint(host, port, world_size, rank, backend, timeout_s)
+        return True
+
+    def broadcast_send(self, bucket_mb: float, version: int) -> tuple[str, int, int] | None:
+        """Export (collective on every rank) and, on the rank that joined the group, broadcast."""
+        blobs = self.export_weights(bucket_mb, version)
+        if self._selfplay_broadcast is None or not blobs:
+            return None
+        self._selfplay_broadcast.send(blobs)
+        return summarize(blobs)
+
+
+class BroadcastSync:
+    method = "nccl"
+
+    def __init__(
+        self,
+        bucket_mb: float = 64.0,
+        *,
+        backend: str = "nccl",
+        probe: ProbeSpec | None = DEFAULT_PROBE,
+        timeout_s: float = 600.0,
+    ):
+        self.bucket_mb, self.backend, self.probe, self.timeout_s = bucket_mb, backend, probe, timeout_s
+        self._store = None
+        self._local: BroadcastEndpoint | None = None
+
+    def _join(self, learner: Any, named: list[tuple[str, Any]]) -> None:
+        """Build the group: a store hosted here, every generator and learner rank 0 connected to it."""
+        import ray
+        import torch.distributed as dist
+
+        host = ray.util.get_node_ip_address()
+        world = 1 + len(named)
+        timeout = timedelta(seconds=self.timeout_s)
+        self._store = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        port = self._store.port
+        joins = [
+            (n, t.broadcast_join.remote(host, port, world, r + 1, self.backend, self.timeout_s))
+            for r, (n, t) in enumerate(named)
+        ]
+        rank0 = learner[0] if isinstance(learner, list | tuple) else learner
+        if is_remote(rank0, "broadcast_join"):
+            ray_get(
+                rank0.broadcast_join.remote(host, port, world, 0, self.backend, self.timeout_s),
+                "learner.broadcast_join",
+                self.timeout_s,
+            )
+        else:  # the driver itself is rank 0 (gloo connects every rank here, so the others were started first)
+            self._local = BroadcastEndpoint(host, port, world, 0, self.backend, self.timeout_s)
+        for name, ref in joins:
+            ray_get(ref, f"{name}.broadcast_join", self.timeout_s)
+
+    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+        named = targets(generators)
+        if not all(is_remote(t, "broadcast_receive") for _, t in named):
+            raise SyncError("broadcast sync needs generator actors (GeneratorPool), not local engines")
+        start = time.perf_counter()
+        try:
+            if self._store is None:
+                self._join(learner, named)
+            receives = [(n, t.broadcast_receive.remote(version)) for n, t in named]
+            if self._local is not None:
+                blobs = list(learner.export_weights(self.bucket_mb, version))
+                summary = summarize(blobs)
+                self._local.send(blobs)
+            else:
+                started = learner_submit(learner, "broadcast_send", (self.bucket_mb, version))
+                summary = learner_result(started, "broadcast_send", self.timeout_s)
+            checksums = [ray_get(ref, f"{n}.broadcast_receive", self.timeout_s) for n, ref in receives]
+        except (RemoteCallError, TimeoutError, RuntimeError) as exc:
+            self._store, self._local = None, None  # a failed collective leaves the group unusable
+            raise SyncError(f"broadcast sync to version {version} failed: {exc}") from exc
+        checksum, nbytes, count = summary
+        check_loaded([n for n, _ in named], checksums, checksum, version)
+        # export and transfer overlap here (rank 0 exports while receivers wait): all of it is transfer
+        report = SyncReport(
+            self.method,
+            version,
+            count,
+            nbytes,
+            checksum,
+            0.0,
+            time.perf_counter() - start,
+            [n for n, _ in named],
+        )
+        return finish(report, learner, generators, self.probe, self.timeout_s)

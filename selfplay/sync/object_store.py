@@ -1,0 +1,68 @@
+"""Weight sync through the Ray object store (the default; CPU and multi-node).
+
+The learner's buckets are put in the object store once (a remote learner's return value already is
+there) and every generator pulls the same object and loads it; Ray moves it between nodes. No
+parameter-by-parameter messages: a sync is ``ceil(model bytes / bucket_mb)`` buckets in one object.
+Local buckets are put as numpy uint8 arrays, which Ray hands to readers without a copy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from selfplay.sync.base import RemoteCallError, SyncError, SyncReport, call_all, export, is_remote, targets
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+
+
+def as_arrays(blobs: list[bytes]) -> list[Any]:
+    """Buckets as uint8 numpy views (no copy). Ray stores numpy arrays out of band and readers map them
+    without copying; ``bytes`` would be copied once more on each side (measured: 0.5 s vs 0.2 s to put
+    207 MB, 0.16 s vs 0.003 s to get)."""
+    import numpy as np
+
+    return [np.frombuffer(b, dtype=np.uint8) for b in blobs]
+
+
+class ObjectStoreSync:
+    method = "object_store"
+
+    def __init__(
+        self, bucket_mb: float = 64.0, *, probe: ProbeSpec | None = DEFAULT_PROBE, timeout_s: float = 600.0
+    ):
+        self.bucket_mb = bucket_mb
+        self.probe = probe
+        self.timeout_s = timeout_s
+
+    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+        named = targets(generators)
+        start = time.perf_counter()
+        ex = export(learner, self.bucket_mb, version, self.timeout_s)
+        export_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        payload = ex.blobs
+        if any(is_remote(t, "load_buckets") for _, t in named):
+            import ray
+
+            payload = ex.ref if ex.ref is not None else ray.put(as_arrays(ex.blobs))
+        elif payload is None:
+            raise SyncError(
+                "a remote learner's buckets cannot be pushed to local engines; use generator actors"
+            )
+        try:
+            checksums = call_all(named, "load_buckets", (payload, version), self.timeout_s)
+        except RemoteCallError as exc:
+            raise SyncError(f"sync to version {version} failed: {exc}") from exc
+        check_loaded([n for n, _ in named], checksums, ex.checksum, version)
+        report = SyncReport(
+            self.method,
+            version,
+            ex.count,
+            ex.bytes,
+            ex.checksum,
+            export_s,
+            time.perf_counter() - start,
+            [n for n, _ in named],
+        )
+        return finish(report, learner, generators, self.probe, self.timeout_s)

@@ -1,0 +1,75 @@
+"""Tiny real model tier: the HF engine (the ``hf`` backend and the reference the vLLM engine is held to)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfplay.generate import Sampling, make_engine
+from selfplay.sync.buckets import BucketError, pack_buckets
+
+PROMPTS = ["12+3=", [{"role": "user", "content": "sort 3,1,2"}], "hello", "9*9="]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    return make_engine("hf", tiny_model_dir, dtype="float32", batch_size=4)
+
+
+def tokens(groups):
+    return [[c.token_ids for c in g] for g in groups]
+
+
+def test_greedy_batched_equals_unbatched_and_n_copies(hf, tiny_model_dir):
+    s = Sampling(n=2, temperature=0, max_tokens=12)
+    batched = hf.generate(PROMPTS, s)
+    single = make_engine("hf", tiny_model_dir, dtype="float32", batch_size=1).generate(PROMPTS, s)
+    assert tokens(batched) == tokens(single)
+    assert all(len(g) == 2 and g[0].token_ids == g[1].token_ids for g in batched)
+    assert [[(c.prompt_index, c.sample_index) for c in g] for g in batched] == [[(i, 0), (i, 1)] for i in range(4)]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 12 for g in batched for c in g)
+
+
+def test_seeded_sampling_is_reproducible_and_split_independent(hf):
+    s = Sampling(n=3, temperature=1.0, max_tokens=10, seed=3, logprobs=True)
+    whole = hf.generate(PROMPTS, s)
+    assert tokens(whole) == tokens(hf.generate(PROMPTS, s))
+    tail = hf.generate(PROMPTS[2:], s, first_index=2)  # another split of the same request
+    assert tokens(tail) == tokens(whole[2:]) and tail[0][0].prompt_index == 2
+    assert tokens(whole) != tokens(hf.generate(PROMPTS, s.with_(seed=4)))
+    assert len({c.token_ids for c in whole[0]}) > 1  # samples of one prompt differ
+    c = whole[1][0]
+    ids = hf.tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, tokenize=False)
+    prompt_ids = hf.tokenizer(ids, add_special_tokens=False)["input_ids"]
+    probe = hf.probe_logps([prompt_ids + list(c.token_ids)])[0][-len(c.token_ids):]
+    assert max(abs(a - b) for a, b in zip(probe, c.logprobs)) < 1e-4  # raw log-probs of the sampled tokens
+
+
+def test_stop_strings_cut_text_and_tokens(hf):
+    free = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16))
+    stop = free[0][0].text[5]  # a character the model is known to write
+    cut = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16, stop=(stop,)))[0][0]
+    assert cut.finish_reason == "stop" and stop not in cut.text
+    assert free[0][0].text.startswith(cut.text) and len(cut.token_ids) == len(cut.text) + 1  # char tokenizer
+
+
+def test_load_buckets_roundtrip_and_corruption(hf, tiny_model_dir):
+    other = make_engine("hf", tiny_model_dir, dtype="float32")
+    new = {k: v + 0.05 * torch.randn_like(v) for k, v in other.model.state_dict().items()}
+    other.model.load_state_dict(new)
+    blobs = other.export_weights(bucket_mb=0.5, version=1)
+    assert len(blobs) > 1
+    seqs = [[1, 5, 10, 11, 12, 6, 14], [7, 8, 9]]
+    before = hf.probe_logps(seqs)
+    bad = list(blobs)
+    flipped = bytearray(bad[-1])
+    flipped[-3] ^= 0xFF
+    bad[-1] = bytes(flipped)
+    with pytest.raises(BucketError, match="checksum mismatch"):
+        hf.load_buckets(bad, 1)
+    with pytest.raises(BucketError, match="missing"):
+        hf.load_buckets(list(pack_buckets(list(new.items())[:3], 1.0, 1)), 1)
+    assert hf.version == 0 and hf.probe_logps(seqs) == before  # nothing was loaded
+    checksum = hf.load_buckets(blobs, 1)
+    assert hf.version == 1 and hf.checksum == checksum
+    assert hf.probe_logps(seqs) == other.probe_logps(seqs)

@@ -1,0 +1,130 @@
+"""Real Ray + real vLLM (CPU) tier: weights pushed into a running two-replica pool, then checked.
+
+"New weights" are the nano policy's weights plus seeded noise, held by an HF engine (the learner side:
+``export_weights`` + ``probe_logps``). After each push both replicas' greedy outputs must equal the HF
+model's token for token and their probe log-probs must match within 1e-4 (fp32). A bucket corrupted
+in transit is refused and the generators keep their previous weights and version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import ray
+import torch
+
+from selfplay.generate import Sampling, make_engine
+from selfplay.sync import ProbeSpec, SyncError
+from selfplay.sync.filesystem import FilesystemSync, version_dir
+from selfplay.sync.nccl import BroadcastSync
+from selfplay.sync.object_store import ObjectStoreSync
+from selfplay.sync.verify import verify_sync
+
+pytestmark = pytest.mark.slow  # a vLLM pool starts in 20-50 s on 2 shared cores
+
+PROMPTS = ["1+2=", "12+35=", "hello", [{"role": "user", "content": "sort 3,1,2"}], "9*9=", "abc"]
+GREEDY = Sampling(temperature=0, max_tokens=24)
+PROBE = ProbeSpec(tolerance=1e-4, count=4, length=24)
+BUCKET_MB = 0.25  # the nano policy (3.3 MB) travels in ~14 buckets
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_dir):
+    return make_engine("hf", tiny_model_dir, dtype="float32", batch_size=1)
+
+
+def new_weights(learner, seed: int) -> None:
+    """Perturb the learner's weights; then make EOS win wherever its most frequent greedy token would,
+    so that some greedy outputs stop early (EOS handling is compared too)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {k: v + 0.03 * torch.randn(v.shape, generator=g) for k, v in learner.model.state_dict().items()}
+    learner.model.load_state_dict(state)
+    out = learner.generate(PROMPTS, GREEDY)
+    common = Counter(t for grp in out for t in grp[0].token_ids[1:]).most_common(1)[0][0]
+    head = learner.model.lm_head.weight.data
+    eos = learner.tokenizer.eos_token_id
+    head[eos] = head[common] * 1.05
+
+
+def assert_replicas_match(pool, learner, version):
+    want = [[c.token_ids for c in g] for g in learner.generate(PROMPTS, GREEDY)]
+    for name, actor in zip(pool.names, pool.actors):  # every replica, not just the ones a shard hit
+        got = ray.get(actor.generate.remote(PROMPTS, GREEDY, 0), timeout=120)
+        assert [[c.token_ids for c in g] for g in got] == want, name
+        assert {c.policy_version for g in got for c in g} == {version}
+    seqs = [[1, 5, 10, 11, 12, 6, 14, 20, 30, 41], [3, 4, 5, 6, 7, 8]]
+    expected = learner.probe_logps(seqs)
+    for probes in pool.probe_logps(seqs):
+        assert max(abs(a - b) for x, y in zip(probes, expected) for a, b in zip(x, y)) <= 1e-4
+    return want
+
+
+class CorruptInTransit:
+    """A learner side whose export flips bytes in one bucket (an injected transport fault)."""
+
+    def __init__(self, learner, bucket: int):
+        self.learner, self.bucket = learner, bucket
+
+    def export_weights(self, bucket_mb, version):
+        blobs = self.learner.export_weights(bucket_mb, version)
+        bad = bytearray(blobs[self.bucket])
+        bad[len(bad) // 2] ^= 0xFF
+        blobs[self.bucket] = bytes(bad)
+        return blobs
+
+
+def test_object_store_sync_from_a_remote_learner(sync_pool, learner):
+    initial = [[c.token_ids for c in g] for g in learner.generate(PROMPTS, GREEDY)]
+    new_weights(learner, seed=1)
+    remote = ray.remote(num_cpus=0)(type(learner)).remote(str(learner.model_path), dtype=torch.float32)
+    ray.get(remote.load_buckets.remote(learner.export_weights(1.0, 1), 1), timeout=300)
+    report = ObjectStoreSync(BUCKET_MB, probe=PROBE, timeout_s=300).push(remote, sync_pool, version=1)
+    assert (report.method, report.version, report.generators) == ("object_store", 1, sync_pool.names)
+    assert report.buckets > 5 and report.bytes > 3e6 and report.max_diff <= 1e-4
+    assert {i["checksum"] for i in sync_pool.info()} == {report.checksum}
+    sync_pool.expect_version(1, report.checksum)
+    outputs = assert_replicas_match(sync_pool, learner, version=1)
+    assert outputs != initial  # the new weights change what is generated
+    assert any(len(t) < GREEDY.max_tokens for grp in outputs for t in grp)  # some stopped at EOS
+    ray.kill(remote)
+
+
+def test_corrupted_bucket_is_refused_and_previous_weights_kept(sync_pool, learner):
+    before = sync_pool.info()
+    with pytest.raises(SyncError, match=r"version 2 failed: generator-0\.load_buckets failed: BucketError.*checksum"):
+        ObjectStoreSync(BUCKET_MB, probe=PROBE, timeout_s=300).push(CorruptInTransit(learner, 3), sync_pool, 2)
+    after = sync_pool.info()
+    assert [(i["version"], i["checksum"]) for i in after] == [(i["version"], i["checksum"]) for i in before]
+    assert_replicas_match(sync_pool, learner, version=1)  # still the version-1 weights, still usable
+
+
+def test_filesystem_sync(sync_pool, learner, tmp_path):
+    new_weights(learner, seed=2)
+    sync = FilesystemSync(tmp_path, BUCKET_MB, probe=PROBE, timeout_s=300, keep=1)
+    report = sync.push(learner, sync_pool, version=2)
+    assert report.version == 2 and report.max_diff <= 1e-4
+    assert (version_dir(tmp_path, 2) / "manifest.json").is_file()
+    assert_replicas_match(sync_pool, learner, version=2)
+
+
+def test_verification_stops_on_stale_or_wrong_weights(sync_pool, learner, tiny_model_dir):
+    with pytest.raises(SyncError, match="generator-0 holds policy version 2, expected 3"):
+        sync_pool.expect_version(3)
+    with pytest.raises(SyncError, match="checksum"):
+        sync_pool.expect_version(2, "0" * 64)
+    other = make_engine("hf", tiny_model_dir, dtype="float32")  # the original weights, not version 2's
+    with pytest.raises(SyncError, match=r"generator-0 at version 2: probe log-probs differ .* by \d"):
+        verify_sync(other, sync_pool, 2, None, PROBE, timeout=120)
+
+
+def test_broadcast_sync_on_gloo(sync_pool, learner):
+    """The NCCL method's code path with the gloo backend: driver = rank 0, generators = ranks 1, 2."""
+    new_weights(learner, seed=3)
+    sync = BroadcastSync(BUCKET_MB, backend="gloo", probe=PROBE, timeout_s=120)
+    report = sync.push(learner, sync_pool, version=3)
+    assert report.method == "nccl" and report.version == 3 and report.max_diff <= 1e-4
+    assert_replicas_match(sync_pool, learner, version=3)
+    new_weights(learner, seed=4)
+    assert sync.push(learner, sync_pool, version=4).version == 4  # the group is reused
+    assert_replicas_match(sync_pool, learner, version=4)
