@@ -70,8 +70,8 @@ def _stage(rt: Runtime, name: str, fn: Callable[[], dict[str, Any] | None], k: i
     seconds = time.perf_counter() - start
     if k is None:
         rt.rd.manifest["prepared"] = True
-        rt.rd.manifest["prepare"] = {"seconds": round(seconds, 3), **info}
+        rt.rd.manifest["prepare"] = {**info, "seconds": round(seconds, 3)}
         rt.rd.save()
     else:
-        rt.rd.mark_stage(k, name, seconds, **info)
+        rt.rd.mark_stage(k, name, seconds, info)
     rt.log(f"  {name}: {seconds:.1f}s {stages.brief(info)}")

@@ -77,4 +77,5 @@ def build_learners(rt, policy_dir: Path):
 def build_sync(rt):
     from selfplay.sync import make_sync
 
-    return make_sync(rt.cfg.sync, rt.rd.root / "weights")
+    sync_cfg = rt.cfg.sync.model_copy(update={"probe_tolerance": rt.cfg.probe_tolerance})
+    return make_sync(sync_cfg, rt.rd.root / "weights")

@@ -50,15 +50,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     if steps:
         xs = list(range(len(steps)))
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, [s.get("margin") for s in steps], label="reward margin")
+        ax.plot(xs, [s.get("reward_margin") for s in steps], label="reward margin")
         ax.plot(xs, [s.get("reward_accuracy") for s in steps], label="reward accuracy")
         ax.set_xlabel("optimizer step (all iterations)")
         ax.legend()
         written.append(_save(fig, out_dir / "margins.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, [s.get("logps_chosen") for s in steps], label="chosen log-prob")
-        ax.plot(xs, [s.get("logps_rejected") for s in steps], label="rejected log-prob")
+        ax.plot(xs, [s.get("chosen_logps") for s in steps], label="chosen log-prob")
+        ax.plot(xs, [s.get("rejected_logps") for s in steps], label="rejected log-prob")
         ax.set_xlabel("optimizer step (all iterations)")
         ax.set_title("policy log-probs (watch for the rejected collapse)")
         ax.legend()

@@ -141,8 +141,10 @@ class RunDir:
     def stage_done(self, k: int, stage: str) -> bool:
         return stage in self.manifest["iterations"].get(str(k), {}).get("stages", {})
 
-    def mark_stage(self, k: int, stage: str, seconds: float, **info: Any) -> None:
-        self._iter(k)["stages"][stage] = {"seconds": round(seconds, 3), **info}
+    def mark_stage(self, k: int, stage: str, seconds: float, info: dict[str, Any] | None = None) -> None:
+        """Record ``stage`` of iteration ``k`` as done; ``seconds`` (wall time of the stage) wins over
+        a same-named key in ``info``."""
+        self._iter(k)["stages"][stage] = {**(info or {}), "seconds": round(seconds, 3)}
         self.save()
 
     def mark_complete(self, k: int, policy_version: int) -> None:

@@ -56,6 +56,16 @@ def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
     return rd
 
 
+class _CompletionsOnly:
+    """The pool returns (completions, seconds); judges want the engine API (completions only)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def generate(self, prompts, sampling):
+        return self.pool.generate(prompts, sampling)[0]
+
+
 class Runtime:
     def __init__(self, cfg: RunConfig, rd: RunDir, console=None):
         self.cfg = cfg
@@ -202,7 +212,7 @@ class Runtime:
         self.ensure_ray()
         judge_gen = self.cfg.generation.model_copy(update={"replicas": 1, "n": 1})
         self._judge_pool = GeneratorPool(self.cfg.judge.path, judge_gen, self.cfg.resources, seed=self.cfg.seed)
-        return self._judge_pool
+        return _CompletionsOnly(self._judge_pool)
 
     def info(self) -> dict[str, Any]:
         return {"run_dir": str(self.rd.root), "policy_version": self.policy_version}

@@ -169,9 +169,35 @@ def train(rt, k: int) -> dict[str, Any]:
     faults.watch_lines("train", k, it / "train_metrics.jsonl")
     summary = learners.train_round(table, rt.cfg.train, checkpoint_dir=ckpt)
     rt.trained_iteration = k
-    info = {key: v for key, v in summary.items() if isinstance(v, int | float | str)}
-    info.update(_kl_estimate(learners, table, rt.cfg))
+    info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step") if key in summary}
+    info.update(round_metrics(it / "train_metrics.jsonl"))
+    info.update(_kl_estimate(learners, table, rt.cfg.train))
     return info
+
+
+def round_metrics(path: Path) -> dict[str, Any]:
+    """Summary of a round from its per-step log, which spans every attempt of an interrupted round
+    (a resumed round appends; a step logged twice counts once, the last write wins)."""
+    if not path.exists():
+        return {}
+    steps: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
+    records = list(steps.values())
+    if not records:
+        return {}
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in records if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+        return sum(values) / len(values) if values else None
+
+    out = {"loss": records[-1].get("loss"), "loss_first": records[0].get("loss"), "loss_mean": mean("loss"),
+           "reward_accuracy": mean("reward_accuracy"), "reward_margin": mean("reward_margin"),
+           "chosen_logps": mean("chosen_logps"), "rejected_logps": mean("rejected_logps"),
+           "logged_steps": len(records)}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _kl_estimate(learners, table, cfg) -> dict[str, Any]:

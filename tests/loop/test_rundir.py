@@ -77,12 +77,12 @@ def test_stage_bookkeeping_and_resume_point(tmp_path):
     rd.create({"name": "t"}, "name: t\n", {"selfplay": "0"})
     assert rd.next_iteration() == 0
     assert rd.current_policy() == rd.initial_dir / "policy"
-    rd.mark_stage(0, "generate", 1.5, samples=8)
+    rd.mark_stage(0, "generate", 1.5, {"samples": 8, "seconds": 99})
     rd.mark_stage(0, "judge", 0.5)
     again = RunDir(tmp_path / "run")  # a new process reads the same state
     assert again.stage_done(0, "generate") and again.stage_done(0, "judge")
     assert not again.stage_done(0, "pairs")
-    assert again.stage_info(0, "generate")["samples"] == 8
+    assert again.stage_info(0, "generate") == {"samples": 8, "seconds": 1.5}
     again.mark_complete(0, policy_version=1)
     assert RunDir(tmp_path / "run").next_iteration() == 1
     assert RunDir(tmp_path / "run").current_policy() == again.iter_dir(0) / "policy"
