@@ -32,6 +32,10 @@ class WarmStartConfig(Section):
     """Passes over those examples."""
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     """Peak learning rate of the warm start."""
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up (the warm start's own; the `train` section's applies to preference rounds)."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Fraction of the warm start's steps spent warming up linearly."""
     micro_batch_size: PositiveInt = 32
     """Examples per learner per optimizer step (global batch = this x learners)."""
 
@@ -333,6 +337,10 @@ class TrainConfig(Section):
     """Most completion tokens kept."""
     truncation: Literal["truncate", "drop"] = "truncate"
     """Over-long pairs are truncated or dropped; the count is reported either way."""
+    length_grouping: Literal["sorted", "megabatch", "random"] = "megabatch"
+    """Batches of similar lengths: globally `sorted` (least padding, one length class per batch),
+    sorted within random windows of 64 micro-batches (`megabatch`, like HF group_by_length), or `random`.
+    Use `random` where length tracks content (e.g. answer length = difficulty). Also used by the warm start."""
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
     """Save a resumable learner checkpoint every this many optimizer steps (0 = end of round only)."""
 

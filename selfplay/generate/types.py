@@ -130,17 +130,21 @@ def prompt_of(item: Any) -> Prompt:
 def encode_prompts(tokenizer: Any, prompts: list[Any]) -> list[list[int]]:
     """Token ids of each prompt, identical for every engine (so greedy outputs can match exactly).
 
-    Chat messages are rendered with the tokenizer's chat template (``add_generation_prompt=True``) and
-    encoded without adding special tokens, since the template writes them; plain strings are encoded the
-    tokenizer's usual way. A chat prompt for a tokenizer without a template is an error.
+    With a chat template, a prompt is rendered with it (``add_generation_prompt=True``; a plain string is
+    one user turn) and encoded without adding special tokens, since the template writes them: a chat
+    model is always prompted the way it was trained. Without a template (a base model), plain strings are
+    encoded the tokenizer's usual way, and a chat-message prompt is an error.
     """
     out = []
+    templated = bool(getattr(tokenizer, "chat_template", None))
     for item in prompts:
         prompt = prompt_of(item)
-        if isinstance(prompt, str):
+        if isinstance(prompt, str) and not templated:
             out.append(list(tokenizer(prompt)["input_ids"]))
             continue
-        if not getattr(tokenizer, "chat_template", None):
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not templated:
             raise ValueError("a chat-message prompt needs a tokenizer with a chat template")
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))

@@ -48,8 +48,7 @@ def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir
 def run_iteration(rt: Runtime, k: int) -> None:
     """One self-play iteration; stages already recorded in the manifest are skipped."""
     rt.log(f"iteration {k}")
-    prompts = stages.sample_prompts(rt, k)
-    _stage(rt, "generate", lambda: stages.generate(rt, k, prompts), k)
+    _stage(rt, "generate", lambda: stages.generate(rt, k, stages.sample_prompts(rt, k)), k)
     _stage(rt, "judge", lambda: stages.judge(rt, k), k)
     _stage(rt, "pairs", lambda: stages.build_pairs(rt, k), k)
     _stage(rt, "reference", lambda: stages.reference_logps(rt, k), k)

@@ -42,7 +42,8 @@ def score_eval(rt, examples: list, responses: list[str], baseline: Path | None) 
     if cfg.judge is not None and cfg.judge.type in _SOLO_JUDGES:
         judge_scores = [s[0] for s in run_judge(rt.judge, _groups(examples, [[r] for r in responses]))]
         result["mean_reward"] = _mean(judge_scores)
-    if baseline is not None and baseline.exists() and cfg.evaluation.win_rate:
+    can_compare = verifier_scores is not None or cfg.judge is not None
+    if baseline is not None and baseline.exists() and cfg.evaluation.win_rate and can_compare:
         result["win_rate"] = _win_rate(rt, examples, responses, baseline, verifier_scores)
     table = pa.Table.from_pylist([
         {"prompt_id": ex.id, "prompt": encode_prompt(ex.prompt), "reference": ex.reference, "response": r,

@@ -97,6 +97,8 @@ def prepare(rt) -> dict[str, Any]:
 def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     from selfplay.loop.records import generations_table
 
+    if rt.cfg.task.type == "pairs":
+        return {"skipped": "offline pairs: nothing to generate"}
     it = rt.rd.iter_dir(k)
     pool = rt.generators(policy_before(rt, k), version=k)
     pool.expect_version(k)
@@ -113,6 +115,8 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
 def judge(rt, k: int) -> dict[str, Any]:
     from selfplay.judges import judge_table
 
+    if rt.cfg.task.type == "pairs":
+        return {"skipped": "offline pairs: already judged"}
     it = rt.rd.iter_dir(k)
     generations = read_parquet(it / "generations.parquet")
     examples = _examples_by_id(sample_prompts(rt, k))

@@ -3,9 +3,13 @@
 Every rank computes the *same* global plan from ``(seed, epoch)`` and takes its own slice, so sharding
 needs no communication and is reproducible. Choices:
 
-* **Length-bucketed.** Examples are sorted by their padded length (ties broken randomly per epoch) and cut
-  into consecutive micro-batches, so a micro-batch holds similar lengths and little padding is computed.
-  The *order of optimizer steps* is then shuffled from the seed, so training does not see lengths in order.
+* **Length-grouped**, three ways (``train.length_grouping``). ``sorted``: the epoch's examples are sorted
+  by padded length (ties broken randomly) and cut into consecutive micro-batches: least padding, but each
+  batch holds one length class, and where length tracks content (a task whose answer length is its
+  difficulty) batches become one kind of example and SGD suffers. ``megabatch`` (default): the shuffled
+  epoch is cut into windows of ``MEGABATCH`` micro-batches and sorted within each window, as HF's
+  ``group_by_length`` does: most of the padding saving, batches drawn from a random sample.
+  ``random``: random batches. The *order of optimizer steps* is shuffled from the seed in every mode.
 * **A step is G = world_size x accumulation micro-batches**; micro-batch ``j`` of a step goes to rank
   ``j // accumulation``. The number of micro-batches is rounded up to a multiple of G and examples are
   spread evenly over them (sizes differ by at most one), so every rank runs the same number of
@@ -52,16 +56,33 @@ class Step:
         return self.micros[rank * accumulation : (rank + 1) * accumulation]
 
 
+MEGABATCH = 64  # micro-batches per sorted window in ``megabatch`` grouping
+
+
+def group_order(lengths: np.ndarray, rng: np.random.Generator, grouping: str, micro_batch_size: int) -> np.ndarray:
+    """Example order for one epoch: sorted, sorted within shuffled windows, or just shuffled."""
+    lengths = np.asarray(lengths)
+    perm = rng.permutation(len(lengths))
+    if grouping == "random":
+        return perm
+    if grouping == "sorted":
+        return perm[np.argsort(lengths[perm], kind="stable")]
+    if grouping != "megabatch":
+        raise ValueError(f"length_grouping: unknown mode {grouping!r}; allowed: sorted, megabatch, random")
+    size = MEGABATCH * micro_batch_size
+    windows = [perm[i : i + size] for i in range(0, len(perm), size)]
+    return np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in windows])
+
+
 def plan_epoch(lengths: np.ndarray, micro_batch_size: int, world_size: int, accumulation: int,
-               seed: int, epoch: int) -> list[Step]:
+               seed: int, epoch: int, grouping: str = "sorted") -> list[Step]:
     """The global list of optimizer steps for one epoch over examples of the given lengths."""
     n = len(lengths)
     if n == 0:
         return []
     g = world_size * accumulation
     rng = np.random.default_rng([seed, epoch])
-    tiebreak = rng.permutation(n)
-    order = tiebreak[np.argsort(np.asarray(lengths)[tiebreak], kind="stable")]
+    order = group_order(lengths, rng, grouping, micro_batch_size)
     n_micro = -(-n // micro_batch_size)
     n_micro = -(-n_micro // g) * g
     chunks = np.array_split(order, n_micro)
@@ -76,10 +97,10 @@ def plan_epoch(lengths: np.ndarray, micro_batch_size: int, world_size: int, accu
 
 
 def plan_round(lengths: np.ndarray, micro_batch_size: int, world_size: int, accumulation: int,
-               seed: int, epochs: int) -> list[tuple[int, Step]]:
+               seed: int, epochs: int, grouping: str = "sorted") -> list[tuple[int, Step]]:
     """``(epoch, step)`` for every optimizer step of a round."""
     return [(e, s) for e in range(epochs) for s in plan_epoch(lengths, micro_batch_size, world_size,
-                                                             accumulation, seed, e)]
+                                                             accumulation, seed, e, grouping)]
 
 
 def shard_indices(n: int, rank: int, world_size: int, batch_size: int) -> list[list[int]]:

@@ -182,7 +182,7 @@ class Learner:
         # ran), so a round restarted in a new process plans the same steps.
         plan_seed = int(hashlib.sha256(f"{self.seed}:{kind}:{table_hash}".encode()).hexdigest()[:12], 16)
         plan = plan_round(data.lengths(), spec.micro_batch_size, self.world_size, spec.accumulation, plan_seed,
-                          spec.epochs)
+                          spec.epochs, spec.length_grouping)
         if not plan:
             raise ValueError(f"{kind} round has no examples left (input {data.stats})")
         spec.apply(self.engine, self.optimizer)

@@ -45,8 +45,13 @@ def test_encode_prompts_renders_chat_template(tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = encode_prompts(tok, ["12+3=", [{"role": "user", "content": "12+3="}]])
-    assert tok.decode(ids[0]) == "12+3="
+    # a plain string is one user turn for a model with a chat template: it is prompted as it was trained
+    assert ids[0] == ids[1]
     assert tok.decode(ids[1]) == "<s><u>12+3=<a>" and ids[1][0] == tok.bos_token_id  # one bos, from the template
+    tok.chat_template = None  # a base model: plain text is encoded as is, chat messages are an error
+    assert tok.decode(encode_prompts(tok, ["12+3="])[0]) == "12+3="
+    with pytest.raises(ValueError, match="chat template"):
+        encode_prompts(tok, [[{"role": "user", "content": "12+3="}]])
     with pytest.raises(TypeError):
         encode_prompts(tok, [42])
 

@@ -91,7 +91,8 @@ def test_truncate_and_drop_counts(tok):
     cut = encode(table, tok, ("chosen", "rejected"), truncation="truncate", **kw)
     assert cut.stats == {"examples": 3, "kept": 3, "dropped": 0, "truncated": 2}
     assert all(len(p) <= 12 for p in cut.prompts)
-    assert tok.decode(cut.prompts[1]) == " prompt here"  # left-truncated (12 tokens): the end of the prompt survives
+    # left-truncated to 12 tokens: the end of the rendered prompt (text, then the assistant marker) survives
+    assert tok.decode(cut.prompts[1]) == "prompt here<a>"
     assert cut.completions["chosen"][2] == tok("a lon", add_special_tokens=False)["input_ids"]
     dropped = encode(table, tok, ("chosen", "rejected"), truncation="drop", **kw)
     assert dropped.stats == {"examples": 3, "kept": 1, "dropped": 2, "truncated": 0}
@@ -120,6 +121,25 @@ def test_plan_with_fewer_examples_than_micro_batches_pads_with_weight_zero():
     steps = plan_epoch(np.array([5, 7]), 8, world_size=2, accumulation=2, seed=0, epoch=0)
     assert len(steps) == 1 and len(steps[0].micros) == 4 and steps[0].count == 2
     assert sum(not r for m in steps[0].micros for r in m.real) == 2
+
+
+def test_megabatch_grouping_sorts_within_windows_and_random_does_not_sort():
+    from selfplay.train.batches import MEGABATCH
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(4, 200, size=3 * MEGABATCH * 2 + 5)
+    steps = plan_epoch(lengths, 2, 1, 1, seed=0, epoch=0, grouping="megabatch")
+    seen = sorted(i for s in steps for m in s.micros for i in m.indices)
+    assert seen == list(range(len(lengths)))  # a permutation: nothing dropped or repeated
+    spread = [np.ptp(lengths[list(s.micros[0].indices)]) for s in steps]
+    off = plan_epoch(lengths, 2, 1, 1, seed=0, epoch=0, grouping="random")
+    spread_off = [np.ptp(lengths[list(s.micros[0].indices)]) for s in off]
+    assert np.mean(spread) < 0.2 * np.mean(spread_off)  # sorted within windows: close lengths
+    # a window is a random sample of the epoch: the first window's examples are not the shortest ones
+    order = [i for s in plan_epoch(lengths, 2, 1, 1, 0, 0, "megabatch") for m in s.micros for i in m.indices]
+    assert order != sorted(order, key=lambda i: lengths[i])
+    with pytest.raises(ValueError, match="length_grouping"):
+        plan_epoch(lengths, 2, 1, 1, 0, 0, grouping="bogus")
 
 
 def test_length_bucketing_reduces_padding():
