@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,25 +42,48 @@ def ray_head():
     start = [RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        # `ray start` returns before the head's job agent accepts submissions ("No available agent").
+        deadline = time.monotonic() + 120
+        while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True,
+                             timeout=60).returncode != 0:
+            assert time.monotonic() < deadline, "the Ray head never accepted job requests"
+            time.sleep(2)
+        yield address, env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _snapshot(dest: Path) -> Path:
+    """The repo's files (tracked + untracked-not-ignored) copied aside, so nothing changes while Ray zips them."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
     address, env = ray_head
+    workdir = _snapshot(tmp_path / "src")
     recipe = dict(MICRO, iterations=1, name="job")
     recipe_path = tmp_path / "job.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     run_dir = tmp_path / "run"
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+    job_id = f"selfplay-test-{uuid.uuid4().hex[:8]}"
+    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", ".", "--",
            sys.executable, "-m", "selfplay.cli", "run", str(recipe_path), "--run-dir", str(run_dir)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-5000:]
-    assert "SUCCEEDED" in log, log[-3000:]
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["iterations"]["0"]["complete"] is True
     assert (run_dir / "iter_000" / "policy" / "model.safetensors").exists()
