@@ -9,6 +9,7 @@ from typing import Any
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError
 
 COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "kl", "seconds")
+HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "kl", "secs")  # fits 80 columns
 
 
 def _eval(path: Path) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     if rd.manifest.get("prepared"):
         ev = _eval(rd.initial_dir / "eval.json")
         rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in COLUMNS[5:9]},
-                     "seconds": rd.manifest.get("prepare", {}).get("seconds")})
+                     "seconds": round(rd.manifest.get("prepare", {}).get("seconds", 0))})
     for key in sorted(rd.manifest.get("iterations", {}), key=int):
         entry = rd.manifest["iterations"][key]
         stages = entry.get("stages", {})
@@ -39,7 +40,7 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             "loss": train.get("loss"),
             "reward_acc": train.get("reward_accuracy"),
             **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward", "kl")},
-            "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1),
+            "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
         })
     return rows
 
@@ -48,17 +49,18 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return str(value)
 
 
 def status_table(run_dir: str | Path, console=None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"selfplay run {Path(run_dir)}")
-    for col in COLUMNS:
-        table.add_column(col, justify="right")
+    table = Table(title=f"selfplay run {Path(run_dir)}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for header in HEADERS:
+        table.add_column(header, justify="right", no_wrap=True)
     for row in status_rows(run_dir):
         table.add_row(*(_fmt(row.get(c)) for c in COLUMNS))
     (console or Console()).print(table)
