@@ -56,6 +56,14 @@ def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
     return rd
 
 
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
 class _CompletionsOnly:
     """The pool returns (completions, seconds); judges want the engine API (completions only)."""
 
@@ -138,6 +146,32 @@ class Runtime:
             raise
         except Exception as exc:
             raise StageError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None = None, watch_lines: Path | None = None):
+        """A progress bar for a long stage; yields ``advance(n=1)``. With ``watch_lines``, progress is
+        the number of lines in that file (a remote learner's step log), polled twice a second."""
+        import threading
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            stop = threading.Event()
+            if watch_lines is not None:
+                start = _count_lines(watch_lines)
+
+                def poll() -> None:
+                    while not stop.wait(0.5):
+                        bar.update(task, completed=_count_lines(watch_lines) - start)
+
+                threading.Thread(target=poll, daemon=True).start()
+            try:
+                yield lambda n=1: bar.advance(task, n)
+            finally:
+                stop.set()
 
     def summary(self) -> None:
         from selfplay.loop.status import status_table

@@ -80,7 +80,10 @@ def prepare(rt) -> dict[str, Any]:
             raise ValueError("policy.warmstart: the task has no reference answers to fine-tune on")
         learners = rt.learners(base)
         learners.set_metrics_dir(rt.rd.initial_dir)
-        summary = learners.sft_round(rows, ws)
+        steps = -(-len(rows) // (ws.micro_batch_size * cfg.resources.learners)) * ws.epochs
+        with rt.progress(f"warm start: SFT on {len(rows)} reference answers", total=steps,
+                         watch_lines=rt.rd.initial_dir / "train_metrics.jsonl"):
+            summary = learners.sft_round(rows, ws)
         info["warmstart"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
         learners.save_hf(target)  # atomic: written beside, then renamed into place
         rt.rd.manifest["initial_policy"] = str(target)
@@ -103,8 +106,16 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     pool = rt.generators(policy_before(rt, k), version=k)
     pool.expect_version(k)
     sampling = rt.sampling(seed=rt.cfg.seed * 100_003 + k)
-    completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations",
-                                         on_shard=faults.shard_hook("generate", k))
+    shards = -(-len(prompts) // rt.cfg.generation.shard_size)
+    kill = faults.shard_hook("generate", k)
+    with rt.progress(f"generate {len(prompts)} prompts x {sampling.n}", total=shards) as advance:
+
+        def on_shard(index: int) -> None:
+            advance()
+            if kill is not None:
+                kill(index)
+
+        completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations", on_shard=on_shard)
     table = generations_table(prompts, completions, iteration=k, policy_version=k)
     write_parquet(it / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
@@ -120,7 +131,8 @@ def judge(rt, k: int) -> dict[str, Any]:
     it = rt.rd.iter_dir(k)
     generations = read_parquet(it / "generations.parquet")
     examples = _examples_by_id(sample_prompts(rt, k))
-    judgments, stats = judge_table(generations, rt.judge, examples)
+    with rt.progress(f"judge {generations.num_rows} samples ({rt.cfg.judge.type})"):
+        judgments, stats = judge_table(generations, rt.judge, examples)
     write_parquet(it / "judgments.parquet", judgments)
     return stats
 
@@ -171,7 +183,11 @@ def train(rt, k: int) -> dict[str, Any]:
         learners.load_checkpoint(ckpt)
     learners.set_metrics_dir(it)
     faults.watch_lines("train", k, it / "train_metrics.jsonl")
-    summary = learners.train_round(table, rt.cfg.train, checkpoint_dir=ckpt)
+    steps = -(-table.num_rows // (rt.cfg.train.micro_batch_size * rt.cfg.train.gradient_accumulation_steps
+                                  * rt.cfg.resources.learners)) * rt.cfg.train.epochs
+    with rt.progress(f"train {rt.cfg.train.loss.type} on {table.num_rows} pairs", total=steps,
+                     watch_lines=it / "train_metrics.jsonl"):
+        summary = learners.train_round(table, rt.cfg.train, checkpoint_dir=ckpt)
     rt.trained_iteration = k
     info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step") if key in summary}
     info.update(round_metrics(it / "train_metrics.jsonl"))
