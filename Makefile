@@ -1,4 +1,6 @@
 # Two commands for a newcomer:  `make demo` (quick start)  and  `make test` (the test suite).
+# `make test` skips the multi-node tests (marker `cluster`, several Ray nodes on this machine); `make test-all`
+# runs everything.
 # Both create .venv with the CPU stack on first use; re-running is a no-op when pyproject.toml is unchanged.
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -8,7 +10,7 @@ PYTEST_ARGS ?=
 # The +cpu torch wheel lives here on the project's machines (see ../shared/ENVIRONMENT.md).
 export PIP_FIND_LINKS ?= /opt/wheels
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-all test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -26,10 +28,15 @@ demo: $(STAMP)
 	$(VENV)/bin/selfplay run recipes/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+# The cluster tests first, in a process of their own: they start their own Ray cluster.
+test-all: $(STAMP)
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,21 +7,49 @@ shards (``generation.shard_size`` prompts): each replica pulls the next shard wh
 replicas of different speed stay busy, and each finished shard is written at once (atomically) when a
 shard directory is given. A crash loses at most the shards in flight; the next call on the same
 directory generates only the missing ones. Every wait has a timeout and errors name the actor and method.
+
+Fault tolerance (the loop itself is :mod:`actors.shard_run`):
+
+* Replicas are created with ``max_restarts`` (``resources.max_restarts``, default 3) and
+  ``max_task_retries=0``: Ray restarts a dead replica's process, but a call that was running on it fails
+  instead of being replayed blindly, so the pool decides what to redo: only that replica's shard.
+* A restarted replica starts from its constructor arguments (the pool's first policy), so the pool
+  keeps what every replica should hold, ``version`` plus where its weights can be had again: the HF
+  directory it was built from or told about (``remember_policy``, which the driver calls after each
+  sync with the exported ``policy/``), or the buckets of the last pool-level ``load_buckets`` (kept in
+  the object store). ``restore`` reloads that into the replica and verifies the version (and checksum).
+* Restarts are noticed by each replica's Ray worker id: ``heal`` (run before ``generate`` and
+  ``expect_version``) restores any replica whose process changed since the pool last saw it.
+* Placement: one placement group of R bundles, ``resources.placement`` (pack | spread | strict_pack |
+  strict_spread); ``resources.generator_resources`` adds custom resources to each bundle, which is how
+  a recipe pins generators to a class of nodes (node affinity without naming node ids).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections import deque
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from actors.shard_run import run_shards
 from selfplay.generate import Completion, Sampling, make_engine
-from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path, write_shard
+from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path
 from selfplay.sync.base import RemoteCallError, SyncError, call_all, ray_get, targets
 from selfplay.sync.verify import check_versions
+
+log = logging.getLogger(__name__)
+
+
+# Idempotent methods wait out a restart (Ray retries them on the restarted process); ``generate`` is not
+# retried by Ray: the pool decides which shard to generate again (``actors.shard_run``).
+_RETRY = {"max_task_retries": -1}
 
 
 class GeneratorActor:
@@ -41,15 +69,19 @@ class GeneratorActor:
         setup_env(threads)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.name = name
+        self.model_path = str(model_path)
         self.engine = make_engine(backend, model_path, version=version, **(engine_kwargs or {}))
         self._broadcast = None
+        self._fault: tuple[str, str, float] | None = None
 
+    @ray.method(**_RETRY)
     def ready(self) -> bool:
         return True
 
     def generate(
         self, prompts: list[Any], sampling: Sampling, first_index: int = 0
     ) -> list[list[Completion]]:
+        self._maybe_fault("generate")
         return self.engine.generate(prompts, sampling, first_index)
 
     def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
@@ -65,18 +97,65 @@ class GeneratorActor:
 
         return self.engine.load_buckets(read_weights_dir(path, version), version)
 
+    @ray.method(**_RETRY)
+    def load_dir(self, path: str, version: int) -> str:
+        """Load a Hugging Face directory's weights into the running engine, through the same verified
+        bucket path as a sync (so no engine needs a second way in)."""
+        from safetensors.torch import load_file
+
+        from selfplay.sync.buckets import pack_buckets
+
+        tensors: dict[str, Any] = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            tensors.update(load_file(f))
+        if not tensors:
+            raise FileNotFoundError(f"{path} holds no *.safetensors weights")
+        return self.engine.load_buckets(list(pack_buckets(tensors.items(), version=version)), version)
+
+    @ray.method(**_RETRY)
+    def restore(self, version: int, path: str | None = None, buckets: Any = None) -> dict[str, Any]:
+        """Bring this (restarted) replica to ``version``: load ``buckets`` if given, else the HF directory
+        ``path`` (nothing to load when this replica was started from it at that version). Returns ``info``."""
+        if buckets is not None:
+            self.load_buckets(buckets, version)
+        elif path is not None and (path != self.model_path or self.engine.version != version):
+            self.load_dir(path, version)
+        return self.info()
+
+    @ray.method(**_RETRY)
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.engine.probe_logps(sequences)
 
+    @ray.method(**_RETRY)
     def info(self) -> dict[str, Any]:
-        import ray
-
+        ctx = ray.get_runtime_context()
         return {
             **self.engine.info(),
             "name": self.name,
             "node": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(),
+            "worker_id": ctx.get_worker_id(),  # changes when Ray restarts this actor
+            "restarted": ctx.was_current_actor_reconstructed,
             "pid": os.getpid(),
         }
+
+    # --- fault injection (tests): state of this process only, so a restarted replica is healthy
+    def inject_fault(self, method: str, action: str, delay_s: float = 0.0) -> None:
+        """The next ``method`` call waits ``delay_s`` seconds, then ``exit``: the process ends as in a
+        crash (no cleanup, no exception), or ``hang``: it keeps waiting (about 3 hours)."""
+        if action not in ("exit", "hang"):
+            raise ValueError(f"action must be exit or hang, got {action!r}")
+        self._fault = (method, action, delay_s)
+
+    def _maybe_fault(self, method: str) -> None:
+        if self._fault is None or self._fault[0] != method:
+            return
+        _, action, delay_s = self._fault
+        self._fault = None
+        time.sleep(delay_s)
+        if action == "exit":
+            os._exit(1)
+        time.sleep(10_000)
 
     # --- broadcast sync (selfplay.sync.nccl): this actor is one receiving rank
     def broadcast_join(
@@ -91,6 +170,16 @@ class GeneratorActor:
         if self._broadcast is None:
             raise RuntimeError(f"{self.name} has not joined a broadcast group (broadcast_join)")
         return self.engine.load_buckets(self._broadcast.receive(), version)
+
+
+@dataclass
+class PolicySource:
+    """What every replica should hold, and where a restarted one gets it again."""
+
+    version: int
+    path: str | None = None  # a Hugging Face directory
+    buckets: Any = None  # an ObjectRef to the buckets of a pool-level load_buckets
+    checksum: str | None = None  # the sync checksum those buckets load with
 
 
 class GeneratorPool:
@@ -108,6 +197,7 @@ class GeneratorPool:
         start_timeout_s: float = 600.0,
         shard_timeout_s: float = 1800.0,
         call_timeout_s: float = 600.0,
+        shard_retries: int = 2,
         engine_kwargs: dict[str, Any] | None = None,
     ):
         import ray
@@ -117,13 +207,19 @@ class GeneratorPool:
         cpus = getattr(resources, "generator_cpus", 1.0)
         gpus = getattr(resources, "generator_gpus", 0.0) * gen_cfg.tensor_parallel_size
         threads = getattr(resources, "threads_per_actor", 1)
-        strategy = {"pack": "PACK", "spread": "SPREAD"}[getattr(resources, "placement", "pack")]
+        custom = dict(getattr(resources, "generator_resources", None) or {})
+        strategy = str(getattr(resources, "placement", "pack")).upper()
+        self.max_restarts = int(getattr(resources, "max_restarts", 3))
         self.gen_cfg = gen_cfg
-        self.shard_timeout_s, self.call_timeout_s = shard_timeout_s, call_timeout_s
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        self._pg = placement_group([bundle] * gen_cfg.replicas, strategy=strategy)
+        self.start_timeout_s, self.shard_timeout_s = start_timeout_s, shard_timeout_s
+        self.call_timeout_s, self.shard_retries = call_timeout_s, shard_retries
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
+        tag = uuid.uuid4().hex[:8]  # Ray names (`ray list actors`/`placement-groups`, fault tests)
+        self._pg = placement_group([bundle] * gen_cfg.replicas, strategy=strategy, name=f"selfplay-generators-{tag}")
         ray_get(
-            self._pg.ready(), f"placement group of {gen_cfg.replicas} generators {bundle}", start_timeout_s
+            self._pg.ready(),
+            f"placement group of {gen_cfg.replicas} generators {bundle} ({strategy})",
+            start_timeout_s,
         )
         kwargs = {
             "dtype": dtype,
@@ -137,8 +233,11 @@ class GeneratorPool:
         self.names = [f"generator-{i}" for i in range(gen_cfg.replicas)]
         self.actors = [
             cls.options(
+                name=f"selfplay-generator-{tag}-{i}",
                 num_cpus=cpus,
                 num_gpus=gpus or None,
+                max_restarts=self.max_restarts,
+                max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self._pg, placement_group_bundle_index=i
                 ),
@@ -146,6 +245,8 @@ class GeneratorPool:
             for i, name in enumerate(self.names)
         ]
         call_all(targets(self), "ready", (), start_timeout_s)
+        self.policy = PolicySource(version, path=str(model_path))
+        self._workers = [i["worker_id"] for i in self.info()]
         self.last_run: dict[str, Any] = {}
 
     def generate(
@@ -159,47 +260,86 @@ class GeneratorPool:
 
         With ``shard_dir``, shards already there (from an interrupted call with the same request) are
         reused and only missing ones generated. ``on_shard(index)`` runs after each shard is stored.
+        A replica that dies meanwhile is restored and only its unfinished shard is generated again.
         """
-        import ray
-
         start = time.perf_counter()
         prompts = list(prompts)
+        self.heal()
         version = self.version()
         shards = plan_shards(prompts, self.gen_cfg.shard_size, sampling, version)
         done = completed_shards(shard_dir, shards) if shard_dir is not None else set()
-        results: dict[int, list[list[Completion]]] = {}
-        queue = deque(s for s in shards if s.index not in done)
-        generated = [s.index for s in queue]
-        idle = list(range(len(self.actors)))
-        running: dict[Any, tuple[int, Any]] = {}
-        while queue or running:
-            while idle and queue:
-                a, s = idle.pop(0), queue.popleft()
-                ref = self.actors[a].generate.remote(prompts[s.start : s.stop], sampling, s.start)
-                running[ref] = (a, s)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=self.shard_timeout_s)
-            if not ready:
-                busy = ", ".join(f"{self.names[a]} (shard {s.index})" for a, s in running.values())
-                raise RemoteCallError(
-                    f"no shard finished within {self.shard_timeout_s:.0f} s; running: {busy}"
-                )
-            a, s = running.pop(ready[0])
-            groups = ray_get(ready[0], f"{self.names[a]}.generate(shard {s.index})", self.call_timeout_s)
-            if shard_dir is not None:
-                write_shard(shard_dir, s, groups)
-            results[s.index] = groups
-            idle.append(a)
-            if on_shard is not None:
-                on_shard(s.index)
+        todo = [s for s in shards if s.index not in done]
+        results, facts = run_shards(self, prompts, sampling, todo, version, shard_dir, on_shard)
         out: list[list[Completion]] = []
         for s in shards:
             out.extend(results[s.index] if s.index in results else read_shard(shard_path(shard_dir, s.index)))
-        self.last_run = {"shards": len(shards), "generated": generated, "reused": sorted(done)}
+        self.last_run = {"shards": len(shards), "generated": [s.index for s in todo], "reused": sorted(done),
+                         **facts}
         return out, time.perf_counter() - start
+
+    # --- restarts
+    def remember_policy(self, path: str | Path, version: int) -> None:
+        """Record that every replica now holds ``version``, whose weights are the HF directory ``path``
+        (a sync that addresses the actors directly does not pass through the pool: tell it here)."""
+        self.policy = PolicySource(version, path=str(path))
+
+    def submit_restore(self, a: int, version: int) -> Any:
+        """Start restoring replica ``a`` (restarted by Ray) to the pool's policy; returns the call's ref.
+        Waiting for the restarted process is part of the call: Ray queues it until the actor is back."""
+        p = self.policy
+        if p.version != version:
+            raise RemoteCallError(
+                f"{self.names[a]} must be restored to version {version}, but the pool only knows where "
+                f"version {p.version} is; call GeneratorPool.remember_policy(path, version) after each sync")
+        return self.actors[a].restore.remote(p.version, p.path, p.buckets)
+
+    def check_restored(self, a: int, ref: Any, version: int) -> dict[str, Any]:
+        """Wait for :meth:`submit_restore`'s call and verify the replica holds ``version`` (and checksum)."""
+        name = self.names[a]
+        info = ray_get(ref, f"{name}.restore(version {version})", self.start_timeout_s)
+        p = self.policy
+        if info.get("version") != version or (p.checksum is not None and info.get("checksum") != p.checksum):
+            raise SyncError(f"{name} was restarted and restored to version {info.get('version')} (checksum "
+                            f"{str(info.get('checksum'))[:12]}), expected {version} ({str(p.checksum)[:12]})")
+        self._workers[a] = info["worker_id"]
+        log.warning("%s was restarted by Ray and restored to policy version %d", name, version)
+        return info
+
+    def heal(self) -> list[str]:
+        """Restore every replica whose process changed since the pool last saw it; returns their names.
+
+        A restarted replica that already holds what the others hold (a sync reached it after its restart)
+        is accepted as it is. Raises when the pool cannot tell where the current version's weights are.
+        """
+        infos = call_all(targets(self), "info", (), self.start_timeout_s)
+        restarted = [a for a, info in enumerate(infos) if info["worker_id"] != self._workers[a]]
+        if not restarted:
+            return []
+        healthy = [infos[a] for a in range(len(infos)) if a not in restarted]
+        version = healthy[0]["version"] if healthy else self.policy.version
+        refs = {}
+        for a in restarted:
+            same = healthy and (infos[a]["version"], infos[a]["checksum"]) == (version, healthy[0]["checksum"])
+            if same:
+                self._workers[a] = infos[a]["worker_id"]
+            else:
+                refs[a] = self.submit_restore(a, version)
+        for a, ref in refs.items():
+            self.check_restored(a, ref, version)
+        return [self.names[a] for a in restarted]
+
+    def kill_replica(self, a: int) -> None:
+        """End replica ``a``'s process now (a hung engine); Ray restarts it and ``heal`` restores it."""
+        ray.kill(self.actors[a], no_restart=False)
 
     # --- weights and state
     def load_buckets(self, blobs: Any, version: int) -> list[str]:
-        return call_all(targets(self), "load_buckets", (blobs, version), self.call_timeout_s)
+        """Load buckets (bytes, or an ObjectRef to them) into every replica; they stay in the object store
+        as the policy a restarted replica reloads."""
+        ref = blobs if isinstance(blobs, ray.ObjectRef) else ray.put(list(blobs))
+        checksums = call_all(targets(self), "load_buckets", (ref, version), self.call_timeout_s)
+        self.policy = PolicySource(version, buckets=ref, checksum=checksums[0] if checksums else None)
+        return checksums
 
     def probe_logps(self, sequences: list[list[int]]) -> list[list[list[float]]]:
         return call_all(targets(self), "probe_logps", (sequences,), self.call_timeout_s)
@@ -214,7 +354,9 @@ class GeneratorPool:
         return versions.pop()
 
     def expect_version(self, version: int, checksum: str | None = None) -> None:
-        """Raise :class:`~selfplay.sync.base.SyncError` unless every replica holds ``version``."""
+        """Raise :class:`~selfplay.sync.base.SyncError` unless every replica holds ``version`` (replicas
+        restarted since the last call are restored first)."""
+        self.heal()
         check_versions(self, version, checksum, self.call_timeout_s)
 
     def shutdown(self) -> None:

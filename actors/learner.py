@@ -5,8 +5,23 @@ calls to it. ``LearnerGroup`` reserves a placement group (one bundle per rank, P
 actors, lets rank 0 choose the rendezvous address (its node IP and a free port) and forms one DeepSpeed
 world. Its methods mirror the Learner's: each call goes to every rank (DeepSpeed collectives need all of
 them), waits with a timeout, and returns rank 0's result. A failure or a timeout raises
-:class:`LearnerGroupError` naming the method and the rank. A failed rank usually leaves the others waiting
-in a collective: call ``shutdown()`` and start a new group (from a checkpoint) after any error.
+:class:`LearnerGroupError` naming the method, the rank and the remote error's type and first line.
+
+Failures (no rank is ever restarted in place: a DeepSpeed world cannot take a new member mid-round):
+
+* A rank that dies or stops answering raises :class:`LearnerLostError` and marks the group unusable:
+  the other ranks are usually stuck in a collective, so ``shutdown`` kills them at once instead of
+  asking them to leave, and any further call raises at once. A new group resumes the round from its
+  last checkpoint (``load_checkpoint`` then the same ``train_round``), ending with the same weights as
+  an uninterrupted round; the driver does this by rerunning the stage.
+* An error raised by the learner code on every rank together (``NonFiniteError`` from the numerical
+  guard, a bad table) leaves the world consistent: the group stays usable, and the error names the
+  step and its table rows. If only some ranks raised and the others do not finish within a short
+  grace period, the group is treated as lost.
+
+Placement: one bundle per rank, ``resources.placement`` (pack | spread | strict_*), plus
+``resources.learner_resources`` (custom resources, i.e. node affinity) in every bundle. Rank actors are
+named ``selfplay-learner-<group>-rank<r>`` so operators (``ray list actors``) and fault tests find them.
 
 ``LearnerGroup(..., local=True)`` with one learner runs the Learner in this process, with the same API
 and without Ray: tests and single-GPU machines.
@@ -14,7 +29,9 @@ and without Ray: tests and single-GPU machines.
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +44,15 @@ from selfplay.sync.nccl import BroadcastSenderMixin
 DEFAULT_TIMEOUT_S = 6 * 3600.0
 SETUP_TIMEOUT_S = 900.0
 QUICK_TIMEOUT_S = 600.0  # probe, export, save: no training inside
+SETTLE_S = 30.0  # after one rank raises, how long the others get to finish before the group counts as lost
 
 
 class LearnerGroupError(RuntimeError):
     """A learner rank failed or did not answer in time."""
+
+
+class LearnerLostError(LearnerGroupError):
+    """A rank died or stopped answering: the group is unusable; a new one resumes from a checkpoint."""
 
 
 @ray.remote
@@ -73,6 +95,12 @@ class LearnerActor(BroadcastSenderMixin):
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.learner.probe_logps(sequences)
 
+    def info(self) -> dict[str, Any]:
+        """Where this rank runs (node id and IP, process id)."""
+        ctx = ray.get_runtime_context()
+        return {"rank": None if self.learner is None else self.learner.rank, "node_id": ctx.get_node_id(),
+                "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
 
 class LearnerGroup:
     """W learner ranks forming one DeepSpeed world; methods broadcast to every rank and return rank 0's result."""
@@ -86,6 +114,7 @@ class LearnerGroup:
         self.timeout_s = timeout_s
         self.actors: list[Any] = []
         self.placement_group = None
+        self.lost: str | None = None  # why the group is unusable (a rank died or hung), else None
         self._local = None
         out = str(output_dir) if output_dir is not None else None
         if local:
@@ -103,9 +132,11 @@ class LearnerGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         res = self.resources
-        bundle = {"CPU": res.learner_cpus, **({"GPU": res.learner_gpus} if res.learner_gpus else {})}
-        self.placement_group = placement_group([dict(bundle)] * self.num_learners,
-                                               strategy=res.placement.upper())
+        custom = dict(getattr(res, "learner_resources", None) or {})
+        bundle = {"CPU": res.learner_cpus, **({"GPU": res.learner_gpus} if res.learner_gpus else {}), **custom}
+        tag = uuid.uuid4().hex[:8]  # Ray names (`ray list actors`/`placement-groups`, fault tests)
+        self.placement_group = placement_group([dict(bundle)] * self.num_learners, strategy=res.placement.upper(),
+                                               name=f"selfplay-learners-{tag}")
         try:
             ray.get(self.placement_group.ready(), timeout=setup_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -118,7 +149,7 @@ class LearnerGroup:
             self.actors.append(LearnerActor.options(
                 num_cpus=res.learner_cpus, num_gpus=res.learner_gpus, scheduling_strategy=strategy,
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}},
-                name=None,
+                name=f"selfplay-learner-{tag}-rank{rank}",
             ).remote(threads))
         addr, port = self._gather("rendezvous", [self.actors[0].rendezvous.remote()], setup_timeout_s)[0]
         refs = [actor.setup.remote(model_path, cfg, rank, self.num_learners, seed, addr, port, output_dir,
@@ -135,6 +166,9 @@ class LearnerGroup:
     def _call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._local is not None:
             return getattr(self._local, method)(*args, **kwargs)
+        if self.lost is not None:
+            raise LearnerLostError(f"LearnerGroup.{method}: the group is unusable since {self.lost}; shut it down "
+                                   "and start a new group (load_checkpoint resumes the round)")
         # Large arguments (a pairs table) go to the object store once, not once per rank.
         args = tuple(ray.put(a) if isinstance(a, pa.Table | list) else a for a in args)
         refs = [actor.call.remote(method, *args, **kwargs) for actor in self.actors]
@@ -150,15 +184,43 @@ class LearnerGroup:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, remaining))
             if not ready:
                 ranks = sorted(pending.values())
-                raise LearnerGroupError(f"LearnerGroup.{method}: rank(s) {ranks} did not answer within "
-                                        f"{timeout:.0f}s")
+                raise self._lose(f"LearnerGroup.{method}: rank(s) {ranks} did not answer within {timeout:.0f}s")
             for ref in ready:
                 rank = pending.pop(ref)
                 try:
                     results[rank] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-                    raise LearnerGroupError(f"LearnerGroup.{method} failed on rank {rank}: {exc}") from exc
+                except ray.exceptions.RayActorError as exc:
+                    raise self._lose(f"LearnerGroup.{method} failed on rank {rank}: its actor died "
+                                     f"({_reason(exc)})") from exc
+                except ray.exceptions.GetTimeoutError:
+                    raise self._lose(f"LearnerGroup.{method}: rank {rank} did not answer within "
+                                     f"{timeout:.0f}s") from None
+                except ray.exceptions.RayError as exc:
+                    message = f"LearnerGroup.{method} failed on rank {rank}: {_reason(exc)}"
+                    if not self._settled(pending):
+                        raise self._lose(message + "; the other ranks did not finish") from exc
+                    raise LearnerGroupError(message) from exc
         return results
+
+    def _lose(self, message: str) -> LearnerLostError:
+        self.lost = message
+        return LearnerLostError(message)
+
+    def _settled(self, pending: dict[Any, int]) -> bool:
+        """After one rank raised: did every other rank finish (together, so the world is consistent)?"""
+        if not pending:
+            return True
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=SETTLE_S)
+        if len(ready) < len(pending):
+            return False
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=1.0)
+            except ray.exceptions.RayActorError:
+                return False
+            except ray.exceptions.RayError:
+                pass
+        return True
 
     # ------------------------------------------------------------------------------- learner methods
     def reload(self, model_path: str | Path, cfg: Any = None, *, timeout: float | None = None) -> None:
@@ -195,6 +257,12 @@ class LearnerGroup:
     def probe_logps(self, sequences: list[list[int]], *, timeout: float | None = None) -> list[list[float]]:
         return self._call("probe_logps", sequences, timeout=timeout or QUICK_TIMEOUT_S)
 
+    def info(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Per rank: rank, node id, node IP, process id (where the placement group put it)."""
+        if self._local is not None:
+            return [{"rank": 0, "node_id": None, "node": None, "pid": os.getpid()}]
+        return self._gather("info", [a.info.remote() for a in self.actors], timeout or QUICK_TIMEOUT_S)
+
     def set_metrics_dir(self, out_dir: str | Path | None, *, timeout: float | None = None) -> None:
         """Send ``train_metrics.jsonl``/TensorBoard output to ``out_dir`` from now on (rank 0 writes)."""
         return self._call("set_metrics_dir", _str(out_dir), timeout=timeout or QUICK_TIMEOUT_S)
@@ -206,8 +274,9 @@ class LearnerGroup:
             self._local = None
             return
         if self.actors:
-            refs = [actor.call.remote("shutdown") for actor in self.actors]
-            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            if self.lost is None:  # a lost group's ranks are stuck in a collective: no goodbye, just kill
+                refs = [actor.call.remote("shutdown") for actor in self.actors]
+                ray.wait(refs, num_returns=len(refs), timeout=timeout)
             for actor in self.actors:
                 ray.kill(actor)
             self.actors = []
@@ -220,3 +289,14 @@ class LearnerGroup:
 
 def _str(path: str | Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a remote failure: the learner's own exception (type and first line), or why the actor
+    died, instead of Ray's whole remote traceback."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(exc, ray.exceptions.RayActorError):
+        lines = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:800]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:800]

@@ -19,6 +19,7 @@ def test_import_selfplay_pulls_no_engines():
         "selfplay.judges",
         "selfplay.pairs",
         "selfplay.loop",
+        "selfplay.loop.driver",
         "selfplay.cli",
     ]
     code = (

@@ -394,10 +394,27 @@ class ResourcesConfig(Section):
     """CPUs reserved per generator."""
     generator_gpus: Annotated[float, Field(ge=0.0)] = 0.0
     """GPUs per generator (times tensor_parallel_size)."""
-    placement: Literal["pack", "spread"] = "pack"
-    """Placement-group strategy for learners and generators."""
+    placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = "pack"
+    """Placement-group strategy for learners and generators: `pack` fills a node first (fewer cross-node
+    transfers), `spread` puts actors on different nodes where it can; `strict_*` fail instead of bending."""
+    learner_resources: dict[str, Annotated[float, Field(gt=0.0)]] = {}
+    """Custom Ray resources every learner bundle needs (node affinity): `{learner_node: 1}` places learners
+    only on nodes started with `ray start --resources='{"learner_node": N}'`."""
+    generator_resources: dict[str, Annotated[float, Field(gt=0.0)]] = {}
+    """Custom Ray resources every generator bundle needs (node affinity for generators)."""
+    max_restarts: Annotated[int, Field(ge=0)] = 3
+    """How often Ray restarts a dead generator; it reloads the current policy and only its unfinished shard
+    is generated again. Learner ranks are not restarted: a lost rank fails the round; a rerun resumes it."""
     threads_per_actor: PositiveInt = 1
     """torch/OpenMP threads in each actor (set explicitly: oversubscription is the main CPU slowdown)."""
+
+    @model_validator(mode="after")
+    def _custom_only(self) -> ResourcesConfig:
+        for name in ("learner_resources", "generator_resources"):
+            reserved = sorted(k for k in getattr(self, name) if k in ("CPU", "GPU", "memory", "object_store_memory"))
+            if reserved:
+                raise ValueError(f"{name}: {reserved} come from the *_cpus/*_gpus fields; list custom resources only")
+        return self
 
 
 class RunConfig(Section):

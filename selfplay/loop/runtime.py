@@ -229,14 +229,17 @@ class Runtime:
                                         temperature=self.cfg.evaluation.temperature, logprobs=False)
         return Sampling.from_config(self.cfg.generation, seed=seed)
 
-    def push_weights(self, version: int) -> dict[str, Any]:
-        """Learner -> generators through the configured sync method, verified on a probe batch."""
+    def push_weights(self, version: int, policy_dir: Path | None = None) -> dict[str, Any]:
+        """Learner -> generators through the configured sync method, verified on a probe batch.
+        ``policy_dir`` (this version, exported) is where a generator that Ray restarts reloads it from."""
         from selfplay.loop.factory import build_sync
 
         if self._sync is None:
             self._sync = build_sync(self)
         report = self._sync.push(self._learners.sync_handle, self._generators, version)
         self.policy_version = version
+        if policy_dir is not None:
+            self._generators.remember_policy(policy_dir, version)
         return report.as_dict()
 
     def judge_engine(self):

@@ -119,8 +119,11 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     table = generations_table(prompts, completions, iteration=k, policy_version=k)
     write_parquet(it / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
-    return {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
+    info = {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+    if pool.last_run.get("restored"):  # generators Ray restarted mid-stage, and the shards they redid
+        info.update(restored=pool.last_run["restored"], regenerated_shards=sorted(pool.last_run["attempts"]))
+    return info
 
 
 def judge(rt, k: int) -> dict[str, Any]:
@@ -255,9 +258,11 @@ def sync(rt, k: int) -> dict[str, Any]:
     version = k + 1
     if not rt.has_generators:  # resumed: start the generators directly on the exported policy
         rt.generators(it / "policy", version=version)
-        return {"version": version, "method": "load from disk (resumed)"}
-    report = rt.push_weights(version)
-    return {"version": version, **report}
+        info = {"version": version, "method": "load from disk (resumed)"}
+    else:
+        info = {"version": version, **rt.push_weights(version, it / "policy")}
+    faults.kill_point("sync", k)  # crash tests: generators hold the new weights, the manifest does not say so
+    return info
 
 
 def evaluate(rt, k: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ directory is uploaded by Ray, and the job must reach SUCCEEDED with its artifact
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,8 +53,27 @@ def ray_head():
             time.sleep(2)
         yield address, env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_head(temp: str) -> None:
+    """End only this head's processes (their command lines name its temp dir). `ray stop --force` would
+    end every Ray on the machine, including other tests' clusters and other users' jobs."""
+    import psutil
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(temp in part for part in proc.info["cmdline"] or []):
+                ours.extend([proc, *proc.children(recursive=True)])
+    for proc in ours:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 def _snapshot(dest: Path) -> Path:
@@ -75,10 +95,16 @@ def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
     recipe_path = tmp_path / "job.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     run_dir = tmp_path / "run"
-    job_id = f"selfplay-test-{uuid.uuid4().hex[:8]}"
-    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", ".", "--",
-           sys.executable, "-m", "selfplay.cli", "run", str(recipe_path), "--run-dir", str(run_dir)]
-    out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    deadline = time.monotonic() + 180
+    while True:
+        job_id = f"selfplay-test-{uuid.uuid4().hex[:8]}"
+        cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", ".", "--",
+               sys.executable, "-m", "selfplay.cli", "run", str(recipe_path), "--run-dir", str(run_dir)]
+        out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+        # A fresh head answers before its job agent is up; Ray's own message says to try again later.
+        if "No available agent" not in out.stdout + out.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-5000:]
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -55,7 +55,9 @@ def test_seeded_sampling_reproducible_in_order_and_shard_independent(gen_pool, h
     assert tokens(gen_pool.generate(PROMPTS, s.with_(seed=124))[0]) != tokens(a)
     # sampled-token log-probs are the model's raw log-probs (HF probe on prompt + completion)
     c = a[1][2]
-    prompt_ids = hf.tokenizer(PROMPTS[1])["input_ids"]
+    from selfplay.generate.types import encode_prompts
+
+    prompt_ids = encode_prompts(hf.tokenizer, [PROMPTS[1]])[0]  # the engines' own prompt encoding
     probe = hf.probe_logps([prompt_ids + list(c.token_ids)])[0][-len(c.token_ids):]
     assert max(abs(x - y) for x, y in zip(probe, c.logprobs)) < 1e-4
 

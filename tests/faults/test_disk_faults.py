@@ -1,0 +1,112 @@
+"""Failed writes (disk full, read-only) leave the previous artifacts intact and readable.
+
+``tests/loop/test_rundir.py`` covers the run directory's own files; this covers the other writers of a
+run: generation shards, the exported policy directory and the learner checkpoint. Failures are injected
+at the write call (as root, a chmod would not stop a write); everything else is the real code.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfplay.config.schema import TrainConfig
+from selfplay.generate import Completion, Sampling
+from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path, write_shard
+from tests.train.train_helpers import toy_pairs, weights
+
+NO_SPACE = OSError(errno.ENOSPC, "No space left on device (injected)")
+READ_ONLY = OSError(errno.EROFS, "Read-only file system (injected)")
+
+
+def _groups(shard, n=2):
+    return [[Completion(i, j, (5, 6), "ab", "stop", None, 0) for j in range(n)] for i in range(shard.start, shard.stop)]
+
+
+@pytest.mark.parametrize("fault", ["no_space", "read_only"])
+def test_failed_shard_write_keeps_the_shards_before_it(tmp_path, monkeypatch, fault):
+    prompts = [f"{i}+1=" for i in range(6)]
+    shards = plan_shards(prompts, 2, Sampling(n=2, seed=1), version=0)
+    write_shard(tmp_path, shards[0], _groups(shards[0]))
+
+    def half_then_fail(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a parquet file")
+        raise NO_SPACE
+
+    def refuse(src, dst):
+        raise READ_ONLY
+
+    if fault == "no_space":
+        monkeypatch.setattr("selfplay.generate.shards.pq.write_table", half_then_fail)
+    else:
+        monkeypatch.setattr("selfplay.generate.shards.os.replace", refuse)
+    with pytest.raises(OSError, match="injected"):
+        write_shard(tmp_path, shards[1], _groups(shards[1]))
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_00000.parquet"]  # no temporary left over
+    assert completed_shards(tmp_path, shards) == {0}  # a resumed call generates shards 1 and 2 only
+    assert read_shard(shard_path(tmp_path, 0)) == _groups(shards[0])
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_dir):
+    from actors.learner import LearnerGroup
+
+    cfg = TrainConfig(learning_rate=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=1)
+    group = LearnerGroup(tiny_model_dir, cfg, local=True)
+    yield group
+    group.shutdown()
+
+
+def test_failed_policy_export_keeps_the_previous_policy(learner, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "policy"
+    learner.save_hf(out)
+    before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(out).state_dict().items()}
+    learner.train_round(learner.compute_reference(toy_pairs(8)))  # the weights move on
+
+    def partial_then_fail(state, save_dir, *args, **kwargs):
+        (Path(save_dir) / "model.safetensors").write_bytes(b"half")
+        raise NO_SPACE
+
+    monkeypatch.setattr("huggingface_hub.save_torch_state_dict", partial_then_fail)
+    with pytest.raises(OSError, match="injected"):
+        learner.save_hf(out)
+    monkeypatch.undo()
+
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # the half-written copy was removed
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_failed_checkpoint_keeps_the_last_good_one(learner, tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoint"
+    pairs = learner.compute_reference(toy_pairs(8, seed=1))
+    learner.train_round(pairs, checkpoint_dir=ckpt)  # checkpoint at the end of the round
+    good = weights(learner.export_weights())
+    tag = (ckpt / "latest").read_text()
+
+    engine = learner.sync_handle.engine
+    real_save = engine.save_checkpoint
+
+    def partial_then_fail(save_dir, tag=None, **kwargs):
+        (Path(save_dir) / tag).mkdir(parents=True, exist_ok=True)
+        (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"half")
+        raise NO_SPACE
+
+    monkeypatch.setattr(engine, "save_checkpoint", partial_then_fail)
+    with pytest.raises(OSError, match="injected"):
+        learner.train_round(learner.compute_reference(toy_pairs(8, seed=2)), checkpoint_dir=ckpt)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+
+    assert (ckpt / "latest").read_text() == tag  # still the last complete checkpoint
+    moved = weights(learner.export_weights())
+    assert any(not torch.equal(good[k], moved[k]) for k in good)  # the failed round did train
+    learner.load_checkpoint(ckpt)
+    restored = weights(learner.export_weights())
+    assert all(torch.equal(good[k], restored[k]) for k in good)
