@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from selfplay.judges.base import PromptGroup, Scores
+from selfplay.sync.base import ray_get
 
 
 class JudgeActor:
@@ -34,25 +35,27 @@ class JudgeActor:
         return dict(getattr(self.judge, "stats", None) or {})
 
 
+# A model judge scores a whole iteration in one call: generous, but never unbounded (a hang names the call).
+START_TIMEOUT_S = 600.0
+SCORE_TIMEOUT_S = 3600.0
+
+
 class RemoteJudge:
     """The ``Judge`` interface over a ``JudgeActor`` handle."""
 
     def __init__(self, handle: Any) -> None:
-        import ray
 
         self.handle = handle
-        self.name: str = ray.get(handle.name.remote())
+        self.name: str = ray_get(handle.name.remote(), "judge.name (start-up)", START_TIMEOUT_S)
 
     def score(self, groups: list[PromptGroup]) -> Scores:
-        import ray
 
-        return ray.get(self.handle.score.remote(groups))
+        return ray_get(self.handle.score.remote(groups), f"judge.score({len(groups)} prompts)", SCORE_TIMEOUT_S)
 
     @property
     def stats(self) -> dict[str, Any]:
-        import ray
 
-        return ray.get(self.handle.stats.remote())
+        return ray_get(self.handle.stats.remote(), "judge.stats", START_TIMEOUT_S)
 
     def close(self) -> None:
         import ray
