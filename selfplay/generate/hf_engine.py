@@ -16,6 +16,7 @@ Choices:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from selfplay.generate.types import Completion, Sampling, cut_at_stop, encode_prompts
-from selfplay.generate.weights import decode_sync
+from selfplay.generate.weights import decode_sync, load_stats
 
 
 class HFEngine:
@@ -48,6 +49,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.version = version
         self.checksum: str | None = None
+        self.last_load: dict[str, Any] | None = None
         self._eos = self.model.generation_config.eos_token_id
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eos
 
@@ -161,11 +163,15 @@ class HFEngine:
         return out
 
     # ------------------------------------------------------------------------------------ weights
-    def load_buckets(self, blobs: Sequence[bytes], version: int) -> str:
-        """Verify every bucket, then ``load_state_dict`` them (strict). Engine unchanged on error."""
+    def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
+        """Verify every bucket, then ``load_state_dict`` them (strict, a copy into the model's own
+        parameters: the verified tensors are views into ``blobs``). Engine unchanged on error."""
+        start = time.perf_counter()
         named, digest = decode_sync(blobs, version, self.model.state_dict().keys())
+        verified = time.perf_counter()
         self.model.load_state_dict(dict(named), strict=True)
         self.version, self.checksum = version, digest
+        self.last_load = load_stats(blobs, version, verified - start, time.perf_counter() - verified)
         return digest
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -184,4 +190,5 @@ class HFEngine:
             "checksum": self.checksum,
             "model_path": str(self.model_path),
             "vocab_size": self.vocab_size,
+            "last_load": self.last_load,
         }

@@ -6,13 +6,16 @@ vllm. Choices:
 
 * In-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager=True``): it starts in about
   2 s on CPU (a separate engine process takes 15-20 s), and the worker runs in this process, so new
-  weights are handed over as tensors without a copy. With a separate engine process (a user setting)
-  buckets travel as bytes instead; both paths end in the worker's ``reload_weights``.
+  weights are handed over as tensors without a copy: views into the received buckets (for the object
+  store, Ray's shared memory), which ``reload_weights`` copies into the model's parameters, the one
+  copy on this side. With a separate engine process (a user setting) buckets travel as bytes instead;
+  both paths end in the worker's ``reload_weights``.
 * Prompts are tokenized here with the shared :func:`encode_prompts` and passed as token ids, so the
   HF engine and vLLM see identical inputs.
 * A sync is verified completely (:func:`decode_sync`) before any weight is loaded; a bad bucket leaves
   the engine on its previous weights and version. If the load itself fails half way, the engine marks
   itself broken (version -1) and refuses to generate until a good sync arrives.
+* ``info()["last_load"]`` says what the last sync cost here: seconds to verify, seconds in the engine.
 * ``probe_logps`` uses ``prompt_logprobs=0``: the log-prob of each given token under the model, the
   same quantity the learner computes, for sync verification.
 
@@ -22,13 +25,14 @@ vLLM is imported when an engine is constructed, never at module import.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from selfplay.generate.types import Completion, Sampling, encode_prompts
-from selfplay.generate.weights import checkpoint_names, decode_sync
+from selfplay.generate.weights import checkpoint_names, decode_sync, load_stats
 
 WORKER_EXTENSION = "selfplay.generate.vllm_worker.SelfplayWorkerExtension"
 BROKEN = -1
@@ -79,6 +83,7 @@ class VLLMEngine:
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         self.version = version
         self.checksum: str | None = None
+        self.last_load: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------ generation
     def generate(
@@ -145,14 +150,18 @@ class VLLMEngine:
         ]
 
     # ------------------------------------------------------------------------------------ weights
-    def load_buckets(self, blobs: Sequence[bytes], version: int) -> str:
+    def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
         """Verify every bucket, then load them all into the running engine. Returns the sync checksum.
+
+        ``blobs`` are byte buffers (``bytes``, numpy ``uint8`` arrays); they are read, not copied.
 
         Raises :class:`~selfplay.sync.buckets.BucketError` (engine unchanged) on a corrupt, stale or
         incomplete sync.
         """
+        start = time.perf_counter()
         named, digest = decode_sync(blobs, version, self._names)
-        payload: list[Any] = named if self._in_process else [bytes(b) for b in blobs]
+        verified = time.perf_counter()
+        payload: list[Any] = named if self._in_process else [bytes(b) for b in blobs]  # bytes(bytes): no copy
         try:
             self._llm.collective_rpc("selfplay_load_weights", args=(payload,))
         except Exception:
@@ -160,6 +169,7 @@ class VLLMEngine:
             raise
         self._llm.reset_prefix_cache()
         self.version, self.checksum = version, digest
+        self.last_load = load_stats(blobs, version, verified - start, time.perf_counter() - verified)
         return digest
 
     def _check_usable(self) -> None:
@@ -173,4 +183,5 @@ class VLLMEngine:
             "checksum": self.checksum,
             "model_path": str(self.model_path),
             "vocab_size": self.vocab_size,
+            "last_load": self.last_load,
         }

@@ -8,7 +8,9 @@ Hugging Face checkpoint names and redoes the CPU backend's repacking and the ten
 
 The payload is either ``(name, tensor)`` pairs (in-process engine: no copy) or safetensors bucket
 bytes (engine in a separate process: tensors would not survive the RPC serialisation, bytes do). The
-caller has already verified every bucket, so decoding here does not re-hash.
+caller has already verified every bucket, so decoding here does not re-hash, and it does not copy
+either: the tensors are views into the received bytes (:func:`selfplay.sync.buckets.bucket_tensors`),
+and ``reload_weights`` copies them into the model's own parameters.
 
 Importing this module imports neither vllm nor torch.
 """
@@ -34,10 +36,10 @@ class SelfplayWorkerExtension:
 
 def _as_named_tensors(payload: list[Any]) -> list[tuple[str, Any]]:
     if payload and isinstance(payload[0], bytes | bytearray | memoryview):
-        from safetensors.torch import load as st_load
+        from selfplay.sync.buckets import bucket_tensors
 
         out: list[tuple[str, Any]] = []
         for blob in payload:
-            out.extend(st_load(bytes(blob)).items())
+            out.extend(bucket_tensors(blob).items())
         return out
     return list(payload)

@@ -6,34 +6,131 @@ is a plain ``safetensors`` byte string (Hugging Face checkpoint names, full unsh
 every transport (Ray object store, a file, an NCCL broadcast of a byte tensor) carries the same thing
 and every receiver loads it with the same code. A bucket carries its own sha256 in its metadata and
 the whole sync is summarised by a digest over the bucket hashes, which generators report back.
+
+Choices (copies are the main cost of a sync, so each one is counted):
+
+* Packing writes the safetensors layout itself: the header, then every tensor's bytes joined into one
+  ``bytes`` object (exactly one copy of the data). Tensors are laid out by element size, largest
+  first, then by name (as ``safetensors`` does), so every tensor starts at a multiple of its element
+  size. The sha256 is computed from the source tensors' memory, not from a copy.
+* Unpacking accepts any byte buffer (``bytes``, ``bytearray``, ``memoryview``, a numpy ``uint8``
+  array such as Ray's zero-copy read of the object store) and returns ``torch.frombuffer`` views of
+  it: no copy. The header is parsed and checked here (known dtypes, sizes that match shapes, tensors
+  that tile the data region exactly, so a truncated or padded buffer is refused) and the views are
+  hashed in place. The views share the caller's buffer, which may be read-only (Ray, ``bytes``):
+  receivers must copy them into memory they own (``load_state_dict`` and vLLM's reload both do) and
+  never write to them.
+* The digest is byte-identical to the one of earlier versions: sha256 over, per tensor in name order,
+  the name, ``str(dtype)``, ``str(tuple(shape))`` and the raw bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 META_KEY = "selfplay"
+MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+
+# safetensors dtype names <-> torch dtypes (only those this torch has)
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+}
+DTYPES: dict[str, torch.dtype] = {
+    code: getattr(torch, name) for code, name in _DTYPE_NAMES.items() if hasattr(torch, name)
+}
+DTYPE_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+
+# Anything with the buffer protocol: bytes, bytearray, memoryview, a numpy uint8 array, an mmap.
+Buffer = Any
 
 
 class BucketError(ValueError):
     """A bucket that is corrupt, truncated or from another sync."""
 
 
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+# ------------------------------------------------------------------------------------------ hashing
+def _raw(t: torch.Tensor) -> Any:
+    """A contiguous CPU tensor's bytes as a numpy ``uint8`` array sharing its memory (no copy)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order; tensors must be contiguous CPU."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+        t = tensors[name]
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(_raw(t))  # hashlib reads the buffer in place
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ packing
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a contiguous CPU tensor; the same tensor (no copy) when it already is one."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _layout(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Order of the tensors in the data region: element size descending, then name (keeps alignment)."""
+    return sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+
+
+def _header(tensors: Mapping[str, torch.Tensor], order: list[str], meta: dict[str, Any]) -> bytes:
+    """The length prefix and JSON header, padded with spaces so the data starts 8-byte aligned."""
+    entries: dict[str, Any] = {"__metadata__": {META_KEY: json.dumps(meta)}}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in DTYPE_CODES:
+            raise BucketError(f"tensor {name!r} has dtype {t.dtype}, which a bucket cannot carry")
+        nbytes = t.numel() * t.element_size()
+        entries[name] = {
+            "dtype": DTYPE_CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def pack_bucket(tensors: Mapping[str, torch.Tensor], version: int, index: int) -> bytes:
+    """One bucket of contiguous CPU tensors: header, then their bytes (one copy, into the result)."""
+    meta = {"version": version, "index": index, "sha256": _tensor_digest(tensors)}
+    order = _layout(tensors)
+    parts = [_header(tensors, order, meta)]
+    parts.extend(_raw(tensors[n]) for n in order if tensors[n].numel())
+    return b"".join(parts)
 
 
 def pack_buckets(
@@ -48,54 +145,157 @@ def pack_buckets(
     current: dict[str, torch.Tensor] = {}
     size = 0
     index = 0
-
-    def flush() -> bytes:
-        meta = {"version": version, "index": index, "sha256": _tensor_digest(current)}
-        return st_save(current, metadata={META_KEY: json.dumps(meta)})
-
     for name, tensor in named_tensors:
-        t = tensor.detach().contiguous().cpu()
+        t = _host(tensor)
         nbytes = t.numel() * t.element_size()
         if current and size + nbytes > limit:
-            yield flush()
+            yield pack_bucket(current, version, index)
             index += 1
             current, size = {}, 0
         current[name] = t
         size += nbytes
     if current:
-        yield flush()
+        yield pack_bucket(current, version, index)
 
 
-def bucket_meta(blob: bytes) -> dict:
-    """Read a bucket's metadata without loading its tensors."""
-    if len(blob) < 8:
-        raise BucketError(f"bucket of {len(blob)} bytes is truncated")
-    header_len = int.from_bytes(blob[:8], "little")
-    if header_len <= 0 or 8 + header_len > len(blob):
+# ------------------------------------------------------------------------------------------ reading
+def as_byte_view(blob: Buffer) -> memoryview:
+    """A flat, read-only ``memoryview`` of unsigned bytes over ``blob`` (no copy)."""
+    try:
+        view = memoryview(blob)
+    except TypeError:
+        raise BucketError(f"a bucket must be a byte buffer, not {type(blob).__name__}") from None
+    if view.ndim != 1 or view.format != "B":
+        if not view.c_contiguous:
+            raise BucketError("a bucket buffer must be contiguous")
+        view = view.cast("B")
+    return view.toreadonly()
+
+
+def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the offset where the data region starts."""
+    if len(view) < 8:
+        raise BucketError(f"bucket of {len(view)} bytes is truncated")
+    header_len = int.from_bytes(view[:8], "little")
+    if header_len <= 0 or header_len > MAX_HEADER or 8 + header_len > len(view):
         raise BucketError("bucket header length is out of range (truncated or not safetensors)")
     try:
-        header = json.loads(blob[8 : 8 + header_len])
-        return json.loads(header["__metadata__"][META_KEY])
+        header = json.loads(bytes(view[8 : 8 + header_len]))
+    except ValueError as exc:
+        raise BucketError(f"bucket header is unreadable: {exc}") from None
+    if not isinstance(header, dict):
+        raise BucketError("bucket header is not a JSON object")
+    return header, 8 + header_len
+
+
+def _meta_of(header: dict[str, Any]) -> dict[str, Any]:
+    try:
+        meta = json.loads(header["__metadata__"][META_KEY])
     except (ValueError, KeyError, TypeError) as exc:
         raise BucketError(f"bucket header is unreadable: {exc}") from None
+    if not isinstance(meta, dict):
+        raise BucketError("bucket metadata is not a JSON object")
+    return meta
 
 
-def unpack_bucket(blob: bytes, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load and verify one bucket. Raises :class:`BucketError` on corruption or a version mismatch."""
-    meta = bucket_meta(blob)
+def bucket_meta(blob: Buffer) -> dict[str, Any]:
+    """Read a bucket's metadata without loading its tensors."""
+    header, _ = _read_header(as_byte_view(blob))
+    return _meta_of(header)
+
+
+def _entry(name: str, spec: Any) -> tuple[torch.dtype, list[int], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, checked for consistency."""
+    try:
+        dtype = DTYPES[spec["dtype"]]
+        shape = [int(d) for d in spec["shape"]]
+        begin, end = (int(x) for x in spec["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BucketError(f"bucket entry {name!r} is malformed: {exc!r}") from None
+    numel = 1
+    for d in shape:
+        if d < 0:
+            raise BucketError(f"bucket entry {name!r} has a negative dimension {shape}")
+        numel *= d
+    if begin < 0 or end - begin != numel * dtype.itemsize:
+        raise BucketError(f"bucket entry {name!r}: offsets {begin}..{end} do not hold {shape} {dtype}")
+    return dtype, shape, begin, end
+
+
+def _view(view: memoryview, dtype: torch.dtype, shape: list[int], start: int) -> torch.Tensor:
+    """A tensor over ``view[start:]`` without a copy (a copy only if the address is misaligned)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    t = torch.frombuffer(view, dtype=dtype, count=numel, offset=start).reshape(shape)
+    return t if t.data_ptr() % dtype.itemsize == 0 else t.clone()
+
+
+def _tensors(view: memoryview, header: dict[str, Any], start: int) -> dict[str, torch.Tensor]:
+    """Check the header's entries against the buffer and return views (see :func:`bucket_tensors`)."""
+    entries = {name: _entry(name, spec) for name, spec in header.items() if name != "__metadata__"}
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if begin != position:
+            raise BucketError(f"bucket entry {name!r} starts at {begin}, expected {position} (overlap or gap)")
+        position = end
+    if start + position != len(view):
+        raise BucketError(
+            f"bucket data region is {len(view) - start} bytes, its header describes {position} "
+            "(truncated or padded)"
+        )
+    with warnings.catch_warnings():  # read-only buffers are intended: the views are only read
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        return {name: _view(view, dtype, shape, start + begin) for name, (dtype, shape, begin, _) in entries.items()}
+
+
+def bucket_tensors(blob: Buffer) -> dict[str, torch.Tensor]:
+    """The tensors of a bucket as views into ``blob`` (no copy, no hash check; see :func:`unpack_bucket`).
+
+    The header is checked: every entry's dtype, shape and offsets agree, and the entries tile the data
+    region exactly (a truncated or extended buffer is refused). The views must not be written to.
+    """
+    view = as_byte_view(blob)
+    header, start = _read_header(view)
+    return _tensors(view, header, start)
+
+
+def open_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A bucket's tensors (views into ``blob``) and metadata, its header checked but its hash NOT yet:
+    call :func:`check_bucket` before using the tensors (:func:`unpack_bucket` does both)."""
+    view = as_byte_view(blob)
+    header, start = _read_header(view)
+    meta = _meta_of(header)
     if expect_version is not None and meta.get("version") != expect_version:
         raise BucketError(f"bucket {meta.get('index')} is for version {meta.get('version')}, expected {expect_version}")
     try:
-        tensors = st_load(blob)
-    except Exception as exc:  # safetensors raises its own error types
+        tensors = _tensors(view, header, start)
+    except BucketError as exc:
         raise BucketError(f"bucket {meta.get('index')} does not decode: {exc}") from None
-    actual = _tensor_digest(tensors)
-    if actual != meta.get("sha256"):
-        raise BucketError(f"bucket {meta.get('index')} checksum mismatch: data was corrupted in transit")
     return tensors, meta
 
 
-def sync_digest(blobs: Iterable[bytes]) -> str:
+def check_bucket(tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
+    """Raise :class:`BucketError` unless the tensors hash to the bucket's recorded sha256. Safe to run on
+    several threads at once (``hashlib`` releases the GIL while hashing)."""
+    if _tensor_digest(tensors) != meta.get("sha256"):
+        raise BucketError(f"bucket {meta.get('index')} checksum mismatch: data was corrupted in transit")
+
+
+def unpack_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Verify one bucket and return its tensors (views into ``blob``, no copy) and its metadata.
+
+    Raises :class:`BucketError` on corruption (any flipped byte of the data, names, dtypes or shapes),
+    truncation or a version mismatch.
+    """
+    tensors, meta = open_bucket(blob, expect_version)
+    check_bucket(tensors, meta)
+    return tensors, meta
+
+
+def sync_digest(blobs: Iterable[Buffer]) -> str:
     """One checksum for a whole sync: sha256 over the bucket hashes in order."""
     h = hashlib.sha256()
     for blob in blobs:

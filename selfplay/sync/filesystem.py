@@ -9,6 +9,10 @@ Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manife
 * Generators read the files and go through the same verified load as every other method (sha256 per
   bucket, version, complete names), rather than vLLM's own reload-from-path, which would skip checks.
 * Only the newest ``keep`` versions are kept.
+* A generator reads each file into memory it owns (one copy) rather than mapping it: the bytes it
+  verifies are then the bytes it loads, even if something rewrote the shared file in between, and a
+  file removed on another NFS client cannot fault (SIGBUS) the generator mid-load. Verification and
+  loading read that copy in place (:func:`selfplay.sync.buckets.unpack_bucket` returns views).
 """
 
 from __future__ import annotations

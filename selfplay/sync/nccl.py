@@ -16,6 +16,8 @@ Choices and limits:
   (TRL #6797) becomes an error naming the generator instead of a stalled run.
 * Buckets are staged through host memory (packed on CPU, copied to the GPU for the broadcast, back to
   host for verification). A zero-copy GPU path would skip the host round trips; it is not written yet.
+  On CPU (gloo) the sender broadcasts a view of its bucket bytes and a receiver hands the received
+  tensor's memory on as a numpy array: no copies besides the transfer itself.
 * The learner side is either a local object with ``export_weights`` (the driver is rank 0) or learner
   actors that include :class:`BroadcastSenderMixin` (rank 0 of the list joins the group).
 
@@ -96,10 +98,10 @@ class BroadcastEndpoint:
         self._broadcast(torch.tensor([len(blobs)], dtype=torch.int64, device=self.device), "bucket count")
         self._broadcast(torch.tensor([len(b) for b in blobs], dtype=torch.int64, device=self.device), "sizes")
         for i, blob in enumerate(blobs):
-            data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
-            self._broadcast(data.to(self.device), f"bucket {i}")
+            self._broadcast(_byte_tensor(blob).to(self.device), f"bucket {i}")
 
-    def receive(self) -> list[bytes]:
+    def receive(self) -> list[Any]:
+        """The buckets of one sync as numpy ``uint8`` arrays (on CPU: the received memory itself)."""
         import torch
 
         count = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -110,8 +112,21 @@ class BroadcastEndpoint:
         for i, size in enumerate(sizes.tolist()):
             buf = torch.empty(size, dtype=torch.uint8, device=self.device)
             self._broadcast(buf, f"bucket {i}")
-            blobs.append(buf.cpu().numpy().tobytes())
+            blobs.append(buf.cpu().numpy())
         return blobs
+
+
+def _byte_tensor(blob: Any) -> Any:
+    """A uint8 tensor over a bucket's memory without a copy (the root of a broadcast only reads it)."""
+    import warnings
+
+    import torch
+
+    if not len(blob):
+        return torch.empty(0, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        return torch.frombuffer(blob, dtype=torch.uint8)
 
 
 class BroadcastSenderMixin:

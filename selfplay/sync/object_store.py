@@ -3,7 +3,10 @@
 The learner's buckets are put in the object store once (a remote learner's return value already is
 there) and every generator pulls the same object and loads it; Ray moves it between nodes. No
 parameter-by-parameter messages: a sync is ``ceil(model bytes / bucket_mb)`` buckets in one object.
-Local buckets are put as numpy uint8 arrays, which Ray hands to readers without a copy.
+Local buckets are put as numpy uint8 arrays, which Ray hands to readers without a copy; generators
+verify and load them in place (views into the shared memory, which is immutable once put), so a sync
+costs one copy into the store plus what each engine's own reload copies. A remote learner's return
+value is stored as it was returned: ``bytes`` are copied once more by every reader, numpy arrays are not.
 """
 
 from __future__ import annotations

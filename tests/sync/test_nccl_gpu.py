@@ -44,6 +44,6 @@ def test_nccl_broadcast_delivers_every_bucket_byte_for_byte():
     results = manager.dict()
     mp.spawn(_rank, args=(world, store.port, blobs, results), nprocs=world, join=True)
     for rank in range(1, world):
-        assert results[rank] == blobs
+        assert [bytes(b) for b in results[rank]] == blobs
         for blob in results[rank]:
             unpack_bucket(blob, expect_version=7)  # sha256 verified

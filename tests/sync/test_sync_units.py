@@ -108,7 +108,7 @@ def test_broadcast_protocol_on_gloo():
     BroadcastEndpoint("127.0.0.1", store.port, 3, 0, "gloo", 30).send(blobs())
     for t in threads:
         t.join(30)
-    assert not errors and got == {1: blobs(), 2: blobs()}
+    assert not errors and {r: [bytes(b) for b in v] for r, v in got.items()} == {1: blobs(), 2: blobs()}
 
 
 def test_broadcast_times_out_with_an_error_instead_of_hanging():

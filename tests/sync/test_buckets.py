@@ -1,0 +1,177 @@
+"""The bucket wire format: safetensors-compatible packing, zero-copy unpacking from any byte buffer, and
+corruption detection (every flipped byte, every truncation), with digests unchanged from earlier versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from selfplay.generate.weights import decode_sync
+from selfplay.sync.buckets import (
+    BucketError,
+    bucket_meta,
+    bucket_tensors,
+    pack_buckets,
+    sync_digest,
+    unpack_bucket,
+)
+
+
+def mixed() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "model.embed.weight": torch.randn(11, 6, generator=g),
+        "model.norm.weight": torch.randn(6, generator=g).bfloat16(),
+        "model.half": torch.randn(3, 5, generator=g).half(),
+        "model.ids": torch.arange(7, dtype=torch.int64),
+        "model.mask": torch.tensor([True, False, True]),
+        "model.bytes": torch.arange(5, dtype=torch.uint8),
+        "model.double": torch.randn(2, 2, generator=g, dtype=torch.float64),
+        "model.empty": torch.empty(0, 4),
+        "model.transposed": torch.randn(4, 3, generator=g).t(),  # not contiguous: packed as a copy
+    }
+
+
+def reference_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The digest exactly as the first version of the format computed it (through ``.tobytes()``)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def one_bucket(tensors: dict[str, torch.Tensor], version: int = 5) -> bytes:
+    (blob,) = pack_buckets(tensors.items(), 64.0, version)
+    return blob
+
+
+def test_unpack_matches_safetensors_own_loader_on_a_mixed_dtype_bucket():
+    tensors = mixed()
+    blob = one_bucket(tensors)
+    ours, meta = unpack_bucket(blob, expect_version=5)
+    theirs = st_load(blob)
+    assert meta["version"] == 5 and meta["index"] == 0
+    assert ours.keys() == theirs.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert ours[name].dtype == theirs[name].dtype == t.dtype, name
+        assert ours[name].shape == theirs[name].shape == t.shape, name
+        assert torch.equal(ours[name], theirs[name]) and torch.equal(ours[name], t), name
+
+
+def test_buckets_written_by_safetensors_are_read_too():
+    tensors = {k: v.contiguous() for k, v in mixed().items()}
+    meta = json.dumps({"version": 1, "index": 0, "sha256": reference_digest(tensors)})
+    blob = st_save(tensors, metadata={"selfplay": meta})
+    ours, _ = unpack_bucket(blob, expect_version=1)
+    assert all(torch.equal(ours[n], t) for n, t in tensors.items())
+
+
+def test_digests_are_byte_identical_to_the_first_format():
+    tensors = mixed()
+    blobs = list(pack_buckets(tensors.items(), 0.0, 2))  # one tensor per bucket
+    assert len(blobs) == len(tensors)
+    for blob, (name, t) in zip(blobs, tensors.items()):
+        assert bucket_meta(blob)["sha256"] == reference_digest({name: t})
+    assert sync_digest(blobs) == hashlib.sha256(
+        b"".join(reference_digest({n: t}).encode() for n, t in tensors.items())
+    ).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "numpy", "numpy-readonly"])
+def test_any_byte_buffer_is_accepted_without_a_copy(kind):
+    tensors = mixed()
+    blob = one_bucket(tensors)
+    arr = np.frombuffer(blob, dtype=np.uint8)  # read-only, like Ray's zero-copy reads
+    buf = {
+        "bytes": blob,
+        "bytearray": bytearray(blob),
+        "memoryview": memoryview(blob),
+        "numpy": arr.copy(),
+        "numpy-readonly": arr,
+    }[kind]
+    ours, _ = unpack_bucket(buf, expect_version=5)
+    assert all(torch.equal(ours[n], t) for n, t in tensors.items())
+    base = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+    for name, t in ours.items():
+        if t.numel():  # a view into the buffer, not a copy
+            assert base <= t.data_ptr() < base + len(blob), name
+
+
+def test_a_misaligned_buffer_still_decodes():
+    tensors = mixed()
+    blob = one_bucket(tensors)
+    shifted = np.frombuffer(b"x" + blob, dtype=np.uint8)[1:]  # data at an odd address
+    ours, _ = unpack_bucket(shifted, expect_version=5)
+    assert all(torch.equal(ours[n], t) for n, t in tensors.items())
+
+
+def test_every_flipped_byte_is_detected():
+    tensors = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 2).bfloat16()}
+    blob = one_bucket(tensors, version=3)
+    for pos in range(len(blob)):
+        for mask in (0x01, 0xFF):
+            bad = bytearray(blob)
+            bad[pos] ^= mask
+            with pytest.raises(BucketError):
+                decode_sync([np.frombuffer(bytes(bad), dtype=np.uint8)], 3, tensors)
+
+
+def test_every_truncation_and_extension_is_detected():
+    blob = one_bucket(mixed())
+    for size in range(len(blob)):
+        with pytest.raises(BucketError):
+            unpack_bucket(memoryview(blob)[:size])
+    with pytest.raises(BucketError, match="truncated or padded"):
+        bucket_tensors(blob + b"\0")
+
+
+def test_not_a_buffer_or_not_a_bucket():
+    with pytest.raises(BucketError, match="byte buffer"):
+        unpack_bucket("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(BucketError):
+        unpack_bucket(b"\x02\0\0\0\0\0\0\0[]")
+    with pytest.raises(BucketError, match="version 5, expected 6"):
+        unpack_bucket(one_bucket(mixed()), expect_version=6)
+
+
+def test_scalars_and_shared_storage_pack():
+    base = torch.randn(4, 4)
+    tensors = {"scalar": torch.tensor(1.5), "tied.a": base, "tied.b": base}  # tied weights are written twice
+    ours, _ = unpack_bucket(one_bucket(tensors))
+    assert ours["scalar"].shape == () and float(ours["scalar"]) == 1.5
+    assert torch.equal(ours["tied.a"], base) and torch.equal(ours["tied.b"], base)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decode_sync_on_threads_verifies_every_bucket(threads):
+    tensors = mixed()
+    blobs = list(pack_buckets(tensors.items(), 0.0, 4))
+    named, digest = decode_sync(blobs, 4, tensors, threads=threads)
+    assert digest == sync_digest(blobs) and all(torch.equal(t, tensors[n]) for n, t in named)
+    for i in (0, len(blobs) - 1):  # the first and the last bucket, flipped in their last data byte
+        bad = list(blobs)
+        flipped = bytearray(bad[i])
+        flipped[-1] ^= 0x01
+        bad[i] = np.frombuffer(bytes(flipped), dtype=np.uint8)
+        with pytest.raises(BucketError, match=f"bucket {i} checksum mismatch"):
+            decode_sync(bad, 4, tensors, threads=threads)
+
+
+def test_vllm_worker_reads_bucket_bytes_without_a_copy():
+    from selfplay.generate.vllm_worker import _as_named_tensors
+
+    tensors = mixed()
+    blobs = list(pack_buckets(tensors.items(), 0.0, 1))
+    named = dict(_as_named_tensors(blobs))  # what an engine in a separate process receives
+    assert named.keys() == tensors.keys() and all(torch.equal(named[n], t) for n, t in tensors.items())
+    assert _as_named_tensors(list(tensors.items())) == list(tensors.items())  # in-process: passed through
