@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,18 @@ def selfplay_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "selfplay.cli", *args]
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(selfplay_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+def run_driver(recipe, run_dir, kill_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`selfplay run RECIPE --run-dir RUN_DIR` in its own session, optionally with a kill point
+    (``SELFPLAY_KILL_AT``); afterwards the whole session is killed, so the embedded Ray of a driver that
+    died by SIGKILL does not outlive it."""
+    env = {k: v for k, v in os.environ.items() if k != "SELFPLAY_KILL_AT"}
+    if kill_at:
+        env["SELFPLAY_KILL_AT"] = kill_at
+    proc = subprocess.Popen(selfplay_cmd("run", str(recipe), "--run-dir", str(run_dir)), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")

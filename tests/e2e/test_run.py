@@ -7,9 +7,7 @@ must end with exactly the records of the uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,24 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
+from tests.e2e.conftest import MICRO, ROOT, run_driver, selfplay_cmd
 
 pytestmark = pytest.mark.slow
-
-
-def _run(recipe, run_dir, kill_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SELFPLAY_KILL_AT"}
-    if kill_at:
-        env["SELFPLAY_KILL_AT"] = kill_at
-    proc = subprocess.Popen(selfplay_cmd("run", str(recipe), "--run-dir", str(run_dir)), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        # The driver may be dead already (SIGKILL); take its embedded Ray processes down with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +26,7 @@ def reference_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     recipe = d / "micro.yaml"
     recipe.write_text(yaml.safe_dump(MICRO, sort_keys=False))
-    result = _run(recipe, d / "run")
+    result = run_driver(recipe, d / "run")
     assert result.returncode == 0, result.stdout[-4000:]
     return recipe, d / "run", result.stdout
 
@@ -100,17 +83,17 @@ def test_status_and_report(reference_run):
 def test_killed_driver_resumes_to_the_same_records(reference_run, tmp_path):
     recipe, ref_run, _ = reference_run
     run = tmp_path / "run"
-    first = _run(recipe, run, kill_at="generate@1:1")
+    first = run_driver(recipe, run, kill_at="generate@1:1")
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:]
     shards = sorted((run / "iter_001" / "generations").glob("shard_*.parquet"))
     assert len(shards) == 1 and not (run / "iter_001" / "generations.parquet").exists()
 
-    second = _run(recipe, run, kill_at="train@1:1")
+    second = run_driver(recipe, run, kill_at="train@1:1")
     assert second.returncode == -signal.SIGKILL, second.stdout[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
     assert "train" not in manifest["iterations"]["1"]["stages"]
 
-    third = _run(recipe, run)
+    third = run_driver(recipe, run)
     assert third.returncode == 0, third.stdout[-4000:]
     for k in (0, 1):
         a = pq.read_table(ref_run / f"iter_{k:03d}" / "generations.parquet")

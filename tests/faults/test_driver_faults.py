@@ -18,21 +18,18 @@ with one reference log-prob poisoned.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
+from tests.e2e.conftest import MICRO, run_driver
 
 pytestmark = pytest.mark.slow  # four short CLI runs of a micro recipe (~40 s each on 2 cores)
 
@@ -40,21 +37,6 @@ RECIPE = copy.deepcopy(MICRO)
 RECIPE.update(name="faults", iterations=1)
 RECIPE["train"] = {**MICRO["train"], "checkpoint_every": 1}
 RECIPE["evaluation"] = {"num_prompts": 16}
-
-
-def _run(recipe, run_dir, kill_at: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SELFPLAY_KILL_AT"}
-    if kill_at:
-        env["SELFPLAY_KILL_AT"] = kill_at
-    proc = subprocess.Popen(selfplay_cmd("run", str(recipe), "--run-dir", str(run_dir)), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        # The driver may be dead already (SIGKILL); take its embedded Ray processes down with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
 def _manifest(run_dir) -> dict:
@@ -80,7 +62,7 @@ def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     recipe = d / "faults.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
-    result = _run(recipe, d / "run")
+    result = run_driver(recipe, d / "run")
     assert result.returncode == 0, result.stdout[-4000:]
     return recipe, d / "run"
 
@@ -91,7 +73,7 @@ def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tm
     recipe, ref = reference
     run = tmp_path / "run"
 
-    first = _run(recipe, run, kill_at="generator@0:1,learner@0:2")
+    first = run_driver(recipe, run, kill_at="generator@0:1,learner@0:2")
     log = first.stdout
     assert first.returncode == 1, log[-4000:]
     assert "killed selfplay-generator-" in log and "killed selfplay-learner-" in log
@@ -102,7 +84,7 @@ def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tm
     # the generator came back and the generations are exactly the reference's
     assert _column(run, "generations.parquet", "response") == _column(ref, "generations.parquet", "response")
 
-    second = _run(recipe, run, kill_at="sync@0")
+    second = run_driver(recipe, run, kill_at="sync@0")
     assert second.returncode == -signal.SIGKILL, (
         "the driver was not killed during sync: stages.sync must call faults.kill_point('sync', k)\n"
         + second.stdout[-3000:])
@@ -111,7 +93,7 @@ def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tm
     want, got = _weights(ref), _weights(run)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)  # bitwise
 
-    third = _run(recipe, run)
+    third = run_driver(recipe, run)
     assert third.returncode == 0, third.stdout[-4000:]
     entry = _manifest(run)["iterations"]["0"]
     assert entry["complete"] is True and entry["stages"]["sync"]["version"] == 1
@@ -142,7 +124,7 @@ def test_nonfinite_loss_fails_the_train_stage_naming_the_batch(reference, tmp_pa
                              pa.array(logps, table.schema.field("ref_chosen_logps").type))
     pq.write_table(table, run / "iter_000" / "reference.parquet")
 
-    result = _run(recipe, run)
+    result = run_driver(recipe, run)
     log = result.stdout
     assert result.returncode == 1, log[-4000:]
     assert "iteration 0, stage train failed" in log and "NonFiniteError" in log, log[-3000:]
