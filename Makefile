@@ -28,12 +28,12 @@ demo: $(STAMP)
 	$(VENV)/bin/selfplay run recipes/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
