@@ -94,7 +94,11 @@ def test_generator_survives_the_loss_of_its_node(cluster, tiny_model_dir):
         assert result.get("out") is not None, "generate did not survive the node loss"
         assert [[c.token_ids for c in g] for g in result["out"]] == [[c.token_ids for c in g] for g in fault_free]
         # the placement group moved the lost bundle to the surviving node and Ray restarted the replica there
-        assert [g["node_id"] for g in pool.info()] == [cluster.a, cluster.a]
+        # (another test of this module may have added a node with room: any live node other than B will do)
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        after = [g["node_id"] for g in pool.info()]
+        assert cluster.b not in after and set(after) <= alive, (after, alive)
+        assert after[1 - lost] == nodes[1 - lost]  # the surviving replica did not move
         assert pool.last_run["restored"] == [pool.names[lost]]
     finally:
         pool.shutdown()
