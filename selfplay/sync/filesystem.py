@@ -37,7 +37,7 @@ from selfplay.sync.base import (
     targets,
 )
 from selfplay.sync.buckets import BucketError
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 
 def version_dir(root: str | Path, version: int) -> Path:
@@ -132,16 +132,7 @@ class FilesystemSync:
             checksums = call_all(named, "load_path", (path, version), self.timeout_s)
         except RemoteCallError as exc:
             raise SyncError(f"sync to version {version} from {path} failed: {exc}") from exc
-        check_loaded([n for n, _ in named], checksums, ex.checksum, version)
-        report = SyncReport(
-            self.method,
-            version,
-            ex.count,
-            ex.bytes,
-            ex.checksum,
-            export_s,
-            time.perf_counter() - start,
-            [n for n, _ in named],
-        )
+        report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
+                               time.perf_counter() - start)
         prune(self.root, self.keep)
         return finish(report, learner, generators, self.probe, self.timeout_s)

@@ -41,7 +41,7 @@ from selfplay.sync.base import (
     summarize,
     targets,
 )
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 STORE_PREFIX = "selfplay-weight-sync"
 
@@ -211,16 +211,7 @@ class BroadcastSync:
             self._store, self._local = None, None  # a failed collective leaves the group unusable
             raise SyncError(f"broadcast sync to version {version} failed: {exc}") from exc
         checksum, nbytes, count = summary
-        check_loaded([n for n, _ in named], checksums, checksum, version)
         # export and transfer overlap here (rank 0 exports while receivers wait): all of it is transfer
-        report = SyncReport(
-            self.method,
-            version,
-            count,
-            nbytes,
-            checksum,
-            0.0,
-            time.perf_counter() - start,
-            [n for n, _ in named],
-        )
+        report = loaded_report(self.method, named, checksums, checksum, version, nbytes, count, 0.0,
+                               time.perf_counter() - start)
         return finish(report, learner, generators, self.probe, self.timeout_s)

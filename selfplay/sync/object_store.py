@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from selfplay.sync.base import RemoteCallError, SyncError, SyncReport, call_all, export, is_remote, targets
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, check_loaded, finish
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 
 def as_arrays(blobs: list[bytes]) -> list[Any]:
@@ -57,15 +57,6 @@ class ObjectStoreSync:
             checksums = call_all(named, "load_buckets", (payload, version), self.timeout_s)
         except RemoteCallError as exc:
             raise SyncError(f"sync to version {version} failed: {exc}") from exc
-        check_loaded([n for n, _ in named], checksums, ex.checksum, version)
-        report = SyncReport(
-            self.method,
-            version,
-            ex.count,
-            ex.bytes,
-            ex.checksum,
-            export_s,
-            time.perf_counter() - start,
-            [n for n, _ in named],
-        )
+        report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
+                               time.perf_counter() - start)
         return finish(report, learner, generators, self.probe, self.timeout_s)

@@ -114,3 +114,12 @@ def check_loaded(names: list[str], checksums: list[Any], expected: str, version:
                 f"{name} loaded version {version} with checksum {str(got)[:12]}, "
                 f"the learner sent {expected[:12]}"
             )
+
+
+def loaded_report(method: str, named: list[tuple[str, Any]], checksums: list[Any], checksum: str, version: int,
+                  nbytes: int, count: int, export_s: float, transfer_s: float) -> SyncReport:
+    """The common middle of every push: each generator must have loaded exactly the learner's bytes
+    (:func:`check_loaded`); then the report of the transfer, before verification fills in the rest."""
+    names = [n for n, _ in named]
+    check_loaded(names, checksums, checksum, version)
+    return SyncReport(method, version, count, nbytes, checksum, export_s, transfer_s, names)
