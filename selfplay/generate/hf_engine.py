@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from selfplay.generate.types import Completion, Sampling, cut_at_stop, encode_prompts
+from selfplay.generate.types import Completion, Sampling, cut_at_stop, encode_prompts, engine_info
 from selfplay.generate.weights import decode_sync, load_stats
 
 
@@ -184,11 +184,4 @@ class HFEngine:
         return list(pack_buckets(self.named_weights(), bucket_mb, version))
 
     def info(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "version": self.version,
-            "checksum": self.checksum,
-            "model_path": str(self.model_path),
-            "vocab_size": self.vocab_size,
-            "last_load": self.last_load,
-        }
+        return engine_info(self)

@@ -158,3 +158,15 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """``text`` cut before the first stop string, and whether one was found."""
     cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def engine_info(engine: Any) -> dict[str, Any]:
+    """What every engine reports about itself (which weights it holds, and its last load's timings)."""
+    return {
+        "backend": engine.backend,
+        "version": engine.version,
+        "checksum": engine.checksum,
+        "model_path": str(engine.model_path),
+        "vocab_size": engine.vocab_size,
+        "last_load": engine.last_load,
+    }

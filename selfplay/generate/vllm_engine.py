@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from selfplay.generate.types import Completion, Sampling, encode_prompts
+from selfplay.generate.types import Completion, Sampling, encode_prompts, engine_info
 from selfplay.generate.weights import checkpoint_names, decode_sync, load_stats
 
 WORKER_EXTENSION = "selfplay.generate.vllm_worker.SelfplayWorkerExtension"
@@ -177,11 +177,4 @@ class VLLMEngine:
             raise RuntimeError("this engine's last weight load failed part way; it needs a new sync")
 
     def info(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "version": self.version,
-            "checksum": self.checksum,
-            "model_path": str(self.model_path),
-            "vocab_size": self.vocab_size,
-            "last_load": self.last_load,
-        }
+        return engine_info(self)
