@@ -54,3 +54,16 @@ def ray_local(tmp_path_factory):
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_pool(ray_local, tiny_model_dir):
+    """Two real vLLM generator actors on the nano policy (one pool per test module: tests change its weights)."""
+    from actors.generator import GeneratorPool
+    from selfplay.config.schema import GenerationConfig, ResourcesConfig
+
+    cfg = GenerationConfig(backend="vllm", replicas=2, shard_size=3, max_model_len=256)
+    pool = GeneratorPool(tiny_model_dir, cfg, ResourcesConfig(placement="spread"), dtype="float32",
+                         start_timeout_s=300, shard_timeout_s=300, call_timeout_s=300)
+    yield pool
+    pool.shutdown()

@@ -17,12 +17,5 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def sync_pool(ray_local, tiny_model_dir):
-    from actors.generator import GeneratorPool
-    from selfplay.config.schema import GenerationConfig, ResourcesConfig
-
-    cfg = GenerationConfig(backend="vllm", replicas=2, shard_size=3, max_model_len=256)
-    pool = GeneratorPool(tiny_model_dir, cfg, ResourcesConfig(placement="spread"), dtype="float32",
-                         start_timeout_s=300, shard_timeout_s=300, call_timeout_s=300)
-    yield pool
-    pool.shutdown()
+def sync_pool(vllm_pool):
+    return vllm_pool
