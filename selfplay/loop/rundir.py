@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from selfplay.atomic import replace_dir  # noqa: F401  (re-exported: part of the run-dir API)
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
 
@@ -69,27 +70,6 @@ def read_parquet(path: Path):
     import pyarrow.parquet as pq
 
     return pq.read_table(path)
-
-
-def replace_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    """Build a directory under a temporary name next to ``final``, then swap it in."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 class RunDir:

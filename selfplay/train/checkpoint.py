@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from selfplay.atomic import replace_dir
 from selfplay.sync.buckets import pack_buckets
 from selfplay.train.engine import iter_full_params
 
@@ -60,9 +61,8 @@ def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype
         _barrier()
         return None
     module = engine.module
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
+
+    def build(tmp: Path) -> None:
         config = copy.deepcopy(module.config)
         config.dtype = str(dtype).removeprefix("torch.")
         config.use_cache = True  # the learner turns the KV cache off for training; inference wants it
@@ -71,15 +71,10 @@ def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype
             module.generation_config.save_pretrained(tmp)
         save_torch_state_dict(state, tmp, max_shard_size="5GB", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+
+    try:
+        replace_dir(out_dir, build)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         _barrier()
     return out_dir
 
