@@ -12,11 +12,13 @@ first choosing its digit count uniformly, a 1-digit operand includes 0):
 | 5     | + - *      | +/-: 4 and 4 digits; *: 2 digits x 2 digits     | may be negative      |
 | 6     | + - *      | +/-: 5 and 5 digits; *: 3 digits x 2 digits     | may be negative      |
 
-Each example picks one row's operation uniformly. Verifier: strip the response, take its first line,
-read the integer at its start (``^[+-]?\\d+``; anything after it is ignored, so ``"85 because..."``
-counts). No leading integer scores 0. ``partial_credit=True`` gives an inexact integer the fraction of
-right-aligned digit positions (plus the sign, when either number is negative) that match; exact is
-always 1.0.
+Each example picks one row's operation uniformly. ``37+48=`` and ``48+37=`` are one problem (one key,
+one side of the train/eval split); ``space_size`` counts problems that way.
+
+Verifier: strip the response, take its first line, read the integer at its start (``^[+-]?\\d+``;
+anything after it is ignored, so ``"85 because..."`` counts). No leading integer scores 0.
+``partial_credit=True`` gives an inexact integer the fraction of right-aligned digit positions (plus the
+sign, when either number is negative) that match; exact is always 1.0.
 """
 
 from __future__ import annotations
@@ -64,6 +66,28 @@ def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
     return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
 
 
+def _operand_values(digits: tuple[int, int]) -> range:
+    lo, hi = digits
+    return range(0 if lo == 1 else 10 ** (lo - 1), 10**hi)
+
+
+def level_space_size(level: int) -> int:
+    """Distinct problems of ``level``: commuted operands count once, ``a-b`` with ``a < b`` is swapped
+    where results must be >= 0."""
+    forms, negative_ok = LEVELS[level]
+    total = 0
+    for op, da, db in forms:
+        va, vb = _operand_values(da), _operand_values(db)
+        if op in "+*" or (op == "-" and not negative_ok):
+            if da == db:  # unordered pairs from one range
+                total += len(va) * (len(va) + 1) // 2
+            else:  # disjoint-ish ranges: count unordered pairs {a, b}
+                total += len({(min(a, b), max(a, b)) for a in va for b in vb})
+        else:
+            total += len(va) * len(vb)
+    return total
+
+
 class ArithmeticTask(GeneratedTask):
     """``a op b =`` problems at a difficulty ``level`` (see the table in the module docstring)."""
 
@@ -86,8 +110,15 @@ class ArithmeticTask(GeneratedTask):
             a, b = b, a
         result = a + b if op == "+" else a - b if op == "-" else a * b
         text = f"{a}{op}{b}="
-        return Problem(key=text, text=text, reference=str(result),
+        # + and * commute: both orders are one problem (one key), so they never straddle the split.
+        key = f"{min(a, b)}{op}{max(a, b)}" if op in "+*" else f"{a}{op}{b}"
+        return Problem(key=key, text=text, reference=str(result),
                        meta={"level": self.level, "a": a, "b": b, "op": op})
+
+    @property
+    def space_size(self) -> int:
+        """Number of distinct problems (canonical keys) at this level."""
+        return level_space_size(self.level)
 
     def score(self, example: Example, response: str) -> float:
         if example.reference is None:

@@ -10,6 +10,10 @@ names any missing member.
 * Disjoint splits for *any* pair of seeds: a problem belongs to eval iff the SHA-1 of its canonical key
   falls in the first ``EVAL_BUCKET`` (10%) of the hash range; train samples reject those, eval samples
   keep only those. The split is a property of the problem, not of the seed.
+* The canonical key names the *problem*, not its wording: ``37+48=`` and ``48+37=`` share the key
+  ``37+48``, so a held-out problem's commuted twin is never trained on. Prompt-file tasks (datasets,
+  offline pairs) split by ``prompt_key``: the prompt text with Unicode, case and whitespace normalised,
+  so a prompt repeated in a file (or in a separate eval file) is on one side only.
 * Stable ids: ``{prefix}-{sha1(key)[:12]}``, so the same problem has the same id in every call.
 * ``n=None`` means the task's default size (``train_size`` / ``eval_size``): generated spaces are large.
 * Examples within one call are distinct; if the space cannot supply ``n`` of them, a ``ValueError``.
@@ -68,6 +72,30 @@ def check_task(obj: Any, origin: str) -> Any:
         raise TypeError(f"{origin} returned {type(obj).__name__!r}, not a Task: {'; '.join(problems)} "
                         f"(a Task has {', '.join(TASK_MEMBERS)})")
     return obj
+
+
+def prompt_key(prompt: str | Messages) -> str:
+    """Canonical form of a prompt for splitting: NFKC, case-folded, whitespace collapsed; chat messages are
+    joined as ``role: content`` lines. Two prompts with the same key are one problem."""
+    import unicodedata
+
+    if isinstance(prompt, str):
+        parts = [prompt]
+    else:
+        parts = [f"{m.get('role', '')}: {m.get('content', '')}" for m in prompt]
+    norm = (" ".join(unicodedata.normalize("NFKC", p).casefold().split()) for p in parts)
+    return "\n".join(norm)
+
+
+def held_out_keys(keys: list[str], eval_fraction: float, split_seed: int) -> set[str]:
+    """A seeded ``eval_fraction`` of the *distinct* keys (at least one when the fraction is > 0 and there
+    are two or more; never all of them)."""
+    distinct = list(dict.fromkeys(keys))
+    if eval_fraction <= 0 or len(distinct) < 2:
+        return set()
+    random.Random(split_seed).shuffle(distinct)
+    n_eval = min(max(1, round(eval_fraction * len(distinct))), len(distinct) - 1)
+    return set(distinct[:n_eval])
 
 
 def stable_hash(key: str) -> str:
@@ -131,7 +159,8 @@ class GeneratedTask(ABC):
             if self.chat:
                 prompt = [{"role": "user", "content": problem.text}]
             example_id = f"{self.id_prefix}-{stable_hash(problem.key)[:12]}"
-            out.append(Example(example_id, prompt, problem.reference, {"split": split, **problem.meta}))
+            meta = {"split": split, "key": problem.key, **problem.meta}
+            out.append(Example(example_id, prompt, problem.reference, meta))
         if len(out) < n:
             raise ValueError(f"{type(self).__name__}: found only {len(out)} distinct {split} problems, "
                              f"asked for {n}; use a harder level / wider ranges or a smaller n")

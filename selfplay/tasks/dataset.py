@@ -10,8 +10,12 @@ Choices:
   ``ValueError`` names the file, the 0-based row index and the column. A row without the reference
   column has no reference (jsonl rows may omit it), but a reference column that no row has is an error.
 * Eval is ``eval_path`` (a separate file), or ``eval_split`` of the same ``DatasetDict``, or else a
-  held-out ``eval_fraction`` of the rows chosen by a permutation seeded with ``split_seed`` (at least one
-  row when the fraction is > 0). The split never depends on the ``seed`` given to ``train_examples``.
+  held-out ``eval_fraction`` of the distinct *prompts* chosen by a permutation seeded with ``split_seed``
+  (at least one when the fraction is > 0). Prompts are compared by ``prompt_key`` (Unicode, case and
+  whitespace normalised), so every row of a repeated prompt lands on the same side; an eval prompt is
+  kept once, and a training row that repeats an eval prompt (also from a separate eval file) is dropped
+  with a warning (``dropped_as_eval`` counts them). The split never depends on the ``seed`` given to
+  ``train_examples``.
 * ``train_examples(n, seed)``: ``n=None`` is every row in file order; otherwise a ``seed``-ed sample of
   ``n`` rows, kept in file order. Asking for more rows than the split has is an error.
 * Ids: the ``id_column`` value when given (must be unique), else ``"{file stem}-{row}"`` (a folder:
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
-from selfplay.tasks.base import Example, NoVerifierError
+from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
 
 ROLES = ("system", "user", "assistant")
 
@@ -90,12 +95,19 @@ class DatasetTask:
             tag = f"{tag}.eval" if tag == _tag(self.path, split) else tag
             self._train, self._eval = train, self._load(eval_source, eval_name, tag)
         else:
-            order = list(range(len(train)))
-            random.Random(split_seed).shuffle(order)
-            n_eval = max(1, round(eval_fraction * len(train))) if eval_fraction > 0 and len(train) > 1 else 0
-            held_out = set(order[:n_eval])
-            self._train = [e for i, e in enumerate(train) if i not in held_out]
-            self._eval = [e for i, e in enumerate(train) if i in held_out]
+            held_out = held_out_keys([prompt_key(e.prompt) for e in train], eval_fraction, split_seed)
+            self._train = [e for e in train if prompt_key(e.prompt) not in held_out]
+            self._eval = _first_per_key([e for e in train if prompt_key(e.prompt) in held_out])
+        # Held out means unseen: a training row whose prompt (normalised) is an eval prompt is dropped.
+        eval_keys = {prompt_key(e.prompt) for e in self._eval}
+        kept = [e for e in self._train if prompt_key(e.prompt) not in eval_keys]
+        self.dropped_as_eval = len(self._train) - len(kept)
+        if self.dropped_as_eval:
+            warnings.warn(f"{self.path}: {self.dropped_as_eval} training rows repeat an eval prompt and are "
+                          "left out of training", stacklevel=2)
+        self._train = kept
+        if not self._train:
+            raise ValueError(f"{self.path}: no training rows are left after holding out the eval prompts")
         overlap = {e.id for e in self._train} & {e.id for e in self._eval}
         if overlap:
             raise ValueError(f"{self.path}: ids appear in both train and eval: {sorted(overlap)[:5]}")
@@ -140,6 +152,18 @@ class DatasetTask:
         if ref_col and not has_ref:
             raise ValueError(f"{path}: column {ref_col!r} (reference_column) is in no row")
         return examples
+
+
+def _first_per_key(examples: list[Example]) -> list[Example]:
+    """One eval example per distinct prompt (a repeated prompt would count twice in the score)."""
+    seen: set[str] = set()
+    out = []
+    for e in examples:
+        key = prompt_key(e.prompt)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 def _tag(path: Path, split: str) -> str:

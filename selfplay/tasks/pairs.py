@@ -1,8 +1,9 @@
 """Offline preference data: a file of (prompt, chosen, rejected) rows instead of generate -> judge.
 
 Used by offline DPO (one round on a fixed data set). Rows are validated when the task is built and a
-bad row names the file, the row and the column. A seeded share of *prompts* is held out for evaluation
-(their pairs are not trained on); ``pairs_table`` returns the training pairs in the column contract of
+bad row names the file, the row and the column. A seeded share of the distinct *prompts* (compared by
+``prompt_key``: Unicode, case and whitespace normalised) is held out for evaluation: none of their pairs
+is trained on, and each is one eval prompt; ``pairs_table`` returns the training pairs in the column contract of
 ``selfplay.pairs`` so the rest of the iteration does not know where the pairs came from.
 """
 
@@ -12,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from selfplay.tasks.base import Example, NoVerifierError
+from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
 from selfplay.tasks.dataset import _check_prompt, read_rows
 
 
@@ -36,12 +37,14 @@ class PairsTask:
                     raise ValueError(f"{self.path}: row {i}: column {col!r} must be a non-empty string")
             self.rows.append({"id": f"{self.path.stem}-{i}", "prompt": prompt,
                               "chosen": row[chosen_column], "rejected": row[rejected_column]})
-        order = list(range(len(self.rows)))
-        random.Random(split_seed).shuffle(order)
-        n_eval = int(round(eval_fraction * len(order))) if eval_fraction > 0 else 0
-        n_eval = min(max(n_eval, 1 if eval_fraction > 0 else 0), len(order) - 1)
-        self._eval = sorted(order[:n_eval])
-        self._train = sorted(order[n_eval:])
+        keys = [prompt_key(r["prompt"]) for r in self.rows]
+        held_out = held_out_keys(keys, eval_fraction, split_seed)
+        self._train = [i for i, k in enumerate(keys) if k not in held_out]
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k in held_out:
+                first.setdefault(k, i)
+        self._eval = sorted(first.values())  # one eval prompt per held-out prompt, however many pairs it has
 
     def _examples(self, idx: list[int]) -> list[Example]:
         return [Example(self.rows[i]["id"], self.rows[i]["prompt"], self.rows[i]["chosen"]) for i in idx]

@@ -1,7 +1,8 @@
 """Sort a list of integers; the verifier compares the response's list with the sorted one.
 
 Prompt ``"sort:38,5,91,12="`` (``"rsort:"`` for descending), reference ``"5,12,38,91"``. Lists have
-``min_len``..``max_len`` values drawn uniformly from 0..``max_value`` (repeats allowed).
+``min_len``..``max_len`` values drawn uniformly from 0..``max_value`` (repeats allowed). A problem is its
+multiset of values: every ordering of the same values is one problem (one key, one side of the split).
 
 Verifier: strip the response, take its first line, read every integer in it in order (``[+-]?\\d+``;
 whatever separates them - commas, spaces, brackets - is ignored). Exact list match scores 1.0.
@@ -54,7 +55,9 @@ class SortingTask(GeneratedTask):
         head = "rsort" if self.descending else "sort"
         text = f"{head}:{','.join(map(str, values))}="
         reference = ",".join(map(str, sorted(values, reverse=self.descending)))
-        return Problem(key=text, text=text, reference=reference, meta={"values": values})
+        # The key is the multiset: any order of the same values has the same answer, so it is one problem.
+        key = f"{head}:{','.join(map(str, sorted(values)))}"
+        return Problem(key=key, text=text, reference=reference, meta={"values": values})
 
     def score(self, example: Example, response: str) -> float:
         if example.reference is None:
