@@ -51,7 +51,8 @@ def run_ours(path: Path, pairs: list[dict], args):
     from selfplay.train import Learner
 
     cfg = TrainConfig(learning_rate=args.lr, micro_batch_size=args.batch, epochs=1, warmup_ratio=0.0,
-                      lr_schedule="constant", max_grad_norm=1e9)
+                      lr_schedule="constant", max_grad_norm=1e9,
+                      length_grouping="megabatch")  # length-bucketed, as measured in the README
     # A fresh learner per run, shut down before TRL runs: a live process group would make TRL's
     # accelerate wrap its model in DistributedDataParallel (slower, and not TRL's fastest setting).
     # Chat prompts, JSON-encoded as the driver stores them: rendered with the chat template, like TRL's.

@@ -6,10 +6,11 @@ needs no communication and is reproducible. Choices:
 * **Length-grouped**, three ways (``train.length_grouping``). ``sorted``: the epoch's examples are sorted
   by padded length (ties broken randomly) and cut into consecutive micro-batches: least padding, but each
   batch holds one length class, and where length tracks content (a task whose answer length is its
-  difficulty) batches become one kind of example and SGD suffers. ``megabatch`` (default): the shuffled
+  difficulty) batches become one kind of example and SGD suffers. ``megabatch``: the shuffled
   epoch is cut into windows of ``MEGABATCH`` micro-batches and sorted within each window, as HF's
   ``group_by_length`` does: most of the padding saving, batches drawn from a random sample.
-  ``random``: random batches. The *order of optimizer steps* is shuffled from the seed in every mode.
+  ``random`` (the recipes' default): random batches. The *order of optimizer steps* is shuffled from the
+  seed in every mode.
 * **A step is G = world_size x accumulation micro-batches**; micro-batch ``j`` of a step goes to rank
   ``j // accumulation``. The number of micro-batches is rounded up to a multiple of G and examples are
   spread evenly over them (sizes differ by at most one), so every rank runs the same number of

@@ -28,7 +28,7 @@ class RoundSpec:
     max_grad_norm: float
     weight_decay: float
     checkpoint_every: int
-    length_grouping: str = "megabatch"
+    length_grouping: str = "random"
 
     @classmethod
     def of(cls, cfg: Any, base: Any) -> RoundSpec:
@@ -43,7 +43,7 @@ class RoundSpec:
             max_grad_norm=float(get("max_grad_norm")),
             weight_decay=float(get("weight_decay", 0.0)),
             checkpoint_every=int(get("checkpoint_every", 0)),
-            length_grouping=str(get("length_grouping", "megabatch")),
+            length_grouping=str(get("length_grouping", "random")),
         )
 
     def apply(self, engine: Any, optimizer: torch.optim.Optimizer) -> None:
