@@ -341,6 +341,13 @@ class GeneratorPool:
         self.policy = PolicySource(version, buckets=ref, checksum=checksums[0] if checksums else None)
         return checksums
 
+    def load_dir(self, path: str | Path, version: int) -> list[str]:
+        """Load a Hugging Face directory into every replica as ``version`` (verified like a sync); it becomes
+        the policy a restarted replica reloads."""
+        checksums = call_all(targets(self), "load_dir", (str(path), version), self.call_timeout_s)
+        self.policy = PolicySource(version, path=str(path), checksum=checksums[0] if checksums else None)
+        return checksums
+
     def probe_logps(self, sequences: list[list[int]]) -> list[list[list[float]]]:
         return call_all(targets(self), "probe_logps", (sequences,), self.call_timeout_s)
 

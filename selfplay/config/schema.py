@@ -434,6 +434,10 @@ class RunConfig(Section):
     """Seed for prompt sampling, generation, data order and initialisation."""
     iterations: PositiveInt = 3
     """Self-play iterations (generate -> judge -> pairs -> train -> sync)."""
+    stop_when_solved: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """End the run early after an iteration in which at least this share of its training prompts had every
+    sample judged correct (e.g. 0.95): there is little left to learn from them. Unset: run every iteration.
+    An iteration without any pair is never an error; it keeps the policy as it is."""
     policy: PolicyConfig
     """Starting policy."""
     task: TaskConfig

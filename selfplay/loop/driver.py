@@ -30,7 +30,10 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
         if not rd.manifest.get("prepared"):
             _stage(rt, "prepare", lambda: stages.prepare(rt))
         for k in range(rd.next_iteration(), cfg.iterations):
+            if rd.manifest.get("stopped_early"):
+                break
             run_iteration(rt, k)
+            stop_if_solved(rt, k)
         rt.summary()
     return rd
 
@@ -57,6 +60,18 @@ def run_iteration(rt: Runtime, k: int) -> None:
     _stage(rt, "sync", lambda: stages.sync(rt, k), k)
     _stage(rt, "evaluate", lambda: stages.evaluate(rt, k), k)
     rt.rd.mark_complete(k, policy_version=k + 1)
+
+
+def stop_if_solved(rt: Runtime, k: int) -> None:
+    """Record an early stop when iteration ``k`` solved ``stop_when_solved`` of its training prompts."""
+    threshold = rt.cfg.stop_when_solved
+    solved = stages.solved_share(rt, k)
+    if threshold is None or solved is None or solved < threshold:
+        return
+    rt.rd.manifest["stopped_early"] = {"after_iteration": k, "solved_share": round(solved, 4),
+                                       "threshold": threshold}
+    rt.rd.save()
+    rt.log(f"stopping early: iteration {k} solved {solved:.1%} of its training prompts (>= {threshold:.0%})")
 
 
 def _stage(rt: Runtime, name: str, fn: Callable[[], dict[str, Any] | None], k: int | None = None) -> None:

@@ -21,7 +21,7 @@ from selfplay.config import RunConfig, dump_config
 from selfplay.loop.rundir import RunDir, RunDirError
 
 # Fields a resumed run may change; anything else would mix two different experiments in one directory.
-RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir")
+RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved")
 
 
 class StageError(RuntimeError):

@@ -155,17 +155,35 @@ def build_pairs(rt, k: int) -> dict[str, Any]:
             previous = read_parquet(rt.rd.iter_dir(k - 1) / "pairs.parquet")
             pairs = mix_previous(pairs, previous, rt.cfg.pairing.mix_previous, seed=rt.cfg.seed + k)
             stats["mixed_in"] = pairs.num_rows - stats.get("pairs", 0)
-    if pairs.num_rows == 0:
-        raise ValueError(f"no preference pairs in iteration {k} ({json.dumps(stats, default=str)}); "
-                         "every prompt's samples tied: raise generation.n/temperature or lower pairing.min_margin")
     write_parquet(it / "pairs.parquet", pairs)
-    return {**stats, "pairs": pairs.num_rows}
+    info = {**stats, "pairs": pairs.num_rows}
+    if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
+        info["no_pairs"] = True
+        reasons = [f"{v} {key[8:]}" for key, v in stats.items() if key.startswith("no_pair_") and v]
+        rt.log(f"  iteration {k} has no preference pairs ({', '.join(reasons) or 'no prompts'}); "
+               "the policy is kept unchanged")
+    return info
+
+
+def no_pairs(rt, k: int) -> bool:
+    """True when iteration ``k`` built no pairs: its later stages keep the policy as it is."""
+    return bool(rt.rd.stage_info(k, "pairs").get("no_pairs"))
+
+
+def solved_share(rt, k: int) -> float | None:
+    """Share of iteration ``k``'s training prompts whose samples were all correct (verifier score 1)."""
+    info = rt.rd.stage_info(k, "pairs")
+    prompts = info.get("prompts")
+    return info.get("no_pair_all_correct", 0) / prompts if prompts else None
 
 
 def reference_logps(rt, k: int) -> dict[str, Any]:
     """Reference log-probs for every pair, computed once and stored beside the pairs."""
     it = rt.rd.iter_dir(k)
     pairs = read_parquet(it / "pairs.parquet")
+    if no_pairs(rt, k):
+        write_parquet(it / "reference.parquet", pairs)
+        return {"skipped": "no pairs"}
     learners = rt.learners(policy_before(rt, k))
     if rt.cfg.train.loss.reference_free:
         write_parquet(it / "reference.parquet", pairs)
@@ -178,6 +196,8 @@ def reference_logps(rt, k: int) -> dict[str, Any]:
 
 
 def train(rt, k: int) -> dict[str, Any]:
+    if no_pairs(rt, k):
+        return {"skipped": "no pairs", "steps": 0}
     it = rt.rd.iter_dir(k)
     table = read_parquet(it / "reference.parquet")
     learners = rt.learners(policy_before(rt, k))
@@ -245,6 +265,12 @@ def _kl_estimate(learners, table, cfg) -> dict[str, Any]:
 
 def export(rt, k: int) -> dict[str, Any]:
     it = rt.rd.iter_dir(k)
+    if no_pairs(rt, k):  # the unchanged policy, as this iteration's (hard links: no bytes copied)
+        from selfplay.atomic import replace_dir
+
+        source = policy_before(rt, k)
+        replace_dir(it / "policy", lambda tmp: _link_tree(source, tmp))
+        return {"policy": str(it / "policy"), "unchanged_from": str(source)}
     learners = rt.learners(policy_before(rt, k))
     if rt.trained_iteration != k:  # resumed after a crash between train and export
         learners.load_checkpoint(it / "checkpoint")
@@ -259,6 +285,9 @@ def sync(rt, k: int) -> dict[str, Any]:
     if not rt.has_generators:  # resumed: start the generators directly on the exported policy
         rt.generators(it / "policy", version=version)
         info = {"version": version, "method": "load from disk (resumed)"}
+    elif no_pairs(rt, k):  # same weights under the next version number, loaded through the verified path
+        rt.generators(it / "policy", version=version).load_dir(it / "policy", version)
+        info = {"version": version, "method": "unchanged policy reloaded from disk"}
     else:
         info = {"version": version, **rt.push_weights(version, it / "policy")}
     faults.kill_point("sync", k)  # crash tests: generators hold the new weights, the manifest does not say so
@@ -298,6 +327,23 @@ def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path) -> dict[s
     write_parquet(out_dir / "eval_generations.parquet", table)
     write_json(out_dir / "eval.json", result)
     return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Copy the files of ``source`` into ``target`` as hard links (a plain copy across filesystems)."""
+    import os
+    import shutil
+
+    for path in source.rglob("*"):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
 
 
 def finite(x: float | None) -> float | None:

@@ -31,6 +31,8 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         k = int(key)
         pending = [s for s in STAGES if s not in stages]
         state = "done" if entry.get("complete") else f"at {pending[0]}" if pending else "committing"
+        if stages.get("pairs", {}).get("no_pairs"):  # nothing to learn from: the policy was kept as it was
+            state = "no pairs" if entry.get("complete") else state
         train = stages.get("train", {})
         ev = _eval(rd.iter_dir(k) / "eval.json")
         rows.append({
