@@ -59,6 +59,14 @@ class SortingTask(GeneratedTask):
         key = f"{head}:{','.join(map(str, sorted(values)))}"
         return Problem(key=key, text=text, reference=reference, meta={"values": values})
 
+    @property
+    def space_size(self) -> int:
+        """Number of distinct problems: multisets of ``min_len``..``max_len`` values from 0..``max_value``."""
+        from math import comb
+
+        values = self.max_value + 1
+        return sum(comb(values + n - 1, n) for n in range(self.min_len, self.max_len + 1))
+
     def score(self, example: Example, response: str) -> float:
         if example.reference is None:
             raise ValueError(f"example {example.id} has no reference to verify against")

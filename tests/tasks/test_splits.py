@@ -62,6 +62,11 @@ def test_arithmetic_space_sizes_count_each_problem_once():
     assert ArithmeticTask(level=3).space_size == level_space_size(3)
 
 
+def test_sorting_space_size_counts_multisets():
+    assert SortingTask(min_len=2, max_len=3, max_value=9).space_size == 55 + 220  # C(11,2) + C(12,3)
+    assert SortingTask(min_len=2, max_len=4, max_value=99).space_size == 5050 + 171700 + 4421275
+
+
 def test_sorting_eval_lists_in_any_order_are_never_trained():
     task = SortingTask(min_len=2, max_len=3, max_value=9)  # a small space, so permutations collide often
     train = task.train_examples(200, seed=0)  # of ~247 train multisets
