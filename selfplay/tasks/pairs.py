@@ -71,5 +71,6 @@ class PairsTask:
             out.append({"pair_id": f"{iteration}:{r['id']}", "prompt_id": r["id"], "prompt": prompt,
                         "chosen": r["chosen"], "rejected": r["rejected"], "chosen_token_ids": None,
                         "rejected_token_ids": None, "chosen_score": None, "rejected_score": None,
-                        "margin": None, "judge": "dataset", "policy_version": 0, "iteration": iteration})
+                        "margin": None, "judge": "dataset", "policy_version": 0, "iteration": iteration,
+                        "offset": None})
         return pa.Table.from_pylist(out, schema=PAIRS_SCHEMA)
