@@ -8,8 +8,9 @@ from typing import Any
 
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError
 
-COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "kl", "seconds")
-HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "kl", "secs")  # fits 80 columns
+COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
+           "seconds")
+HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "drift", "secs")  # fits 80 columns
 
 
 def _eval(path: Path) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             "pairs": stages.get("pairs", {}).get("pairs"),
             "loss": train.get("loss"),
             "reward_acc": train.get("reward_accuracy"),
-            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward", "kl")},
+            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward")},
+            "rejected_drift": train.get("rejected_drift"),
             "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
         })
     return rows
