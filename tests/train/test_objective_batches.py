@@ -105,3 +105,7 @@ def test_kto_single_row_and_filler_micro_batches_share_the_step_z0(nano):
     assert sum(float(p[0]) for p in parts) == pytest.approx(float(one), rel=1e-5)
     assert float(parts[-1][0]) == 0.0 and float(parts[-1][1]["count"]) == 0.0  # the filler adds nothing
     assert float(stats_one["kl"]) / float(stats_one["count"]) == pytest.approx(max(mean_whole, 0.0), rel=1e-6)
+    with torch.no_grad():  # the old way, a z0 per one-row micro-batch, gives another loss on this data
+        own = [kto_objective(model, data, m, cfg, tok.pad_token_id, CPU,
+                             kto_step_kl(model, data, (m,), tok.pad_token_id, CPU))[0] for m in singles[:-2]]
+    assert sum(float(x) for x in own) != pytest.approx(float(one), rel=1e-3)
