@@ -125,8 +125,9 @@ class PairsTaskConfig(Section):
     eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Fraction of prompts held out (seeded) for evaluation."""
     chunks: PositiveInt | None = None
-    """sDPO (Kim et al. 2024): split the training pairs into this many seeded chunks of near-equal size and
-    train iteration k on chunk k only (use with `train.reference: previous` and `iterations` = `chunks`).
+    """sDPO (Kim et al. 2024): split the training pairs into this many chunks of near-equal size, in file order
+    (order the file easier-first for the paper's curriculum), and train iteration k on chunk k only
+    (use with `train.reference: previous` and `iterations` = `chunks`).
     Default: every iteration trains on all the pairs."""
 
 

@@ -47,11 +47,11 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -64,5 +64,5 @@ def status_table(run_dir: str | Path, console=None) -> None:
     for header in HEADERS:
         table.add_column(header, justify="right", no_wrap=True)
     for row in status_rows(run_dir):
-        table.add_row(*(_fmt(row.get(c)) for c in COLUMNS))
+        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))  # 80 columns
     (console or Console()).print(table)
