@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selfplay.losses import KTO_PARAMS, LOSS_PARAMS, REFERENCE_FREE, TDPO_PARAMS, validate_loss_params
 
@@ -290,10 +290,16 @@ class LossConfig(Section):
     params: dict[str, Any] = {}
     """Loss-specific parameters, e.g. `{label_smoothing: 0.1}` for cDPO; unknown names are errors."""
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _canonical_type(cls, value: Any) -> Any:
+        """`dpo`, `cdpo`, `rdpo` become their canonical loss types (also when a field is assigned)."""
+        return LOSS_ALIASES.get(value, value) if isinstance(value, str) else value
+
     @model_validator(mode="before")
     @classmethod
     def _canonical(cls, data: Any) -> Any:
-        """Aliases (`dpo`, `cdpo`, `rdpo`; TRL's parameter names) become the canonical names."""
+        """TRL's parameter names become the canonical ones."""
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             return data
         data = dict(data)
