@@ -190,3 +190,24 @@ def test_kto_reference_point_is_averaged_over_the_whole_step_across_ranks(w1, w2
         assert summary["steps"] == 1
         losses.append(summary["loss_first"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_logged_drift_is_named_for_what_it_measures(w1, tiny_model_dir):
+    """The loop's per-round number over the rejected samples is their log-ratio drift, not a 'kl'."""
+    from selfplay.loop.stages import rejected_drift
+
+    cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
+    w1.reload(tiny_model_dir, cfg)
+    table = toy_pairs(N_PAIRS, seed=3)
+    tok = w1._local.tokenizer
+    ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
+    ids[0] = None  # the reference answer of a SPIN pair has no sampled tokens: left out
+    table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
+    with_ref = w1.compute_reference(table, cfg=cfg)
+    w1.train_round(with_ref, cfg)
+    got = rejected_drift(w1, with_ref, cfg)
+    now = w1.compute_reference(table, cfg=cfg).column("ref_rejected_logps").to_pylist()
+    before = with_ref.column("ref_rejected_logps").to_pylist()
+    expected = sum(b - a for b, a in list(zip(before, now))[1:]) / (N_PAIRS - 1)
+    assert set(got) == {"rejected_drift"} and got["rejected_drift"] == pytest.approx(expected, rel=1e-5)
+    assert got["rejected_drift"] > 0  # the round pushed the rejected answers down
