@@ -1,11 +1,13 @@
 """One micro-batch through the model: log-probs, the configured loss, and the statistics to log.
 
-The learner calls exactly one function here per micro-batch; the loss formulas themselves are the pure
-functions of :mod:`selfplay.losses`. Choices:
+The learner calls exactly one function here per micro-batch (KTO: plus :func:`kto_step_kl` once per
+step); the loss formulas themselves are the pure functions of :mod:`selfplay.losses`. Choices:
 
-* **Chosen and rejected in one forward**, concatenated along the batch (KTO: completion and mismatched-KL
-  rows). By default the shared prompt runs first, once per example, and both completions then run in
-  one forward on its KV cache (``run_model``): same logits, a third fewer tokens for typical pairs.
+* **KTO's reference point is per step**: its mismatched-KL rows are scored without gradient for the
+  whole step on every rank before any backward, so ``z0`` does not depend on how the step is split.
+* **Chosen and rejected in one forward**, concatenated along the batch. By default the shared prompt
+  runs first, once per example, and both completions then run in one forward on its KV cache
+  (``run_model``): same logits, a third fewer tokens for typical pairs.
 * **Summed, not averaged**: each function returns the *sum* of ``weight * loss`` over the real examples
   of the micro-batch. The learner divides by the example count of the whole optimizer step (all ranks,
   all accumulation micro-batches; SFT: completion tokens), known from the plan without communication.
