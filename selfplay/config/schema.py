@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selfplay.losses import KTO_PARAMS, LOSS_PARAMS, REFERENCE_FREE, TDPO_PARAMS, validate_loss_params
 
@@ -128,6 +128,11 @@ class PairsTaskConfig(Section):
     """Column holding the dispreferred response."""
     eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Fraction of prompts held out (seeded) for evaluation."""
+    chunks: PositiveInt | None = None
+    """sDPO (Kim et al. 2024): split the training pairs into this many chunks of near-equal size, in file order
+    (order the file easier-first for the paper's curriculum), and train iteration k on chunk k only
+    (use with `train.reference: previous` and `iterations` = `chunks`).
+    Default: every iteration trains on all the pairs."""
 
 
 class PythonTaskConfig(Section):
@@ -263,6 +268,15 @@ class PairingConfig(Section):
 # ---------------------------------------------------------------------------------------------- train
 ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo"]))
 
+LOSS_ALIASES: dict[str, str] = {"dpo": "sigmoid", "cdpo": "sigmoid", "rdpo": "robust"}
+"""Common names of losses that are another loss type here: DPO and conservative DPO (cDPO: DPO with
+`label_smoothing`) are `sigmoid`, robust DPO (rDPO) is `robust`. A recipe may use either name;
+`validate` prints the canonical one."""
+
+PARAM_ALIASES: dict[str, dict[str, str]] = {"exo_pair": {"label_smoothing": "epsilon"},
+                                            "discopop": {"discopop_tau": "tau"}}
+"""TRL's names for a loss's parameters, per canonical loss type, so that a TRL config carries over."""
+
 
 def loss_param_defaults(loss_type: str) -> dict[str, Any]:
     if loss_type == "kto":
@@ -280,6 +294,29 @@ class LossConfig(Section):
     params: dict[str, Any] = {}
     """Loss-specific parameters, e.g. `{label_smoothing: 0.1}` for cDPO; unknown names are errors."""
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _canonical_type(cls, value: Any) -> Any:
+        """`dpo`, `cdpo`, `rdpo` become their canonical loss types (also when a field is assigned)."""
+        return LOSS_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical(cls, data: Any) -> Any:
+        """TRL's parameter names become the canonical ones."""
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            return data
+        data = dict(data)
+        data["type"] = loss_type = LOSS_ALIASES.get(data["type"], data["type"])
+        renames = PARAM_ALIASES.get(loss_type, {})
+        params = data.get("params")
+        if renames and isinstance(params, dict):
+            both = sorted(alias for alias, name in renames.items() if alias in params and name in params)
+            if both:
+                raise ValueError(f"params: {both} and {[renames[a] for a in both]} are the same setting; give one")
+            data["params"] = {renames.get(k, k): v for k, v in params.items()}
+        return data
+
     @model_validator(mode="after")
     def _known(self) -> LossConfig:
         if self.type not in ALL_LOSSES:
@@ -289,6 +326,9 @@ class LossConfig(Section):
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
             raise ValueError(f"params: {unknown} not accepted by loss {self.type!r}; allowed: {names}")
+        if self.type == "odpo" and "offset" in self.params:
+            raise ValueError("params: odpo's `offset` comes from the judge scores of each pair (the pairs table's "
+                             "`offset` column), not from the recipe; scale it with `alpha`")
         if self.type in LOSS_PARAMS:  # ranges (e.g. robust's label_smoothing < 0.5) are the loss library's
             try:
                 validate_loss_params(self.type, self.params)
@@ -335,6 +375,9 @@ class TrainConfig(Section):
     """Keep optimizer state on CPU (ZeRO 1-3)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    disable_dropout: bool = True
+    """Turn the policy's dropout off while training (as TRL does), so that at step 0 the policy scores a pair
+    exactly as its reference (scored in eval mode) does. `false` keeps the checkpoint's dropout."""
     max_prompt_length: PositiveInt = 256
     """Most prompt tokens kept (left-truncated)."""
     max_completion_length: PositiveInt = 256
@@ -458,6 +501,13 @@ class RunConfig(Section):
             raise ValueError("sync.method: `nccl` needs GPUs on learners and generators; use object_store")
         if self.generation.tensor_parallel_size > 1 and self.resources.generator_gpus == 0:
             raise ValueError("generation.tensor_parallel_size: > 1 needs resources.generator_gpus > 0")
+        if self.train.loss.type == "odpo" and isinstance(self.task, PairsTaskConfig):
+            raise ValueError("train.loss.type: odpo's per-pair offsets come from judge scores, and offline "
+                             "`pairs` have none; use sigmoid, or generate and judge the pairs")
+        if isinstance(self.task, PairsTaskConfig) and self.task.chunks is not None \
+                and self.iterations > self.task.chunks:
+            raise ValueError(f"iterations: {self.iterations} is more than task.chunks {self.task.chunks} "
+                             "(sDPO trains iteration k on chunk k)")
         return self
 
     def _check_judge(self) -> None:

@@ -31,7 +31,8 @@ def build_task_from_config(cfg: RunConfig):
                           id_column=t.id_column, eval_path=t.eval_path, eval_fraction=t.eval_fraction,
                           split_seed=cfg.seed)
     if t.type == "pairs":
-        return PairsTask(t.path, t.prompt_column, t.chosen_column, t.rejected_column, t.eval_fraction, cfg.seed)
+        return PairsTask(t.path, t.prompt_column, t.chosen_column, t.rejected_column, t.eval_fraction, cfg.seed,
+                         chunks=t.chunks)
     if t.type == "python":
         return build_task("python", target=t.target, **t.kwargs)
     raise ValueError(f"task.type: unknown task {t.type!r}")

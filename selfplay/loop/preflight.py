@@ -34,5 +34,26 @@ def preflight(cfg: RunConfig, source: str = "<recipe>") -> None:
         need_file("task.eval_path", cfg.task.eval_path)
     if cfg.judge is not None and cfg.judge.type in ("reward_model", "pairwise", "llm_judge"):
         need_model("judge.path", cfg.judge.path)
+    if not problems and cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0:
+        problems += _eval_rows(cfg)
     if problems:
         raise ConfigError(source, problems)
+
+
+def _eval_rows(cfg: RunConfig) -> list[str]:
+    """The held-out split must hold ``evaluation.num_prompts`` rows; otherwise evaluation fails only after
+    the warm start. Building the task reads the data file once more, which is the price of failing early."""
+    from selfplay.loop.factory import build_task_from_config
+
+    try:
+        task = build_task_from_config(cfg)
+        held_out = len(task.eval_examples(None, seed=cfg.seed))
+    except (ValueError, OSError) as exc:
+        return [f"task: {exc}"]
+    wanted = cfg.evaluation.num_prompts
+    if wanted <= held_out:
+        return []
+    where = (f"task.eval_path {cfg.task.eval_path}" if cfg.task.eval_path else
+             f"task.path {cfg.task.path} with task.eval_fraction {cfg.task.eval_fraction}")
+    return [f"evaluation.num_prompts: {wanted} is more than the {held_out} held-out rows of {where}; "
+            f"set evaluation.num_prompts <= {held_out} (or hold out more rows)"]

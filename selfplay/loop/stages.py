@@ -214,7 +214,7 @@ def train(rt, k: int) -> dict[str, Any]:
     rt.trained_iteration = k
     info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step") if key in summary}
     info.update(round_metrics(it / "train_metrics.jsonl"))
-    info.update(_kl_estimate(learners, table, rt.cfg.train))
+    info.update(rejected_drift(learners, table, rt.cfg.train))
     return info
 
 
@@ -243,13 +243,12 @@ def round_metrics(path: Path) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _kl_estimate(learners, table, cfg) -> dict[str, Any]:
-    """Sample estimate of KL(reference || new policy) on the round's own policy samples.
+def rejected_drift(learners, table, cfg) -> dict[str, Any]:
+    """How far the round moved the policy on its rejected responses: mean(log pi_ref(y) - log pi_new(y)).
 
-    The rejected responses were sampled from the policy that generated this iteration; with
-    ``reference: previous`` that *is* the reference, so mean(log pi_ref(y) - log pi_new(y)) over them
-    is an unbiased estimate of KL(pi_ref || pi_new). With ``initial`` it is the same quantity measured
-    on the previous policy's samples (an approximation, reported all the same).
+    Not a KL estimate: the rejected responses are *selected* (the worst of n samples, or another policy's
+    samples), not draws from the reference, so their mean log-ratio is biased in an unknown direction.
+    It is reported as what it is, a drift of the rejected side (positive: the round pushed them down).
     """
     if cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
         return {}
@@ -260,7 +259,7 @@ def _kl_estimate(learners, table, cfg) -> dict[str, Any]:
     before = table.take(sampled).column("ref_rejected_logps").to_pylist()
     now = after.column("ref_rejected_logps").to_pylist()
     diffs = [b - a for b, a in zip(before, now) if b is not None and a is not None]
-    return {"kl": sum(diffs) / len(diffs)} if diffs else {}
+    return {"rejected_drift": sum(diffs) / len(diffs)} if diffs else {}
 
 
 def export(rt, k: int) -> dict[str, Any]:
@@ -294,13 +293,20 @@ def sync(rt, k: int) -> dict[str, Any]:
     return info
 
 
+def eval_due(cfg, k: int) -> bool:
+    """Iteration k is evaluated every ``evaluation.every`` iterations, and the last one always."""
+    return (k + 1) % cfg.evaluation.every == 0 or k == cfg.iterations - 1
+
+
 def evaluate(rt, k: int) -> dict[str, Any]:
     it = rt.rd.iter_dir(k)
+    if not eval_due(rt.cfg, k):  # no eval.json: status, report and the summary show "-" for this iteration
+        return {"skipped": f"evaluation.every={rt.cfg.evaluation.every}"}
     info = evaluate_policy(rt, it / "policy", version=k + 1, out_dir=it)
     train_info = rt.rd.stage_info(k, "train")
-    if "kl" in train_info:
-        info["kl"] = train_info["kl"]
-        write_json(it / "eval.json", {**json.loads((it / "eval.json").read_text()), "kl": train_info["kl"]})
+    if "rejected_drift" in train_info:
+        info["rejected_drift"] = drift = train_info["rejected_drift"]
+        write_json(it / "eval.json", {**json.loads((it / "eval.json").read_text()), "rejected_drift": drift})
     return info
 
 

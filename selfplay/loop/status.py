@@ -8,8 +8,9 @@ from typing import Any
 
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError
 
-COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "kl", "seconds")
-HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "kl", "secs")  # fits 80 columns
+COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
+           "seconds")
+HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "drift", "secs")  # fits 80 columns
 
 
 def _eval(path: Path) -> dict[str, Any]:
@@ -41,17 +42,18 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             "pairs": stages.get("pairs", {}).get("pairs"),
             "loss": train.get("loss"),
             "reward_acc": train.get("reward_accuracy"),
-            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward", "kl")},
+            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward")},
+            "rejected_drift": train.get("rejected_drift"),
             "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
         })
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -64,5 +66,5 @@ def status_table(run_dir: str | Path, console=None) -> None:
     for header in HEADERS:
         table.add_column(header, justify="right", no_wrap=True)
     for row in status_rows(run_dir):
-        table.add_row(*(_fmt(row.get(c)) for c in COLUMNS))
+        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))  # 80 columns
     (console or Console()).print(table)

@@ -6,9 +6,10 @@ paper (and TRL), ``z₀`` is estimated from *mismatched* pairs: each prompt with
 completion, so ``z₀`` carries no information about the completion being scored; it is the batch mean
 of the policy−reference log-ratio over those pairs, clamped at 0 and detached (no gradient through it).
 
-Choices: the losses keep the input order (TRL reorders them desirable-first). Under data parallelism
-this estimate is per call; to use the global batch, gather ``kl_policy_logps``/``kl_ref_logps`` across
-ranks before calling (TRL averages the per-rank means, which is the same for equal rank batch sizes).
+Choices: the losses keep the input order (TRL reorders them desirable-first). The mean is taken before
+the clamp. By default it is over the rows given; a trainer that splits a batch into micro-batches and
+ranks passes ``kl_mean``, the mean over the whole optimizer step (as TRL and the authors' code do; a
+per-micro-batch clamp of one sample is biased upward), and then needs no mismatched rows here.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ def kto_loss(
     policy_logps: Tensor,
     ref_logps: Tensor,
     labels: Tensor,
-    kl_policy_logps: Tensor,
-    kl_ref_logps: Tensor,
+    kl_policy_logps: Tensor | None,
+    kl_ref_logps: Tensor | None,
     *,
     beta: float,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    kl_mean: float | Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-example KTO loss.
 
@@ -40,6 +42,8 @@ def kto_loss(
             pairs under the policy and the reference (usually M = N, completions shifted by one).
         beta: β > 0; desirable_weight, undesirable_weight: λ_D, λ_U ≥ 0 (the paper balances
             ``λ_D·n_D / (λ_U·n_U)`` to lie in [1, 4/3]).
+        kl_mean: the mean mismatched log-ratio computed by the caller over a larger batch (unclamped);
+            when given, ``kl_policy_logps``/``kl_ref_logps`` are ignored and may be ``None``.
 
     Returns:
         ``(losses[N], rewards[N], kl[])`` where with ``r = log π(y|x) − log π_ref(y|x)``,
@@ -59,17 +63,21 @@ def kto_loss(
             raise ValueError(
                 f"{name} must be 1-D [N] like policy_logps {tuple(policy_logps.shape)}, got {tuple(t.shape)}"
             )
-    if kl_policy_logps.dim() != 1 or kl_policy_logps.shape != kl_ref_logps.shape or kl_policy_logps.numel() == 0:
+    if kl_mean is None and (kl_policy_logps is None or kl_ref_logps is None or kl_policy_logps.dim() != 1
+                            or kl_policy_logps.shape != kl_ref_logps.shape or kl_policy_logps.numel() == 0):
+        shapes = [None if t is None else tuple(t.shape) for t in (kl_policy_logps, kl_ref_logps)]
         raise ValueError(
             "kl_policy_logps and kl_ref_logps must be non-empty 1-D [M] of equal shape, got "
-            f"{tuple(kl_policy_logps.shape)} and {tuple(kl_ref_logps.shape)}"
+            f"{shapes[0]} and {shapes[1]} (or pass kl_mean)"
         )
     if labels.dtype != torch.bool:
         raise ValueError(f"labels must be a bool tensor (True = desirable), got {labels.dtype}")
 
     dtype = torch.promote_types(policy_logps.dtype, torch.float32)
     logratios = policy_logps.to(dtype) - ref_logps.to(dtype)
-    kl = (kl_policy_logps.to(dtype) - kl_ref_logps.to(dtype)).mean().clamp(min=0).detach()
+    if kl_mean is None:
+        kl_mean = (kl_policy_logps.to(dtype) - kl_ref_logps.to(dtype)).mean()  # type: ignore[union-attr]
+    kl = torch.as_tensor(kl_mean, dtype=dtype, device=logratios.device).clamp(min=0).detach()
     desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - kl)))
     undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - logratios)))
     losses = torch.where(labels, desirable, undesirable)

@@ -18,6 +18,13 @@ Options (``PairingConfig``): ``length_penalty`` ranks by ``score - penalty * len
 Pairs whose two texts are equal, or that repeat an earlier pair's texts, are always dropped (they
 carry no preference, or double-count one).
 
+ODPO offset (``offset`` column): Amini et al. 2024 (arXiv:2402.10571) make the margin a pair must reach
+depend on how much better the chosen response is, ``offset = log(score_w - score_l)`` (the loss scales it
+by ``alpha``). The raw judge scores are used, not the length-penalised ones. A difference of 0 (a tie kept
+with ``drop_ties: false``) is floored at ``MIN_SCORE_GAP``, so the pair asks for (almost) no margin. With a
+0/1 verifier every kept pair has a difference of 1, so every offset is 0 and ODPO is exactly DPO; graded
+scores (``partial_credit``, a reward model) are what give ODPO something to work with.
+
 Stats (flat, for the manifest): prompts, prompts_with_pairs, prompts_without_pair, the reason each
 pairless prompt had (``no_pair_all_correct`` / ``all_wrong`` / ``all_tied`` / ``below_margin`` /
 ``too_few_scored`` / ``no_reference``), pairs, mean_margin, samples, unscored_samples and the
@@ -26,6 +33,7 @@ candidate pairs dropped by each filter (``dropped_*``).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -40,6 +48,14 @@ REFERENCE_SCORE = 1.0
 NO_PAIR_REASONS = ("all_correct", "all_wrong", "all_tied", "below_margin", "too_few_scored", "no_reference")
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "reference", "sample_index", "response", "score", "iteration")
 DROP_REASONS = ("ties", "below_margin", "identical", "duplicate", "over_cap")
+MIN_SCORE_GAP = 1e-3  # floor of the score difference in the ODPO offset: log(1e-3) = -6.9
+
+
+def odpo_offset(chosen_score: float | None, rejected_score: float | None) -> float | None:
+    """ODPO's offset of one pair, ``log(max(chosen_score - rejected_score, MIN_SCORE_GAP))``; None without scores."""
+    if chosen_score is None or rejected_score is None:
+        return None
+    return math.log(max(chosen_score - rejected_score, MIN_SCORE_GAP))
 
 
 @dataclass(frozen=True)
@@ -183,4 +199,5 @@ def _record(row: dict[str, Any], chosen: Side, rejected: Side) -> dict[str, Any]
         "judge": row.get("judge") or "",
         "policy_version": max(versions) if versions else row.get("policy_version"),
         "iteration": row["iteration"],
+        "offset": odpo_offset(chosen.score, rejected.score),
     }

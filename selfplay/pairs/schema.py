@@ -3,6 +3,8 @@
 ``chosen_token_ids`` is null for a reference answer (SPIN), whose tokens the learner computes itself;
 ``pair_id`` is ``"{iteration}:{prompt_id}:{chosen}:{rejected}"`` with sample indices (``ref`` for the
 reference), so the same pair keeps its id when an iteration is rebuilt or mixed into a later one.
+``offset`` is ODPO's per-pair offset, ``log(chosen_score - rejected_score)`` from the judge's raw scores
+(see ``selfplay.pairs.build.odpo_offset``); null where the pair has no scores (offline pairs).
 """
 
 from __future__ import annotations
@@ -23,4 +25,5 @@ PAIRS_SCHEMA = pa.schema([
     ("judge", pa.string()),
     ("policy_version", pa.int64()),
     ("iteration", pa.int64()),
+    ("offset", pa.float64()),
 ])

@@ -5,6 +5,12 @@ bad row names the file, the row and the column. A seeded share of the distinct *
 ``prompt_key``: Unicode, case and whitespace normalised) is held out for evaluation: none of their pairs
 is trained on, and each is one eval prompt; ``pairs_table`` returns the training pairs in the column contract of
 ``selfplay.pairs`` so the rest of the iteration does not know where the pairs came from.
+
+sDPO (Kim et al. 2024, "sDPO: Don't Use Your Data All at Once", arXiv:2403.19270): with ``chunks`` set,
+the training pairs are cut into that many chunks of near-equal size, in file order, and iteration k
+gets chunk k only; with ``train.reference: previous`` each chunk is trained against the previous step's
+model. File order, not a shuffle: the paper orders its chunks easier first (by source data set), so a
+curriculum is expressed by ordering the file.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ class PairsTask:
     has_verifier = False
 
     def __init__(self, path: str | Path, prompt_column: str = "prompt", chosen_column: str = "chosen",
-                 rejected_column: str = "rejected", eval_fraction: float = 0.05, split_seed: int = 0) -> None:
+                 rejected_column: str = "rejected", eval_fraction: float = 0.05, split_seed: int = 0,
+                 chunks: int | None = None) -> None:
         self.path = Path(path)
+        self.chunks = chunks
         rows = read_rows(self.path)
         if not rows:
             raise ValueError(f"{self.path}: no rows")
@@ -60,6 +68,17 @@ class PairsTask:
     def score(self, example: Example, response: str) -> float:
         raise NoVerifierError(f"offline pairs from {self.path} have no verifier")
 
+    def chunk_rows(self, iteration: int) -> list[int]:
+        """Rows of the training pairs iteration ``iteration`` trains on: all, or sDPO's chunk ``iteration``."""
+        if self.chunks is None:
+            return list(self._train)
+        if len(self._train) < self.chunks:
+            raise ValueError(f"{self.path}: {len(self._train)} training pairs cannot make task.chunks={self.chunks}")
+        if not 0 <= iteration < self.chunks:
+            raise ValueError(f"{self.path}: iteration {iteration} has no sDPO chunk (task.chunks={self.chunks})")
+        bounds = [round(j * len(self._train) / self.chunks) for j in range(self.chunks + 1)]
+        return list(self._train[bounds[iteration] : bounds[iteration + 1]])
+
     def pairs_table(self, iteration: int = 0):
         import json
 
@@ -68,11 +87,12 @@ class PairsTask:
         from selfplay.pairs.schema import PAIRS_SCHEMA
 
         out = []
-        for i in self._train:
+        for i in self.chunk_rows(iteration):
             r = self.rows[i]
             prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
             out.append({"pair_id": f"{iteration}:{r['id']}", "prompt_id": r["id"], "prompt": prompt,
                         "chosen": r["chosen"], "rejected": r["rejected"], "chosen_token_ids": None,
                         "rejected_token_ids": None, "chosen_score": None, "rejected_score": None,
-                        "margin": None, "judge": "dataset", "policy_version": 0, "iteration": iteration})
+                        "margin": None, "judge": "dataset", "policy_version": 0, "iteration": iteration,
+                        "offset": None})
         return pa.Table.from_pylist(out, schema=PAIRS_SCHEMA)

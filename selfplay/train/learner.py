@@ -18,6 +18,9 @@ the optimizer step, log, maybe checkpoint. Choices:
   give the same gradient.
 * **Numerical guard** (``step.py``): a NaN/inf loss or gradient norm stops the round before the optimizer
   step with :class:`NonFiniteError` naming the step and its table rows; the weights stay the last good ones.
+* **Dropout off** by default (``train.disable_dropout``), and reference log-probs come from the same
+  forward path as training (prefix sharing only where training uses it), so at step 0 the policy's
+  log-probs equal the stored reference's and every implicit reward starts at exactly 0.
 * Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing. Per round: everything
   else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
 """
@@ -57,9 +60,28 @@ from selfplay.train.engine import (
     init_distributed,
 )
 from selfplay.train.metrics import MetricsWriter
-from selfplay.train.objective import kto_objective, pair_objective, sft_objective
+from selfplay.train.objective import kto_objective, kto_step_kl, pair_objective, sft_objective
 from selfplay.train.rounds import RoundSpec, metrics_record, round_fingerprint, summary
 from selfplay.train.step import optimizer_step, step_rows
+
+DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "resid_dropout", "embd_dropout", "hidden_dropout",
+                      "activation_dropout", "dropout")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout probability of ``model``: ``nn.Dropout`` modules, and the float rates that attention
+    code reads from its module or config (e.g. Llama's ``attention_dropout``, GPT-2's ``attn_pdrop``)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name, value in list(vars(config).items()):
+            if isinstance(value, float) and (name.endswith("dropout") or name.endswith("pdrop")):
+                setattr(config, name, 0.0)
 
 
 class Learner:
@@ -97,6 +119,8 @@ class Learner:
             self.engine.destroy()
             self.engine = self.optimizer = self.ref_model = None
         model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, local_files_only=True)
+        if getattr(cfg, "disable_dropout", True):
+            disable_dropout(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -127,11 +151,17 @@ class Learner:
         table = read_table(pairs)
         loss = cfg.loss
         data = encode_pairs(table, self.tokenizer, cfg)
+        prepare = None
         if loss.type == "kto":
             ref.require_columns(table, (*REF_COLUMNS, *KTO_REF_COLUMNS), cfg)
             data = kto_view(data, self.seed)
+            step_kl = {"mean": 0.0}
+
+            def prepare(micros: tuple) -> None:  # z0 from the whole step, all ranks, before any backward
+                step_kl["mean"] = kto_step_kl(self.engine, data, micros, self.pad_id, self.device, self.world_size)
+
             objective = lambda d, m: kto_objective(self.engine, d, m, loss, self.pad_id, self.device,
-                                                   share_prefix=self.share_prefix)
+                                                   step_kl["mean"], share_prefix=self.share_prefix)
         else:
             if loss.type == "tdpo" and self.ref_model is None:
                 self.ref_model = self._tdpo_reference(table)
@@ -141,7 +171,7 @@ class Learner:
                                                     ref_model=self.ref_model, share_prefix=self.share_prefix)
         spec = RoundSpec.of(cfg, self.cfg)
         return self._round("train", table, data, spec, objective, lambda d, step: step.count, checkpoint_dir,
-                           on_step, cfg)
+                           on_step, cfg, prepare)
 
     def sft_round(self, examples: pa.Table | str | Path | list[dict], cfg: Any = None, *,
                   checkpoint_dir: str | Path | None = None,
@@ -168,7 +198,7 @@ class Learner:
 
     def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
                denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
-               cfg: Any) -> dict[str, Any]:
+               cfg: Any, prepare: Callable | None = None) -> dict[str, Any]:
         table_hash = table_fingerprint(table)
         fingerprint = round_fingerprint(kind, table_hash, cfg, spec, self.world_size, self.seed)
         resume, self._resume = self._resume, None
@@ -199,7 +229,8 @@ class Learner:
             denom = denominator(data, step)
             stats, lr, norm = optimizer_step(self.engine, self.optimizer, objective, data,
                                              step.for_rank(self.rank, spec.accumulation), denom, self.world_size,
-                                             self.device, where + f", table rows {step_rows(data, step)}")
+                                             self.device, where + f", table rows {step_rows(data, step)}",
+                                             prepare)
             self.scheduler.step()
             self.global_step += 1
             self._round_state["position"] = position + 1
@@ -238,7 +269,9 @@ class Learner:
         if cfg.loss.type == "tdpo":
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
-        values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size)
+        # The same forward as training (prefix-shared or not), so that at step 0 policy == reference exactly.
+        values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size,
+                           share_prefix=self.share_prefix)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}

@@ -1,15 +1,18 @@
 """One micro-batch through the model: log-probs, the configured loss, and the statistics to log.
 
-The learner calls exactly one function here per micro-batch; the loss formulas themselves are the pure
-functions of :mod:`selfplay.losses`. Choices:
+The learner calls exactly one function here per micro-batch (KTO: plus :func:`kto_step_kl` once per
+step); the loss formulas themselves are the pure functions of :mod:`selfplay.losses`. Choices:
 
-* **Chosen and rejected in one forward**, concatenated along the batch (KTO: completion and mismatched-KL
-  rows). By default the shared prompt runs first, once per example, and both completions then run in
-  one forward on its KV cache (``run_model``): same logits, a third fewer tokens for typical pairs.
+* **KTO's reference point is per step**: its mismatched-KL rows are scored without gradient for the
+  whole step on every rank before any backward, so ``z0`` does not depend on how the step is split.
+* **Chosen and rejected in one forward**, concatenated along the batch. By default the shared prompt
+  runs first, once per example, and both completions then run in one forward on its KV cache
+  (``run_model``): same logits, a third fewer tokens for typical pairs.
 * **Summed, not averaged**: each function returns the *sum* of ``weight * loss`` over the real examples
   of the micro-batch. The learner divides by the example count of the whole optimizer step (all ranks,
   all accumulation micro-batches; SFT: completion tokens), known from the plan without communication.
   That makes the gradient independent of how a step is split into ranks x accumulation.
+* **AOT** sorts over the micro-batch; its per-pair weights are averaged (see ``QUANTILE_LOSSES``).
 * Statistics are detached float64 sums (``count``, rewards, correct, log-probs, ``tokens``, ``nonfinite``),
   so the learner can all-reduce them in one vector and divide at the end.
 * ``tdpo`` needs the reference's full next-token distribution, which cannot be precomputed as a column:
@@ -31,6 +34,11 @@ from selfplay.train.data import Encoded
 STAT_KEYS = ("count", "loss", "chosen_count", "rejected_count", "chosen_rewards", "rejected_rewards", "correct",
              "chosen_logps", "rejected_logps", "tokens", "nonfinite", "kl")
 """The summed statistics every objective returns (float64 0-d tensors); the learner divides them."""
+
+QUANTILE_LOSSES = frozenset({"aot", "aot_unpaired"})
+"""Losses whose entry i belongs to the i-th sorted quantile of the micro-batch, not to pair i: a per-pair
+``weight`` cannot be matched to its loss, so each quantile gets the micro-batch's mean weight (the sum is
+then invariant to the order of the pairs, and a weight-0 filler micro-batch still contributes 0)."""
 
 
 @dataclass
@@ -102,17 +110,32 @@ def _ref(data: Encoded, name: str, micro: Micro, device: torch.device) -> Tensor
     return values.to(device=device, dtype=torch.float32)
 
 
+def _offsets(data: Encoded, micro: Micro, device: torch.device) -> Tensor:
+    """ODPO's per-pair offsets (the pairs table's ``offset`` column, derived from the judge scores)."""
+    values = column(data, "offset", micro.indices)
+    bad = [] if values is None else [int(data.rows[i]) for i, v in zip(micro.indices, values) if not torch.isfinite(v)]
+    if values is None or bad:
+        where = "the pairs table has no `offset` column" if values is None else f"table rows {bad} have none"
+        raise ValueError(f"loss 'odpo' needs a per-pair offset from judge scores, but {where}; "
+                         "pairs built from judged samples carry it (selfplay.pairs.build.odpo_offset)")
+    return values.to(device=device, dtype=torch.float32)
+
+
 def _stats(weights: Tensor, losses: Tensor, chosen: Tensor, rejected: Tensor, chosen_r: Tensor,
            rejected_r: Tensor, chosen_lp: Tensor, rejected_lp: Tensor, correct: Tensor, tokens: Tensor,
-           kl: Tensor | float = 0.0) -> dict[str, Tensor]:
-    """Sums over real examples; ``chosen``/``rejected`` select which examples carry each side's values."""
+           kl: Tensor | float = 0.0, loss_weights: Tensor | None = None) -> dict[str, Tensor]:
+    """Sums over real examples; ``chosen``/``rejected`` select which examples carry each side's values.
+
+    ``loss_weights`` (default ``weights``) multiply ``losses`` where entry i of the losses is not example i.
+    """
     real = (weights > 0).to(torch.float64)
+    loss_weights = weights if loss_weights is None else loss_weights
     c, r = chosen.to(torch.float64) * real, rejected.to(torch.float64) * real
     s = lambda t, m: (torch.nan_to_num(t.detach().to(torch.float64)) * m).sum()
     finite = torch.isfinite(losses.detach()) | (real == 0)
     return {
         "count": real.sum(),
-        "loss": s(losses * weights.to(losses.dtype), real),
+        "loss": s(losses * loss_weights.to(losses.dtype), (loss_weights > 0).to(torch.float64)),
         "chosen_count": c.sum(),
         "rejected_count": r.sum(),
         "chosen_rewards": s(chosen_r, c),
@@ -154,29 +177,54 @@ def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_i
         if not loss_cfg.reference_free:
             rc = _ref(data, "ref_chosen_logps", micro, device)
             rr = _ref(data, "ref_rejected_logps", micro, device)
-        if loss_cfg.type == "odpo" and "offset" in data.columns:
-            params["offset"] = column(data, "offset", micro.indices).to(device=device, dtype=torch.float32)
+        if loss_cfg.type == "odpo":
+            params["offset"] = _offsets(data, micro, device)
         losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
                                                        chosen_lengths=lc, rejected_lengths=lr, **params)
+    loss_weights = weights
+    if loss_cfg.type in QUANTILE_LOSSES:  # entry i is the i-th quantile, not pair i: no pair's own weight fits it
+        loss_weights = weights.mean().expand_as(weights)
     ones = torch.ones_like(weights)
     stats = _stats(weights, losses, ones, ones, chosen_r, rejected_r, pc, pr, chosen_r > rejected_r,
-                   _tokens(scored, weights))
-    return (losses * weights).sum(), stats
+                   _tokens(scored, weights), loss_weights=loss_weights)
+    return (losses * loss_weights).sum(), stats
+
+
+def kto_step_kl(model: Any, data: Encoded, micros: tuple[Micro, ...], pad_id: int, device: torch.device,
+                world_size: int = 1) -> float:
+    """KTO's ``z0`` before the clamp: the mean mismatched log-ratio over the real rows of the whole step.
+
+    Each rank scores its own micro-batches' mismatched (``kl``) rows without gradient, then one all-reduce
+    of (sum, count) gives every rank the step's mean. Every rank runs one forward per micro-batch, filler
+    ones included, so ZeRO-3's collective parameter gathers stay in step.
+    """
+    total = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for micro in micros:
+            pol = sequence_sums(run_model(model, data, micro.indices, ("kl",), pad_id, device))[0]
+            ref = _ref(data, "ref_kl_logps", micro, device)
+            real = torch.tensor(micro.real, device=device)
+            total += torch.stack([(pol - ref)[real].double().sum().cpu(), real.double().sum().cpu()])
+    if torch.distributed.is_initialized() and world_size > 1:
+        total = total.to(device)
+        torch.distributed.all_reduce(total)
+        total = total.cpu()
+    return float(total[0] / total[1]) if total[1] > 0 else 0.0
 
 
 def kto_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
-                  share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+                  kl_mean: float, share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     """Summed weighted KTO loss of one micro-batch of unpaired rows (see ``data.kto_view``).
 
-    ``z0`` is estimated from the micro-batch's own mismatched rows (per rank, per micro-batch).
+    ``kl_mean`` is the step's mismatched log-ratio mean from :func:`kto_step_kl` (clamped into ``z0`` by
+    the loss), so a micro-batch of one row, or a weight-0 filler one, gets the same ``z0`` as the rest.
     """
-    scored = run_model(model, data, micro.indices, ("completion", "kl"), pad_id, device, share_prefix)
-    pol, pol_kl = sequence_sums(scored)[0].chunk(2)
+    scored = run_model(model, data, micro.indices, ("completion",), pad_id, device, share_prefix)
+    pol = sequence_sums(scored)[0]
     weights = _weights(data, micro, device)
     labels = column(data, "label", micro.indices).to(device) > 0.5
-    ref, ref_kl = _ref(data, "ref_logps", micro, device), _ref(data, "ref_kl_logps", micro, device)
-    real = torch.tensor(micro.real, device=device)
-    losses, rewards, z0 = kto_loss(pol, ref, labels, pol_kl[real], ref_kl[real], beta=loss_cfg.beta,
+    ref = _ref(data, "ref_logps", micro, device)
+    losses, rewards, z0 = kto_loss(pol, ref, labels, None, None, beta=loss_cfg.beta, kl_mean=kl_mean,
                                    **loss_cfg.resolved_params())
     # A row is "correct" when its implicit reward has the sign its label asks for.
     correct = torch.where(labels, rewards > 0, rewards < 0)

@@ -31,8 +31,15 @@ class NonFiniteError(FloatingPointError):
 
 def optimizer_step(engine: Any, optimizer: torch.optim.Optimizer, objective: Callable, data: Encoded,
                    micros: tuple[Micro, ...], denominator: float, world_size: int, device: torch.device,
-                   where: str) -> tuple[dict[str, float], float, float]:
-    """Forward/backward this rank's ``micros`` and take the step; returns (summed stats, lr, grad norm)."""
+                   where: str, prepare: Callable[[tuple[Micro, ...]], None] | None = None
+                   ) -> tuple[dict[str, float], float, float]:
+    """Forward/backward this rank's ``micros`` and take the step; returns (summed stats, lr, grad norm).
+
+    ``prepare(micros)``, if given, runs first on every rank (collective): KTO estimates its step-wide
+    reference point there.
+    """
+    if prepare is not None:
+        prepare(micros)
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
     scale = world_size / max(denominator, 1)
     for j, micro in enumerate(micros):

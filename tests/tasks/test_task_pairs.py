@@ -51,3 +51,19 @@ def test_malformed_rows_name_file_row_and_column(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message) as info:
         PairsTask(path)
     assert "bad.jsonl" in str(info.value)
+
+
+def test_sdpo_chunks_hand_each_iteration_its_own_part_in_file_order(tmp_path):
+    rows = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(23)]
+    path = _write(tmp_path / "prefs.jsonl", rows)
+    whole = PairsTask(path, eval_fraction=0.1, split_seed=1)
+    task = PairsTask(path, eval_fraction=0.1, split_seed=1, chunks=3)
+    parts = [task.pairs_table(iteration=k).column("prompt_id").to_pylist() for k in range(3)]
+    everything = whole.pairs_table(iteration=0).column("prompt_id").to_pylist()
+    assert [len(p) for p in parts] == [7, 7, 7]  # 21 training pairs after 2 are held out
+    assert sum(parts, []) == everything  # disjoint, complete, in file order
+    assert whole.pairs_table(iteration=2).num_rows == 21  # without chunks every iteration gets all
+    with pytest.raises(ValueError, match="iteration 3 has no sDPO chunk"):
+        task.pairs_table(iteration=3)
+    with pytest.raises(ValueError, match="21 training pairs cannot make task.chunks=40"):
+        PairsTask(path, eval_fraction=0.1, split_seed=1, chunks=40).pairs_table(iteration=0)
