@@ -293,6 +293,11 @@ class LossConfig(Section):
     """Strength of the implicit KL constraint (temperature of the implicit reward)."""
     params: dict[str, Any] = {}
     """Loss-specific parameters, e.g. `{label_smoothing: 0.1}` for cDPO; unknown names are errors."""
+    nll_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    """Adds this times the chosen response's length-normalised NLL to every pair's loss: Iterative RPO
+    (Pang et al. 2024, "Iterative Reasoning Preference Optimization"), TRL's `rpo_alpha`. It keeps the
+    chosen log-probs from being pushed down with the rejected ones (DPO's known failure on verified
+    reasoning data). 0 = the plain loss. Pair losses and TDPO only."""
 
     @field_validator("type", mode="before")
     @classmethod
@@ -326,6 +331,8 @@ class LossConfig(Section):
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
             raise ValueError(f"params: {unknown} not accepted by loss {self.type!r}; allowed: {names}")
+        if self.nll_weight and self.type == "kto":
+            raise ValueError("nll_weight: KTO has no chosen response per row; use it with a pair loss or tdpo")
         if self.type == "odpo" and "offset" in self.params:
             raise ValueError("params: odpo's `offset` comes from the judge scores of each pair (the pairs table's "
                              "`offset` column), not from the recipe; scale it with `alpha`")

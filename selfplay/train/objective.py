@@ -181,6 +181,9 @@ def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_i
             params["offset"] = _offsets(data, micro, device)
         losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
                                                        chosen_lengths=lc, rejected_lengths=lr, **params)
+    nll_weight = getattr(loss_cfg, "nll_weight", 0.0)
+    if nll_weight:  # Iterative RPO: + the chosen response's length-normalised NLL, per pair
+        losses = losses - nll_weight * pc / lc.clamp(min=1).to(pc.dtype)
     loss_weights = weights
     if loss_cfg.type in QUANTILE_LOSSES:  # entry i is the i-th quantile, not pair i: no pair's own weight fits it
         loss_weights = weights.mean().expand_as(weights)
