@@ -12,6 +12,8 @@ Choices:
   samples, under ``fork_rng`` so the caller's RNG is untouched. Seeded runs are reproducible; they do
   not reproduce vLLM's samples (different samplers), only greedy outputs match.
 * Log-probs are computed from raw logits (``output_logits``), like vLLM's default.
+* New tokens are capped per prompt (``min(max_tokens, max_model_len - prompt length)``), never by the
+  longest prompt of a batch, so a completion does not depend on the prompts batched with it.
 """
 
 from __future__ import annotations
@@ -76,14 +78,19 @@ class HFEngine:
         return out
 
     def _generate_batch(self, ids: list[list[int]], s: Sampling, first: int) -> list[list[Completion]]:
+        # Each prompt's own cap (as vLLM applies it): a long batch-mate must not shorten a short prompt's
+        # completion. The batch runs to the largest cap; each row is cut to its own cap afterwards (the
+        # tokens kept never saw the ones cut, so they equal an unbatched run's).
+        caps = [min(s.max_tokens, self.max_model_len - len(x)) for x in ids]
+        for p, cap in enumerate(caps):
+            if cap < 1:
+                raise ValueError(
+                    f"prompt {first + p} has {len(ids[p])} tokens: no room under max_model_len={self.max_model_len}"
+                )
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[self._pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        max_new = min(s.max_tokens, self.max_model_len - width)
-        if max_new < 1:
-            raise ValueError(
-                f"a prompt of {width} tokens leaves no room under max_model_len={self.max_model_len}"
-            )
+        max_new = max(caps)
         copies = 1 if s.greedy else s.n  # greedy samples are identical: decode once, repeat
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
@@ -112,9 +119,11 @@ class HFEngine:
             group = []
             for j in range(s.n):
                 row = p * copies + (j if copies > 1 else 0)
+                cap = caps[p]
                 group.append(
                     self._completion(
-                        new[row].tolist(), None if logps is None else logps[row].tolist(), s, first + p, j
+                        new[row, :cap].tolist(), None if logps is None else logps[row, :cap].tolist(), s,
+                        first + p, j,
                     )
                 )
             result.append(group)
