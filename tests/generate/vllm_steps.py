@@ -3,7 +3,8 @@
 vLLM's CPU worker changes process-wide torch settings (threads), so engines the test process needs only
 for one scenario run in a child process. A step is ``{"op": "generate", "prompts": [...], "sampling":
 {Sampling fields}}``, ``{"op": "load", "blobs": [paths], "version": v}``, ``{"op": "probe", "seqs":
-[[ids]]}`` or ``{"op": "prefix_hits"}`` (vLLM's prefix-cache hit counter, in tokens); the result of each
+[[ids]]}``, ``{"op": "probe_generated"}`` (the prompts + completions of the last ``generate``) or
+``{"op": "prefix_hits"}`` (vLLM's prefix-cache hit counter, in tokens); the result of each
 step comes back in order.
 """
 
@@ -22,7 +23,7 @@ import json, sys
 from pathlib import Path
 from selfplay.env import setup_env
 setup_env(threads=1)
-from selfplay.generate import Sampling
+from selfplay.generate import Sampling, encode_prompts
 from selfplay.generate.vllm_engine import VLLMEngine
 
 args = json.loads(Path(sys.argv[1]).read_text())
@@ -32,7 +33,11 @@ results = []
 for step in args["steps"]:
     if step["op"] == "generate":
         s = Sampling(**step["sampling"])
-        results.append([[c.to_row() for c in g] for g in engine.generate(step["prompts"], s)])
+        last = (step["prompts"], engine.generate(step["prompts"], s))
+        results.append([[c.to_row() for c in g] for g in last[1]])
+    elif step["op"] == "probe_generated":
+        ids = encode_prompts(engine.tokenizer, last[0])
+        results.append(engine.probe_logps([p + list(g[0].token_ids) for p, g in zip(ids, last[1])]))
     elif step["op"] == "load":
         results.append(engine.load_buckets([Path(p).read_bytes() for p in step["blobs"]], step["version"]))
     elif step["op"] == "probe":
