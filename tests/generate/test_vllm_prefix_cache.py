@@ -4,7 +4,7 @@ vLLM keeps the KV blocks of prompt prefixes it has seen (blocks of 128 tokens on
 later prompts with the same prefix. Those blocks were computed with the weights of the time; after a
 sync they are stale, and ``VLLMEngine.load_buckets`` drops them (``reset_prefix_cache``). A prompt must
 fill at least one block for this to matter, so these prompts are chat messages of about 300 tokens that
-share a 270-character system message (two full blocks), as a long shared instruction would in a real run.
+share a 279-character system message (two full blocks), as a long shared instruction would in a real run.
 
 The engine generates on the initial weights (filling the cache), receives new weights, and generates the
 same prompts again: tokens and log-probs must equal the HF reference on the new weights (what a fresh
