@@ -13,7 +13,8 @@ Choices:
   not reproduce vLLM's samples (different samplers), only greedy outputs match.
 * Log-probs are computed from raw logits (``output_logits``), like vLLM's default.
 * New tokens are capped per prompt (``min(max_tokens, max_model_len - prompt length)``), never by the
-  longest prompt of a batch, so a completion does not depend on the prompts batched with it.
+  longest prompt of a batch, so a completion does not depend on the prompts batched with it: prompts
+  whose caps differ (only near ``max_model_len``) are generated in separate batches.
 """
 
 from __future__ import annotations
@@ -79,18 +80,28 @@ class HFEngine:
 
     def _generate_batch(self, ids: list[list[int]], s: Sampling, first: int) -> list[list[Completion]]:
         # Each prompt's own cap (as vLLM applies it): a long batch-mate must not shorten a short prompt's
-        # completion. The batch runs to the largest cap; each row is cut to its own cap afterwards (the
-        # tokens kept never saw the ones cut, so they equal an unbatched run's).
+        # completion. Only prompts of equal cap are generated together, so no row runs past its own cap
+        # (nor past max_model_len); near the limit a batch splits into a few smaller ones.
         caps = [min(s.max_tokens, self.max_model_len - len(x)) for x in ids]
         for p, cap in enumerate(caps):
             if cap < 1:
                 raise ValueError(
                     f"prompt {first + p} has {len(ids[p])} tokens: no room under max_model_len={self.max_model_len}"
                 )
+        result: list[list[Completion]] = [[] for _ in ids]
+        for cap in sorted(set(caps), reverse=True):
+            rows = [p for p, c in enumerate(caps) if c == cap]
+            groups = self._generate_rows([ids[p] for p in rows], s, cap, [first + p for p in rows])
+            for p, group in zip(rows, groups, strict=True):
+                result[p] = group
+        return result
+
+    def _generate_rows(
+        self, ids: list[list[int]], s: Sampling, max_new: int, indices: list[int]
+    ) -> list[list[Completion]]:
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[self._pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        max_new = max(caps)
         copies = 1 if s.greedy else s.n  # greedy samples are identical: decode once, repeat
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
@@ -119,11 +130,9 @@ class HFEngine:
             group = []
             for j in range(s.n):
                 row = p * copies + (j if copies > 1 else 0)
-                cap = caps[p]
                 group.append(
                     self._completion(
-                        new[row, :cap].tolist(), None if logps is None else logps[row, :cap].tolist(), s,
-                        first + p, j,
+                        new[row].tolist(), None if logps is None else logps[row].tolist(), s, indices[p], j
                     )
                 )
             result.append(group)
