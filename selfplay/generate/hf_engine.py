@@ -12,6 +12,9 @@ Choices:
   samples, under ``fork_rng`` so the caller's RNG is untouched. Seeded runs are reproducible; they do
   not reproduce vLLM's samples (different samplers), only greedy outputs match.
 * Log-probs are computed from raw logits (``output_logits``), like vLLM's default.
+* New tokens are capped per prompt (``min(max_tokens, max_model_len - prompt length)``), never by the
+  longest prompt of a batch, so a completion does not depend on the prompts batched with it: prompts
+  whose caps differ (only near ``max_model_len``) are generated in separate batches.
 """
 
 from __future__ import annotations
@@ -76,14 +79,29 @@ class HFEngine:
         return out
 
     def _generate_batch(self, ids: list[list[int]], s: Sampling, first: int) -> list[list[Completion]]:
+        # Each prompt's own cap (as vLLM applies it): a long batch-mate must not shorten a short prompt's
+        # completion. Only prompts of equal cap are generated together, so no row runs past its own cap
+        # (nor past max_model_len); near the limit a batch splits into a few smaller ones.
+        caps = [min(s.max_tokens, self.max_model_len - len(x)) for x in ids]
+        for p, cap in enumerate(caps):
+            if cap < 1:
+                raise ValueError(
+                    f"prompt {first + p} has {len(ids[p])} tokens: no room under max_model_len={self.max_model_len}"
+                )
+        result: list[list[Completion]] = [[] for _ in ids]
+        for cap in sorted(set(caps), reverse=True):
+            rows = [p for p, c in enumerate(caps) if c == cap]
+            groups = self._generate_rows([ids[p] for p in rows], s, cap, [first + p for p in rows])
+            for p, group in zip(rows, groups, strict=True):
+                result[p] = group
+        return result
+
+    def _generate_rows(
+        self, ids: list[list[int]], s: Sampling, max_new: int, indices: list[int]
+    ) -> list[list[Completion]]:
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[self._pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        max_new = min(s.max_tokens, self.max_model_len - width)
-        if max_new < 1:
-            raise ValueError(
-                f"a prompt of {width} tokens leaves no room under max_model_len={self.max_model_len}"
-            )
         copies = 1 if s.greedy else s.n  # greedy samples are identical: decode once, repeat
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
@@ -114,7 +132,7 @@ class HFEngine:
                 row = p * copies + (j if copies > 1 else 0)
                 group.append(
                     self._completion(
-                        new[row].tolist(), None if logps is None else logps[row].tolist(), s, first + p, j
+                        new[row].tolist(), None if logps is None else logps[row].tolist(), s, indices[p], j
                     )
                 )
             result.append(group)

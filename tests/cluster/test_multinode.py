@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import ray
 
+from selfplay.config.schema import ResourcesConfig
 from tests.e2e.conftest import MICRO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -105,7 +105,7 @@ def test_generator_survives_the_loss_of_its_node(cluster, tiny_model_dir):
 
 
 def _resources(**custom):
-    """Resources with the fields the schema does not have yet (read with getattr by the actors)."""
+    """The schema's own ResourcesConfig (validated, as a recipe would give it), with these tests' defaults."""
     base = dict(learners=2, learner_cpus=1.0, learner_gpus=0.0, generator_cpus=1.0, generator_gpus=0.0,
                 placement="spread", threads_per_actor=1, max_restarts=1)
-    return SimpleNamespace(**{**base, **custom})
+    return ResourcesConfig(**{**base, **custom})

@@ -5,7 +5,7 @@ back with its start-up weights (version 0), would generate different records if 
 Faults are real: the replica's process exits (``os._exit``, as in a crash), blocks inside ``generate``
 (both injected with ``GeneratorActor.inject_fault``) or is killed by Ray; Ray restarts the process and
 the pool restores it. Each restart starts a vLLM engine again (about 20 s here), so the tests share one
-pool and two restarts.
+pool and two restarts; each test first loads the weights it starts from, so any subset runs alone (``-k``).
 """
 
 from __future__ import annotations
@@ -38,21 +38,26 @@ def weight_buckets(model_dir, version):
 
 
 @pytest.fixture(scope="module")
-def pool(ray_local, tiny_model_dir, tmp_path_factory):
-    from actors.generator import GeneratorPool
-    from selfplay.config.schema import GenerationConfig, ResourcesConfig
+def v1(tmp_path_factory):
     from selfplay.models import build_policy
 
-    v1 = build_policy(tmp_path_factory.mktemp("v1") / "nano", preset="nano", tokenizer="char", seed=1)
+    return build_policy(tmp_path_factory.mktemp("v1") / "nano", preset="nano", tokenizer="char", seed=1)
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tiny_model_dir):
+    from actors.generator import GeneratorPool
+    from selfplay.config.schema import GenerationConfig, ResourcesConfig
+
     cfg = GenerationConfig(backend="vllm", replicas=2, shard_size=2, max_model_len=256)
     p = GeneratorPool(tiny_model_dir, cfg, ResourcesConfig(placement="spread"), dtype="float32",
                       start_timeout_s=300, shard_timeout_s=300, call_timeout_s=300)
-    p.load_buckets(weight_buckets(v1, 1), version=1)  # what a sync does; the pool keeps the buckets
     yield p
     p.shutdown()
 
 
-def test_replica_killed_mid_generation_is_restored_and_only_its_shard_regenerated(pool, tmp_path):
+def test_replica_killed_mid_generation_is_restored_and_only_its_shard_regenerated(pool, v1, tmp_path):
+    pool.load_buckets(weight_buckets(v1, 1), version=1)  # what a sync does; the pool keeps the buckets
     fault_free, _ = pool.generate(PROMPTS, SAMPLING, shard_dir=tmp_path / "ref")
     assert {c.policy_version for g in fault_free for c in g} == {1}
     before = pool.info()[1]
@@ -98,7 +103,8 @@ def test_hung_replica_is_named_in_time_and_restored_from_the_policy_directory(po
     assert [i["version"] for i in infos] == [2, 2] and infos[0]["restarted"] is True
 
 
-def test_weights_the_pool_was_not_told_about_are_never_guessed(pool):
-    # the replicas hold version 2 (previous test) and the pool knows where it is; version 3 it does not
+def test_weights_the_pool_was_not_told_about_are_never_guessed(pool, v1):
+    pool.load_buckets(weight_buckets(v1, 1), version=1)
+    # the replicas hold version 1 and the pool knows where it is; version 3 it does not
     with pytest.raises(RemoteCallError, match=r"generator-1 must be restored to version 3.*remember_policy"):
         pool.submit_restore(1, 3)

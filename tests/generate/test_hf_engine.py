@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from selfplay.generate import Sampling, make_engine
+from selfplay.generate.types import encode_prompts
 from selfplay.sync.buckets import BucketError, pack_buckets
 
 PROMPTS = ["12+3=", [{"role": "user", "content": "sort 3,1,2"}], "hello", "9*9="]
@@ -42,7 +43,8 @@ def test_seeded_sampling_is_reproducible_and_split_independent(hf):
     ids = hf.tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, tokenize=False)
     prompt_ids = hf.tokenizer(ids, add_special_tokens=False)["input_ids"]
     probe = hf.probe_logps([prompt_ids + list(c.token_ids)])[0][-len(c.token_ids):]
-    assert max(abs(a - b) for a, b in zip(probe, c.logprobs)) < 1e-4  # raw log-probs of the sampled tokens
+    assert len(probe) == len(c.logprobs) == len(c.token_ids)
+    assert max(abs(a - b) for a, b in zip(probe, c.logprobs, strict=True)) < 1e-4  # raw log-probs of the sampled tokens
 
 
 def test_stop_strings_cut_text_and_tokens(hf):
@@ -73,3 +75,24 @@ def test_load_buckets_roundtrip_and_corruption(hf, tiny_model_dir):
     checksum = hf.load_buckets(blobs, 1)
     assert hf.version == 1 and hf.checksum == checksum
     assert hf.probe_logps(seqs) == other.probe_logps(seqs)
+
+
+def test_length_cap_is_per_prompt_not_per_batch(hf, tiny_model_dir):
+    """Near ``max_model_len`` a prompt's completion must not depend on its batch-mates: a short prompt batched
+    with one that leaves 5 tokens of room still gets its full ``max_tokens``, the long one its 5."""
+    max_len, short = 96, "12+3="
+    template = len(encode_prompts(hf.tokenizer, [short])[0]) - len(short)  # chat tokens around a user turn
+    long_prompt = "".join(str(i % 10) for i in range(max_len - 5 - template))  # char tokenizer: 1 token each
+    prompts = [short, long_prompt, "hello"]
+    s = Sampling(temperature=0, max_tokens=20, logprobs=True)
+    batched = make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=max_len, batch_size=3)
+    single = make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=max_len, batch_size=1)
+    got, want = batched.generate(prompts, s), single.generate(prompts, s)
+    assert [len(g[0].token_ids) for g in want] == [20, 5, 20]  # the random nano policy writes no EOS here
+    assert tokens(got) == tokens(want)
+    assert [g[0].finish_reason for g in got] == [g[0].finish_reason for g in want] == ["length"] * 3
+    for a, b in zip(got, want, strict=True):
+        assert len(a[0].logprobs) == len(b[0].logprobs) == len(a[0].token_ids)
+        assert max(abs(x - y) for x, y in zip(a[0].logprobs, b[0].logprobs, strict=True)) < 1e-4
+    with pytest.raises(ValueError, match=r"prompt 1 has 96 tokens: no room under max_model_len=96"):
+        batched.generate([short, long_prompt + "12345"], s)

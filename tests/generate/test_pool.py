@@ -36,7 +36,30 @@ def test_greedy_matches_hf_token_for_token(gen_pool, hf):
     assert tokens(got) == tokens(want)
     assert [[c.text for c in g] for g in got] == [[c.text for c in g] for g in want]
     assert [c.finish_reason for g in got for c in g] == [c.finish_reason for g in want for c in g]
-    assert seconds > 0 and {i["node"] for i in gen_pool.info()} and gen_pool.version() == 0
+    assert seconds > 0 and gen_pool.version() == 0
+    infos = gen_pool.info()
+    assert len(infos) == 2 and all(i["node"] for i in infos), infos  # both replicas up, each on a node
+
+
+def test_greedy_with_stop_strings_matches_hf(gen_pool, hf):
+    """Stop strings on vLLM against the HF engine: the same cut tokens (the token completing a stop string
+    kept), the same text (cut before it), the same finish reasons. The stop strings are taken from what
+    the model writes: a one-character one and a two-character one that may span two tokens."""
+    free = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=24))
+    texts = [g[0].text for g in free if len(g[0].text) > 12]
+    stop = (texts[0][6], texts[-1][9:11])
+    s = Sampling(n=1, temperature=0, max_tokens=24, stop=stop, logprobs=True)
+    got, _ = gen_pool.generate(PROMPTS, s)
+    want = hf.generate(PROMPTS, s)
+    assert tokens(got) == tokens(want)
+    assert [g[0].text for g in got] == [g[0].text for g in want]
+    assert [g[0].finish_reason for g in got] == [g[0].finish_reason for g in want]
+    cut = [g[0] for g in want if g[0].finish_reason == "stop" and g[0].token_ids[-1] != hf.tokenizer.eos_token_id]
+    assert cut, "no completion ended at a stop string"
+    assert all(not any(x in c.text for x in stop) for g in got for c in g)
+    for a, b in zip(got, want, strict=True):
+        assert len(a[0].logprobs) == len(b[0].logprobs) == len(a[0].token_ids)
+        assert max(abs(x - y) for x, y in zip(a[0].logprobs, b[0].logprobs, strict=True)) < 1e-4
 
 
 def test_seeded_sampling_reproducible_in_order_and_shard_independent(gen_pool, hf):
@@ -59,7 +82,8 @@ def test_seeded_sampling_reproducible_in_order_and_shard_independent(gen_pool, h
 
     prompt_ids = encode_prompts(hf.tokenizer, [PROMPTS[1]])[0]  # the engines' own prompt encoding
     probe = hf.probe_logps([prompt_ids + list(c.token_ids)])[0][-len(c.token_ids):]
-    assert max(abs(x - y) for x, y in zip(probe, c.logprobs)) < 1e-4
+    assert len(probe) == len(c.logprobs) == len(c.token_ids)
+    assert max(abs(x - y) for x, y in zip(probe, c.logprobs, strict=True)) < 1e-4
 
 
 class Crash(Exception):

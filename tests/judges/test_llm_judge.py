@@ -107,22 +107,43 @@ def test_template_fill_and_factory():
 
 
 def test_engine_adapter_drives_a_real_generator(tiny_model_dir):
-    """``engine_complete`` over the transformers engine: greedy, one chat turn per judge prompt, and the
-    judge's scores are exactly what parsing those completions gives."""
+    """``engine_complete`` over the transformers engine, with the nano policy trained (in-process, 40 Adam
+    steps) to answer every judge prompt with ``Verdict: B``: a real model whose verdicts parse. The expected
+    scores are written out, not recomputed with the library: a judge that always prefers the second-shown
+    response is position-biased, so with both orders every sample scores 0.5; asked in one order only,
+    (0,1), (0,2), (1,2), the later sample always wins."""
+    import torch
+
     from selfplay.generate import make_engine
-    from selfplay.judges.compare import win_rates
+    from selfplay.generate.types import encode_prompts
     from selfplay.judges.llm_judge import engine_complete, fill_template
 
-    engine = make_engine("hf", tiny_model_dir, max_model_len=512)
-    complete = engine_complete(engine, max_tokens=4)
-    group = PromptGroup("p", "1+1=", ["2", "3"])
-    texts = [fill_template(DEFAULT_TEMPLATE, "1+1=", "2", "3"), fill_template(DEFAULT_TEMPLATE, "1+1=", "3", "2")]
+    engine = make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=512)
+    tok, model = engine.tokenizer, engine.model
+    answer = tok("Verdict: B", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    train = [fill_template(DEFAULT_TEMPLATE, f"{i}+{i}=", str(2 * i), str(i)) for i in range(6)]
+    seqs = [x + answer for x in encode_prompts(tok, [[{"role": "user", "content": t}] for t in train])]
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(40):
+        ids = torch.tensor([seqs[step % len(seqs)]])
+        logits = model(input_ids=ids).logits[0, -len(answer) - 1:-1]
+        loss = torch.nn.functional.cross_entropy(logits, ids[0, -len(answer):])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    complete = engine_complete(engine, max_tokens=16)
+    texts = [fill_template(DEFAULT_TEMPLATE, "7+5=", "12", "75"), fill_template(DEFAULT_TEMPLATE, "7+5=", "75", "12")]
     outputs = complete(texts)
-    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    assert outputs == ["Verdict: B"] * 2, outputs  # prompts it was not trained on
     assert complete(texts) == outputs  # greedy
-    judge = build_judge(LLMJudgeConfig(type="llm_judge", path=str(tiny_model_dir), max_tokens=4), engine=engine)
-    verdicts = [parse_verdict(o) for o in outputs]
-    prefs = {(0, 1): None if verdicts[0] is None else float(verdicts[0] == "A"),
-             (1, 0): None if verdicts[1] is None else float(verdicts[1] == "A")}
-    assert judge.score([group]) == [win_rates(prefs, 2)]
-    assert judge.stats["verdicts"] == 2 and judge.stats["unparseable"] == verdicts.count(None)
+    judge = build_judge(LLMJudgeConfig(type="llm_judge", path=str(tiny_model_dir), max_tokens=16), engine=engine)
+    group = PromptGroup("p", "7+5=", ["12", "75", "13"])
+    assert judge.score([group]) == [[0.5, 0.5, 0.5]]
+    assert judge.stats == {"verdicts": 6, "unparseable": 0, "first_position_wins": 0}
+    one_order = build_judge(LLMJudgeConfig(type="llm_judge", path=str(tiny_model_dir), max_tokens=16,
+                                           both_orders=False), engine=engine)
+    assert one_order.score([group]) == [[0.0, 0.5, 1.0]]

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from selfplay.config.schema import PairwiseJudgeConfig, RewardModelJudgeConfig
-from selfplay.judges import PromptGroup, build_judge, judge_table, win_rates
+from selfplay.judges import PromptGroup, build_judge, judge_table
 from selfplay.judges.pairwise import render_triple, sigmoid
 from selfplay.judges.reward_model import RewardModelJudge, build_reward_model, render_response
 from selfplay.judges.train_rm import METRICS_FILE, train_reward_model
@@ -95,18 +95,24 @@ def test_train_reward_model_learns_separable_pairs(tiny_model_dir, tmp_path):
     assert accuracy > 0.9
 
 
+def test_render_triple_is_pinned():
+    """The pairwise model's input format, written out (a trained pairwise model depends on it)."""
+    assert render_triple("12+35=", "47", "") == "12+35=\n\n[Response A]\n47\n\n[Response B]\n"
+    assert render_triple(GROUPS[1].prompt, "hello", "yo") == (
+        "system: be brief\nuser: hi\n\n[Response A]\nhello\n\n[Response B]\nyo")
+
+
 def test_pairwise_judge_win_rates(tiny_rm):
     judge = build_judge(PairwiseJudgeConfig(type="pairwise", path=str(tiny_rm), batch_size=4))
     scores = judge.score(GROUPS)
     assert scores[2] == [None]  # a lone sample has nothing to beat
-    for group, rates in zip(GROUPS[:2], scores[:2]):
+    for group, rates in zip(GROUPS[:2], scores[:2], strict=True):
         n = len(group.responses)
-        # same numbers as aggregating sigmoid(logit) of every rendered ordered triple by hand
-        prefs = {}
-        for i in range(n):
-            for j in range(n):
-                if i != j:
-                    text = render_triple(group.prompt, group.responses[i], group.responses[j])
-                    prefs[(i, j)] = sigmoid(judge.scorer.logits([text], add_special_tokens=True)[0])
-        assert rates == pytest.approx(win_rates(prefs, n), abs=1e-5)
+        # sigmoid(logit) of every rendered ordered triple, by hand: P(i beats j) = (p(i, j) + 1 - p(j, i)) / 2,
+        # a sample's win rate the mean over its n - 1 opponents
+        texts = {(i, j): render_triple(group.prompt, group.responses[i], group.responses[j])
+                 for i in range(n) for j in range(n) if i != j}
+        p = {ij: sigmoid(judge.scorer.logits([t], add_special_tokens=True)[0]) for ij, t in texts.items()}
+        want = [sum((p[i, j] + 1 - p[j, i]) / 2 for j in range(n) if j != i) / (n - 1) for i in range(n)]
+        assert len(rates) == n and rates == pytest.approx(want, abs=1e-5)
         assert sum(rates) / n == pytest.approx(0.5)  # symmetrised win rates always average 0.5

@@ -7,6 +7,7 @@ position (TRL sums them over the sequence). The completion mask carries the leng
 for ``ipo`` and ``sigmoid_norm``. Everything after the forward, the loss math included, is TRL's code.
 TRL returns the batch mean, so per-pair values are compared through batches of one pair, the batch
 mean and its gradient through a batch of six; the rewards are captured from ``accelerator.gather``.
+TRL is a pinned dev dependency and imported plainly: a broken TRL import fails here, it does not skip.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+import trl.experimental.cpo.cpo_trainer as cpo
+import trl.experimental.orpo.orpo_trainer as orpo
+import trl.trainer.dpo_trainer as trl_dpo
+import trl.trainer.kto_trainer as kto
 
-trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
-
-from selfplay.losses import LOSS_PARAMS, kto_loss, preference_loss  # noqa: E402
+from selfplay.losses import LOSS_PARAMS, kto_loss, preference_loss
 
 # our loss_type -> (our params, TRL's DPOConfig fields for the same setting)
 SHARED = {
@@ -176,8 +179,6 @@ def test_trl_ignores_label_smoothing_for_sigmoid_where_we_apply_cdpo():
 
 def test_simpo_and_orpo_match_trl_experimental_cpo_and_orpo_math():
     """Beyond DPOTrainer: SimPO equals TRL's CPO ``simpo`` and ORPO's odds-ratio term equals TRL ORPO's."""
-    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
-    orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
     policy, _, lengths = _inputs(6, seed=3)
     pc, pr = policy.chunk(2)
     lc, lr = lengths.chunk(2)
@@ -202,7 +203,6 @@ def test_simpo_and_orpo_match_trl_experimental_cpo_and_orpo_math():
 @pytest.mark.parametrize("kl_shift", [0.0, 10.0])  # 10 makes the mismatched log-ratio mean < 0: z0 = 0
 def test_kto_matches_trl_kto_trainer(kl_shift):
     """``kto_loss`` against TRL 1.16's ``KTOTrainer._compute_loss`` (same stand-in technique as above)."""
-    kto = pytest.importorskip("trl.trainer.kto_trainer")
     policy, ref, lengths = _inputs(4, seed=4)  # 8 unpaired examples
     labels = torch.tensor([True, False, False, True, True, False, True, True])
     kl_policy, kl_ref = policy.roll(1) + 4.0, ref.roll(1) + kl_shift

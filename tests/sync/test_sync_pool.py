@@ -4,6 +4,9 @@
 ``export_weights`` + ``probe_logps``). After each push both replicas' greedy outputs must equal the HF
 model's token for token and their probe log-probs must match within 1e-4 (fp32). A bucket corrupted
 in transit is refused and the generators keep their previous weights and version.
+
+Each test sets up the state it starts from (the learner's weights from the initial ones and a seed, the
+pool's version with a plain ``load_buckets``), so any subset runs alone (``-k``) and in any order.
 """
 
 from __future__ import annotations
@@ -31,20 +34,29 @@ BUCKET_MB = 0.25  # the nano policy (3.3 MB) travels in ~14 buckets
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_dir):
-    return make_engine("hf", tiny_model_dir, dtype="float32", batch_size=1)
+    engine = make_engine("hf", tiny_model_dir, dtype="float32", batch_size=1)
+    engine.initial = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    return engine
 
 
 def new_weights(learner, seed: int) -> None:
-    """Perturb the learner's weights; then make EOS win wherever its most frequent greedy token would,
-    so that some greedy outputs stop early (EOS handling is compared too)."""
+    """The initial weights plus seeded noise (whatever an earlier test left); then make EOS win wherever the
+    most frequent greedy token would, so that some greedy outputs stop early (EOS handling is compared too)."""
     g = torch.Generator().manual_seed(seed)
-    state = {k: v + 0.03 * torch.randn(v.shape, generator=g) for k, v in learner.model.state_dict().items()}
+    state = {k: v + 0.03 * torch.randn(v.shape, generator=g) for k, v in learner.initial.items()}
     learner.model.load_state_dict(state)
     out = learner.generate(PROMPTS, GREEDY)
     common = Counter(t for grp in out for t in grp[0].token_ids[1:]).most_common(1)[0][0]
     head = learner.model.lm_head.weight.data
     eos = learner.tokenizer.eos_token_id
     head[eos] = head[common] * 1.05
+
+
+def start_at(pool, learner, seed: int, version: int) -> None:
+    """A test's starting state: the learner on ``seed``'s weights, every replica holding them as ``version``
+    (a plain load, not the sync method under test)."""
+    new_weights(learner, seed)
+    pool.load_buckets(learner.export_weights(1.0, version), version)
 
 
 def assert_replicas_match(pool, learner, version):
@@ -56,7 +68,8 @@ def assert_replicas_match(pool, learner, version):
     seqs = [[1, 5, 10, 11, 12, 6, 14, 20, 30, 41], [3, 4, 5, 6, 7, 8]]
     expected = learner.probe_logps(seqs)
     for probes in pool.probe_logps(seqs):
-        assert max(abs(a - b) for x, y in zip(probes, expected) for a, b in zip(x, y)) <= 1e-4
+        assert [len(x) for x in probes] == [len(y) for y in expected] == [len(q) - 1 for q in seqs]
+        assert max(abs(a - b) for x, y in zip(probes, expected, strict=True) for a, b in zip(x, y, strict=True)) <= 1e-4
     return want
 
 
@@ -75,6 +88,7 @@ class CorruptInTransit:
 
 
 def test_object_store_sync_from_a_remote_learner(sync_pool, learner):
+    learner.model.load_state_dict(learner.initial)
     initial = [[c.token_ids for c in g] for g in learner.generate(PROMPTS, GREEDY)]
     new_weights(learner, seed=1)
     remote = ray.remote(num_cpus=0)(type(learner)).remote(str(learner.model_path), dtype=torch.float32)
@@ -91,12 +105,13 @@ def test_object_store_sync_from_a_remote_learner(sync_pool, learner):
 
 
 def test_corrupted_bucket_is_refused_and_previous_weights_kept(sync_pool, learner):
+    start_at(sync_pool, learner, seed=5, version=5)
     before = sync_pool.info()
-    with pytest.raises(SyncError, match=r"version 2 failed: generator-0\.load_buckets failed: BucketError.*checksum"):
-        ObjectStoreSync(BUCKET_MB, probe=PROBE, timeout_s=300).push(CorruptInTransit(learner, 3), sync_pool, 2)
+    with pytest.raises(SyncError, match=r"version 6 failed: generator-0\.load_buckets failed: BucketError.*checksum"):
+        ObjectStoreSync(BUCKET_MB, probe=PROBE, timeout_s=300).push(CorruptInTransit(learner, 3), sync_pool, 6)
     after = sync_pool.info()
     assert [(i["version"], i["checksum"]) for i in after] == [(i["version"], i["checksum"]) for i in before]
-    assert_replicas_match(sync_pool, learner, version=1)  # still the version-1 weights, still usable
+    assert_replicas_match(sync_pool, learner, version=5)  # still the version-5 weights, still usable
 
 
 def test_filesystem_sync(sync_pool, learner, tmp_path):
@@ -109,13 +124,15 @@ def test_filesystem_sync(sync_pool, learner, tmp_path):
 
 
 def test_verification_stops_on_stale_or_wrong_weights(sync_pool, learner, tiny_model_dir):
-    with pytest.raises(SyncError, match="generator-0 holds policy version 2, expected 3"):
-        sync_pool.expect_version(3)
+    start_at(sync_pool, learner, seed=7, version=7)
+    verify_sync(learner, sync_pool, 7, None, PROBE, timeout=120)  # the right weights pass
+    with pytest.raises(SyncError, match="generator-0 holds policy version 7, expected 8"):
+        sync_pool.expect_version(8)
     with pytest.raises(SyncError, match="checksum"):
-        sync_pool.expect_version(2, "0" * 64)
-    other = make_engine("hf", tiny_model_dir, dtype="float32")  # the original weights, not version 2's
-    with pytest.raises(SyncError, match=r"generator-0 at version 2: probe log-probs differ .* by \d"):
-        verify_sync(other, sync_pool, 2, None, PROBE, timeout=120)
+        sync_pool.expect_version(7, "0" * 64)
+    other = make_engine("hf", tiny_model_dir, dtype="float32")  # the original weights, not version 7's
+    with pytest.raises(SyncError, match=r"generator-0 at version 7: probe log-probs differ .* by \d"):
+        verify_sync(other, sync_pool, 7, None, PROBE, timeout=120)
 
 
 def test_broadcast_sync_on_gloo(sync_pool, learner):

@@ -187,3 +187,42 @@ def test_reference_from_another_model_dir_and_sft_warm_start(learner, tiny_model
     for col in ("ref_chosen_logps", "ref_rejected_logps"):
         a, b = initial.column(col).to_pylist(), again.column(col).to_pylist()
         assert all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(a, b))
+
+
+def test_pair_weights_scale_each_pairs_share_of_the_loss(learner, tiny_model_dir):
+    """The ``weight`` column in a real round of one step (8 pairs, one micro-batch). The step's loss is
+    ``sum(weight * loss) / pairs``, every pair of the step counted in the denominator whatever its weight.
+    Before the step policy = reference, so every pair's sigmoid loss is log 2, and the figures are written
+    out: all weights 1 is no column at all; a weight of 0 removes the pair's term but not its place in the
+    denominator (7/8 of the set without it); a weight of 2 is the pair twice over a denominator one
+    smaller (9/8 of the set with it duplicated). Loss and whole gradient scale alike. Gradients are
+    compared by their global norm (the step's weights are not: Adam's first step is about lr * sign(g),
+    and float rounding flips the sign of a near-zero gradient)."""
+    cfg = TrainConfig(**{**BASE, "epochs": 1, "micro_batch_size": 16, "max_grad_norm": 1e9})
+    pairs = toy_pairs(8)
+
+    def first_step(table):
+        learner.reload(tiny_model_dir, cfg)
+        summary = learner.train_round(learner.compute_reference(table))
+        assert summary["steps"] == 1
+        return summary["losses"][0], summary["grad_norms"][0]
+
+    def weighted(w):
+        return pairs.append_column("weight", pa.array(w, pa.float64()))
+
+    loss, norm = first_step(pairs)
+    assert loss == pytest.approx(math.log(2), abs=1e-6)
+    ones = first_step(weighted([1.0] * 8))
+    assert ones[0] == loss and ones[1] == pytest.approx(norm, rel=1e-6)
+
+    zero = first_step(weighted([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+    dropped = first_step(pa.Table.from_pylist([r for i, r in enumerate(pairs.to_pylist()) if i != 3]))
+    assert zero[0] == pytest.approx(7 / 8 * math.log(2), abs=1e-6) and dropped[0] == pytest.approx(math.log(2))
+    assert zero[1] == pytest.approx(7 / 8 * dropped[1], rel=1e-5)
+
+    double = first_step(weighted([2.0] + [1.0] * 7))
+    rows = pairs.to_pylist()
+    twice = first_step(pa.Table.from_pylist([*rows, {**rows[0], "pair_id": 8}]))
+    assert double[0] == pytest.approx(9 / 8 * math.log(2), abs=1e-6)
+    assert twice[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert double[1] == pytest.approx(9 / 8 * twice[1], rel=1e-5)
