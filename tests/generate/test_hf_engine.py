@@ -73,3 +73,15 @@ def test_load_buckets_roundtrip_and_corruption(hf, tiny_model_dir):
     checksum = hf.load_buckets(blobs, 1)
     assert hf.version == 1 and hf.checksum == checksum
     assert hf.probe_logps(seqs) == other.probe_logps(seqs)
+
+
+def test_stop_token_ids_end_a_sample_at_that_token_kept(hf):
+    """Llama-3 chat ends a turn with <|eot_id|> (128009), not its EOS: `stop_token_ids` must stop there."""
+    free = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16))
+    ids = free[0][0].token_ids
+    k = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])  # first repeat-free token after two
+    cut = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16, stop_token_ids=(ids[k],)))[0][0]
+    assert cut.token_ids == ids[: k + 1] and cut.finish_reason == "stop"
+    assert Sampling.from_config(type("G", (), {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1,
+                                               "max_tokens": 4, "stop": [], "logprobs": False,
+                                               "stop_token_ids": [128009]})()).stop_token_ids == (128009,)
