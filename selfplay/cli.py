@@ -68,7 +68,11 @@ def _check_cluster(cfg, source: str, address: str) -> None:
     from selfplay.loop.placement import check_cluster, describe, plan_groups
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(source, [f"--cluster: no Ray cluster to join at {address!r} ({exc}); start one or "
+                                       "pass its address (or set RAY_ADDRESS)"]) from None
     result = check_cluster(cfg, source=source)
     print(f"# placement on this cluster ({len(ray.nodes())} node(s)): fits", file=sys.stderr)
     print(describe(result, plan_groups(cfg)), file=sys.stderr)
