@@ -4,7 +4,7 @@
     selfplay prepare RECIPE [--run-dir D] [--set ...]          only build/warm-start the starting policy
     selfplay status RUN_DIR [--json]                           per-iteration table
     selfplay report RUN_DIR [--out DIR]                        PNG plots
-    selfplay validate RECIPE [--set ...]                       check a recipe, print it resolved
+    selfplay validate RECIPE [--set ...] [--cluster [ADDR]]   check a recipe (and that it fits a Ray cluster)
     selfplay schema                                            every recipe field with its documentation
     selfplay train-rm PAIRS --base DIR --out DIR               fit a Bradley-Terry reward model
 
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a recipe and print it resolved")
     v.add_argument("recipe")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--cluster", nargs="?", const="auto", metavar="ADDRESS",
+                   help="also check that every actor of the recipe fits the Ray cluster at ADDRESS "
+                        "(default: RAY_ADDRESS, or a running local cluster); prints the placement plan")
     s = sub.add_parser("status", help="per-iteration table of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -56,6 +59,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_dir(cfg, arg: str | None) -> Path:
     return Path(arg or cfg.run_dir or f"runs/{cfg.name}")
+
+
+def _check_cluster(cfg, source: str, address: str) -> None:
+    """Join the cluster at ``address`` and refuse the recipe if its actors cannot all be placed there."""
+    import ray
+
+    from selfplay.loop.placement import check_cluster, describe, plan_groups
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(source, [f"--cluster: no Ray cluster to join at {address!r} ({exc}); start one or "
+                                       "pass its address (or set RAY_ADDRESS)"]) from None
+    result = check_cluster(cfg, source=source)
+    print(f"# placement on this cluster ({len(ray.nodes())} node(s)): fits", file=sys.stderr)
+    print(describe(result, plan_groups(cfg)), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +110,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(schema_text())
         return 0
     if args.command == "validate":
-        print(dump_config(load_config(args.recipe, args.overrides)), end="")
+        cfg = load_config(args.recipe, args.overrides)
+        print(dump_config(cfg), end="")
+        if args.cluster is not None:
+            _check_cluster(cfg, args.recipe, args.cluster)
         return 0
     if args.command == "status":
         from selfplay.loop.status import status_rows, status_table

@@ -179,11 +179,27 @@ class GenerationConfig(Section):
     """Context length of the generator engine (prompt + completion)."""
     shard_size: PositiveInt = 64
     """Prompts per generations shard; a crash loses at most the shards in flight."""
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = []
+    """Token ids that end a sample besides the tokenizer's EOS (Llama-3 chat: `[128009]`, `<|eot_id|>`)."""
+    prompt_template: str | None = None
+    """Generation-only prompt format with `{prompt}` (the prompt's text), e.g. SPIN's
+    `"### Instruction: {prompt}\n\n### Response: "`; the rendered string is encoded as plain text for
+    sampling, while training (and evaluation) keep the task's prompt and the chat template."""
+    prompt_source: Literal["fresh", "fixed", "files"] = "fresh"
+    """Where each iteration's prompts come from: `fresh` = the next slice of one seeded permutation
+    (disjoint across iterations); `fixed` = the same `prompts_per_iteration` prompts every iteration
+    (SPIN regenerates one fixed set); `files` = iteration k reads `prompt_files[k]` (RLHFlow, SPPO)."""
+    prompt_files: list[str] = []
+    """With `prompt_source: files`, one local parquet/jsonl per iteration (same prompt column as the task)."""
 
     @model_validator(mode="after")
     def _top_k(self) -> GenerationConfig:
         if self.top_k == 0:
             raise ValueError("top_k: 0 is not allowed; use -1 to disable top-k or a positive k")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ValueError("prompt_template: must contain {prompt}")
+        if (self.prompt_source == "files") != bool(self.prompt_files):
+            raise ValueError("prompt_files: give one file per iteration exactly when prompt_source is `files`")
         return self
 
 
@@ -214,6 +230,13 @@ class PairwiseJudgeConfig(Section):
     """Local model scoring (prompt, a, b) as P(a better than b), e.g. a PairRM-style ranker."""
     batch_size: PositiveInt = 16
     """Comparisons per forward pass."""
+    max_length: PositiveInt = 1024
+    """Most tokens of one rendered (prompt, a, b) triple; a longer triple is never truncated (see overflow)."""
+    overflow: Literal["error", "skip"] = "error"
+    """A triple over `max_length`: fail the judge stage naming the lengths, or leave that comparison
+    undecided and count it (`overlong` in the judge stage's stats)."""
+    include_self: bool = False
+    """Average each sample's win rate over all n samples including itself at 1/2, as SPPO does."""
 
 
 class LLMJudgeConfig(Section):
@@ -262,7 +285,8 @@ class PairingConfig(Section):
     max_pairs_per_prompt: PositiveInt | None = None
     """Cap on pairs per prompt (`all_pairs` and `reference` can make many)."""
     mix_previous: Probability = 0.0
-    """Fraction of the previous iteration's pairs mixed into this round (SPIN's option)."""
+    """Fraction of the previous iteration's own new pairs (not what was mixed into it) added to this
+    round: SPIN trains iteration t on t-1's and t's data, `1.0`."""
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -351,6 +375,17 @@ class LossConfig(Section):
         return {**loss_param_defaults(self.type), **self.params}
 
 
+class IterationTrainOverrides(Section):
+    """Training values for one iteration that differ from the `train` section's."""
+
+    learning_rate: Annotated[float, Field(gt=0.0)] | None = None
+    """Peak learning rate of this iteration's round."""
+    loss_beta: Annotated[float, Field(gt=0.0)] | None = None
+    """`train.loss.beta` of this iteration's round."""
+    epochs: PositiveInt | None = None
+    """Passes over this iteration's pairs."""
+
+
 class TrainConfig(Section):
     """One DPO-family round per iteration on DeepSpeed learners."""
 
@@ -399,12 +434,40 @@ class TrainConfig(Section):
     `policy.warmstart.length_grouping`."""
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
     """Save a resumable learner checkpoint every this many optimizer steps (0 = end of round only)."""
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
+    """torch optimizer: `adamw` (betas 0.9/0.999, eps 1e-8), `rmsprop` (torch defaults: alpha 0.99,
+    eps 1e-8; SPIN, SPPO, the DPO authors) or plain `sgd`. `weight_decay` applies to 2-D weights in each."""
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    """Warm-up length in optimizer steps; when set it replaces `warmup_ratio` (the DPO authors: 150)."""
+    max_length: PositiveInt | None = None
+    """Most tokens of prompt + longest completion. Over it, the prompt is cut to `max_prompt_length`
+    first, then the completions to what is left (the DPO authors' order). Unset: only the two caps."""
+    per_iteration: dict[Annotated[int, Field(ge=0)], IterationTrainOverrides] = {}
+    """Values that differ by iteration (0-based), e.g. SPIN's `{2: {learning_rate: 1.0e-7},
+    3: {learning_rate: 1.0e-7, loss_beta: 5.0}}`; unlisted iterations use the section's values."""
 
     @model_validator(mode="after")
     def _zero(self) -> TrainConfig:
         if self.optimizer_offload and self.zero_stage == 0:
             raise ValueError("optimizer_offload: needs zero_stage 1, 2 or 3 (got 0)")
+        if self.max_length is not None and self.max_length <= self.max_prompt_length:
+            raise ValueError(f"max_length: {self.max_length} leaves no room for a completion after "
+                             f"max_prompt_length {self.max_prompt_length}")
         return self
+
+    def for_iteration(self, k: int) -> TrainConfig:
+        """This section with iteration ``k``'s overrides applied (itself when there are none)."""
+        o = self.per_iteration.get(k)
+        if o is None:
+            return self
+        update: dict[str, Any] = {}
+        if o.learning_rate is not None:
+            update["learning_rate"] = o.learning_rate
+        if o.epochs is not None:
+            update["epochs"] = o.epochs
+        if o.loss_beta is not None:
+            update["loss"] = self.loss.model_copy(update={"beta": o.loss_beta})
+        return self.model_copy(update=update)
 
 
 # ---------------------------------------------------------------------------------- sync, eval, infra
@@ -463,6 +526,11 @@ class ResourcesConfig(Section):
     is generated again. Learner ranks are not restarted: a lost rank fails the round; a rerun resumes it."""
     threads_per_actor: PositiveInt = 1
     """torch/OpenMP threads in each actor (set explicitly: oversubscription is the main CPU slowdown)."""
+    judge_cpus: Annotated[float, Field(gt=0.0)] | None = None
+    """CPUs of a model judge's actor (reward_model, pairwise); default `generator_cpus`."""
+    judge_gpus: Annotated[float, Field(ge=0.0)] | None = None
+    """GPUs of a model judge's actor; default `generator_gpus`. The judge lives for the whole run beside
+    the learners and generators, so the cluster must hold all three (`selfplay validate --cluster`)."""
 
     @model_validator(mode="after")
     def _custom_only(self) -> ResourcesConfig:
@@ -515,6 +583,17 @@ class RunConfig(Section):
                 and self.iterations > self.task.chunks:
             raise ValueError(f"iterations: {self.iterations} is more than task.chunks {self.task.chunks} "
                              "(sDPO trains iteration k on chunk k)")
+        late = sorted(k for k in self.train.per_iteration if k >= self.iterations)
+        if late:
+            raise ValueError(f"train.per_iteration: iterations {late} are past the last one ({self.iterations - 1})")
+        if self.generation.prompt_source == "files" and len(self.generation.prompt_files) < self.iterations:
+            raise ValueError(f"generation.prompt_files: {len(self.generation.prompt_files)} file(s) for "
+                             f"{self.iterations} iterations; give one per iteration")
+        if self.generation.prompt_source == "files" and self.task.type != "dataset":
+            raise ValueError("generation.prompt_source: `files` needs a `dataset` task (its columns name the prompt)")
+        if self.train.loss.type == "sppo" and (self.judge is None or self.judge.type not in ("pairwise", "llm_judge")):
+            raise ValueError("train.loss.type: `sppo` regresses on win probabilities; it needs a pairwise or "
+                             "llm_judge judge (scores in [0, 1]); use sppo_hard otherwise")
         return self
 
     def _check_judge(self) -> None:

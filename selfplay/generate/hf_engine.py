@@ -107,7 +107,7 @@ class HFEngine:
             max_new_tokens=max_new,
             num_return_sequences=copies,
             pad_token_id=self._pad,
-            eos_token_id=self._eos,
+            eos_token_id=self._stop_ids(s),
             return_dict_in_generate=True,
             output_logits=s.logprobs,
         )
@@ -138,12 +138,17 @@ class HFEngine:
             result.append(group)
         return result
 
+    def _stop_ids(self, s: Sampling) -> list[int]:
+        """EOS id(s) of the model and ``stop_token_ids``: generation ends at (and keeps) any of them."""
+        eos = [self._eos] if isinstance(self._eos, int) else list(self._eos or [])
+        return eos + [t for t in s.stop_token_ids if t not in eos]
+
     def _completion(
         self, tokens: list[int], logps: list[float] | None, s: Sampling, index: int, j: int
     ) -> Completion:
         # Rows that finished early are padded by ``generate``: cut at the first EOS (kept) or at the first
         # prefix whose text holds a stop string (the token completing it kept, as vLLM does).
-        eos = {self._eos} if isinstance(self._eos, int) else set(self._eos or [])
+        eos = set(self._stop_ids(s))
         end = next((k + 1 for k, t in enumerate(tokens) if t in eos), None)
         finish = "stop" if end is not None else "length"
         tokens = tokens[:end] if end is not None else tokens

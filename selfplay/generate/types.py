@@ -36,6 +36,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -47,6 +48,7 @@ class Sampling:
         if self.top_k == 0:
             raise ValueError("Sampling.top_k: 0 is not allowed; use -1 to disable top-k")
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @classmethod
     def from_config(cls, cfg: Any, seed: int | None = None, **overrides: Any) -> Sampling:
@@ -60,6 +62,7 @@ class Sampling:
             stop=tuple(cfg.stop),
             seed=seed,
             logprobs=cfg.logprobs,
+            stop_token_ids=tuple(getattr(cfg, "stop_token_ids", ())),
         )
         return cls(**{**fields, **overrides})
 

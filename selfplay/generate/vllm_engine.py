@@ -168,6 +168,7 @@ class VLLMEngine:
             top_k=s.top_k,
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None,
             seed=s.prompt_seed(prompt_index),
             logprobs=0 if s.logprobs else None,
         )

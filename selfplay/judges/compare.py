@@ -10,6 +10,9 @@ SPPO scores each sample by its estimated probability of beating the other sample
   constant position bias. If either order is undecided the comparison counts as undecided (a verdict
   is never guessed from half the evidence).
 * A sample with no decided comparison (a lone sample, or all undecided) scores ``None``.
+* ``include_self`` is SPPO's average: the sample's comparison with itself (½) counts as one of the
+  terms, ``score_i = (½ + sum_{j != i} P(i beats j)) / n`` (``scripts/compute_prob.py`` of uclaml/SPPO
+  sums a row of the n x n probability matrix, diagonal included, and divides by n).
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ def pair_preference(prefs: Prefs, i: int, j: int) -> float | None:
     return p_ij if forward else 1.0 - p_ji
 
 
-def win_rates(prefs: Prefs, n: int) -> list[float | None]:
-    """Per-sample mean probability of beating the other samples (``None`` where nothing was decided)."""
+def win_rates(prefs: Prefs, n: int, include_self: bool = False) -> list[float | None]:
+    """Per-sample mean probability of beating the other samples (``None`` where nothing was decided);
+    ``include_self`` also averages in the self-comparison at ½ (SPPO)."""
     out: list[float | None] = []
     for i in range(n):
         decided = [p for j in range(n) if j != i if (p := pair_preference(prefs, i, j)) is not None]
+        if include_self and decided:
+            decided.append(0.5)
         out.append(sum(decided) / len(decided) if decided else None)
     return out

@@ -46,7 +46,8 @@ def build_judge(
             return RewardModelJudge(cfg.path, batch_size=cfg.batch_size, max_length=cfg.max_length)
         from selfplay.judges.pairwise import PairwiseJudge
 
-        return PairwiseJudge(cfg.path, batch_size=cfg.batch_size)
+        return PairwiseJudge(cfg.path, batch_size=cfg.batch_size, max_length=cfg.max_length, overflow=cfg.overflow,
+                             include_self=cfg.include_self)
     if kind == "llm_judge":
         from selfplay.judges.llm_judge import LLMJudge, engine_complete
 

@@ -12,6 +12,15 @@ Choices:
 * ``SequenceScorer`` is plain in-process code; ``actors/judge.py`` hosts the same judge in a Ray actor.
 * ``build_reward_model`` makes an RM from a causal-LM policy: its backbone weights and tokenizer with a
   freshly (seeded) initialised score head; ``train_rm.py`` fits it on pairs.
+* **No judging with a random head.** A judge loads only a checkpoint whose architecture is a
+  ``*ForSequenceClassification`` and whose files hold every score-head weight; a directory that
+  ``build_reward_model`` wrote (``selfplay_rm.json`` says ``score_head: random``) is refused too, until
+  ``train_rm`` has fitted it. The error names the checkpoint and what is missing. Only
+  ``build_reward_model``/``train_rm`` ask for a new head (``new_head=True``).
+* **PairRM is not supported.** llm-blender's PairRM is a custom DeBERTa class with its own head and
+  input format (source and two candidates between special markers, scored by llm-blender's code); it
+  cannot be loaded as a sequence-classification model, and is refused by name rather than given a
+  random head. Use a one-label model fitted on ``render_triple`` text, or an ``llm_judge``.
 """
 
 from __future__ import annotations
@@ -32,9 +41,50 @@ def render_response(tokenizer: Any, prompt: Prompt, response: str) -> str:
     return prompt_text(prompt) + response
 
 
-def load_model_and_tokenizer(path: str | Path, num_labels: int = 1, seed: int = 0) -> tuple[Any, Any]:
-    """A sequence-classification model (new head seeded when ``path`` is a causal LM) and its tokenizer,
-    with pad token and ``config.pad_token_id`` set."""
+HEAD_FILE = "selfplay_rm.json"
+"""Written beside a reward model by ``build_reward_model`` (``score_head: random``) and ``train_rm``."""
+
+
+class UntrainedHeadError(ValueError):
+    """A judge was pointed at a checkpoint whose score head was never trained (or is not there)."""
+
+
+def _is_pairrm(path: Path, config: Any) -> bool:
+    names = [*(config.architectures or []), str(getattr(config, "model_type", ""))]
+    return (path / "ranker_config.json").is_file() or any("pairrm" in n.lower() for n in names)
+
+
+def check_trained_head(path: Path, config: Any) -> None:
+    """Refuse (``UntrainedHeadError``) a checkpoint a judge would score with a random head."""
+    import json
+
+    if _is_pairrm(path, config):
+        raise UntrainedHeadError(
+            f"{path}: PairRM (llm-blender's custom DeBERTa ranker) is not supported: its head and its "
+            "source/candidate input format need llm-blender's own code, and loading it as a sequence "
+            "classifier would score with a random head. Use a one-label *ForSequenceClassification model "
+            "fitted on selfplay.judges.pairwise.render_triple text (selfplay train-rm), or an llm_judge")
+    archs = list(config.architectures or [])
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UntrainedHeadError(
+            f"{path}: architectures {archs or 'unset'} have no trained score head (a judge needs a "
+            "*ForSequenceClassification checkpoint); fit one first: selfplay train-rm PAIRS --base "
+            f"{path} --out DIR")
+    marker = path / HEAD_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("score_head") == "random":
+        raise UntrainedHeadError(
+            f"{path}: its score head is the random one build_reward_model initialised ({HEAD_FILE} says "
+            "score_head: random); train it first (selfplay train-rm PAIRS --base DIR --out DIR)")
+
+
+def load_model_and_tokenizer(path: str | Path, num_labels: int = 1, seed: int = 0,
+                             new_head: bool = False) -> tuple[Any, Any]:
+    """A sequence-classification model and its tokenizer, with pad token and ``config.pad_token_id`` set.
+
+    ``new_head=False`` (judges): the checkpoint must carry a trained score head, else
+    ``UntrainedHeadError`` names the checkpoint and the missing weights. ``new_head=True``
+    (``build_reward_model``, ``train_rm``): a causal LM gets a freshly seeded head.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -42,22 +92,28 @@ def load_model_and_tokenizer(path: str | Path, num_labels: int = 1, seed: int = 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if not new_head:
+        check_trained_head(path, config)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    new_head = not any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    fresh = not any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     verbosity = hf_logging.get_verbosity()
-    if new_head:  # the "lm_head unexpected / score missing" load report is expected here
+    if fresh:  # the "lm_head unexpected / score missing" load report is expected here
         hf_logging.set_verbosity_error()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, local_files_only=True, dtype="auto"
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=True, dtype="auto", output_loading_info=True
             )
     finally:
         hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing and not new_head:
+        raise UntrainedHeadError(f"{path}: the checkpoint lacks weights {missing[:8]}"
+                                 f"{' ...' if len(missing) > 8 else ''}; a judge would score with random ones")
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
@@ -117,8 +173,11 @@ class RewardModelJudge:
 def build_reward_model(policy_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """A one-label ``*ForSequenceClassification`` from a causal-LM policy's backbone and tokenizer, with
     a seeded random score head, saved (atomically) as a Hugging Face directory. Returns ``out_dir``."""
-    model, tok = load_model_and_tokenizer(policy_dir, seed=seed)
-    return save_model_dir(model, tok, out_dir)
+    import json
+
+    model, tok = load_model_and_tokenizer(policy_dir, seed=seed, new_head=True)
+    marker = json.dumps({"score_head": "random", "seed": seed, "base": str(policy_dir)}, indent=2) + "\n"
+    return save_model_dir(model, tok, out_dir, extra={HEAD_FILE: marker})
 
 
 def save_model_dir(model: Any, tokenizer: Any, out_dir: str | Path,

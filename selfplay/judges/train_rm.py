@@ -96,7 +96,7 @@ def train_reward_model(
     rows = read_pairs(pairs)
     if not rows:
         raise ValueError("pairs: the pairs file is empty")
-    model, tok = load_model_and_tokenizer(base_model_dir, seed=seed)
+    model, tok = load_model_and_tokenizer(base_model_dir, seed=seed, new_head=True)
     tok.truncation_side = "left"
     tok.padding_side = "right"
     model.float().train()
@@ -119,6 +119,7 @@ def train_reward_model(
         losses.append(sum(epoch_losses) / len(epoch_losses))
     metrics = {
         "out_dir": str(out_dir),
+        "score_head": "trained",
         "pairs": len(rows),
         "epochs": epochs,
         "steps": steps,

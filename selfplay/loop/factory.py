@@ -44,15 +44,22 @@ def build_judge_from_config(rt) -> Any:
     cfg = rt.cfg
     if cfg.judge is None:
         return None
-    res = cfg.resources
     remote = cfg.judge.type in ("reward_model", "pairwise")
     engine = None
     if cfg.judge.type == "llm_judge":
         engine = rt.judge_engine()
     if remote:
         rt.ensure_ray()
-    return build_judge(cfg.judge, rt.task, engine=engine, remote=remote,
-                       num_cpus=res.generator_cpus, num_gpus=res.generator_gpus)
+    cpus, gpus = judge_resources(cfg)
+    return build_judge(cfg.judge, rt.task, engine=engine, remote=remote, num_cpus=cpus, num_gpus=gpus)
+
+
+def judge_resources(cfg: RunConfig) -> tuple[float, float]:
+    """CPUs and GPUs of the model judge's actor (``resources.judge_*``, else the generators' values)."""
+    res = cfg.resources
+    cpus = res.judge_cpus if res.judge_cpus is not None else res.generator_cpus
+    gpus = res.judge_gpus if res.judge_gpus is not None else res.generator_gpus
+    return cpus, gpus
 
 
 def build_generators(rt, policy_dir: Path, version: int):

@@ -121,8 +121,12 @@ class Runtime:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            from selfplay.loop.factory import judge_resources
+
             res = self.cfg.resources
             cpus = res.learners * res.learner_cpus + self.cfg.generation.replicas * res.generator_cpus
+            if self.cfg.judge is not None and self.cfg.judge.type in ("reward_model", "pairwise"):
+                cpus += judge_resources(self.cfg)[0]
             ray.init(
                 num_cpus=max(2, int(cpus + 0.999) + 1),
                 include_dashboard=False,
@@ -130,6 +134,13 @@ class Runtime:
                 log_to_driver=False,
             )
         self._started_ray = True
+        self.check_placement()
+
+    def check_placement(self) -> None:
+        """Refuse, before the first actor, a recipe whose actors cannot all fit the cluster (ConfigError)."""
+        from selfplay.loop.placement import check_cluster
+
+        check_cluster(self.cfg, source=f"{self.cfg.name} on this Ray cluster")
 
     # --- logging
     def log(self, message: str) -> None:

@@ -39,7 +39,12 @@ def policy_before(rt, k: int) -> Path:
 
 def sample_prompts(rt, k: int) -> list:
     """Iteration k's training prompts: slice k of a seeded permutation of the task's training split,
-    so iterations see disjoint prompts until the split is used up (then it wraps around)."""
+    so iterations see disjoint prompts until the split is used up (then it wraps around).
+    ``generation.prompt_source`` `fixed`/`files` are ``prompt_source.iteration_prompts``."""
+    from selfplay.loop.prompt_source import iteration_prompts
+
+    if (chosen := iteration_prompts(rt, k)) is not None:
+        return chosen
     per_iter = rt.cfg.generation.prompts_per_iteration
     pool = rt.task.train_examples(None, seed=rt.cfg.seed)
     if not pool:
@@ -115,7 +120,10 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
             if kill is not None:
                 kill(index)
 
-        completions, seconds = pool.generate(prompts, sampling, shard_dir=it / "generations", on_shard=on_shard)
+        from selfplay.loop.prompt_source import generation_view
+
+        completions, seconds = pool.generate(generation_view(prompts, rt.cfg.generation.prompt_template), sampling,
+                                             shard_dir=it / "generations", on_shard=on_shard)
     table = generations_table(prompts, completions, iteration=k, policy_version=k)
     write_parquet(it / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
@@ -210,7 +218,7 @@ def train(rt, k: int) -> dict[str, Any]:
                                   * rt.cfg.resources.learners)) * rt.cfg.train.epochs
     with rt.progress(f"train {rt.cfg.train.loss.type} on {table.num_rows} pairs", total=steps,
                      watch_lines=it / "train_metrics.jsonl"):
-        summary = learners.train_round(table, rt.cfg.train, checkpoint_dir=ckpt)
+        summary = learners.train_round(table, rt.cfg.train.for_iteration(k), checkpoint_dir=ckpt)
     rt.trained_iteration = k
     info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step") if key in summary}
     info.update(round_metrics(it / "train_metrics.jsonl"))

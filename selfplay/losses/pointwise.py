@@ -45,10 +45,31 @@ def sppo_hard(pair: PairLogps, beta: float) -> LossOutput:
     """SPPO with hard win probabilities (Wu et al. 2024, arXiv:2405.00675, Eq. 4.7 with P ∈ {0, 1}):
 
     ``(Δ_w − 1/(2β))² + (Δ_l + 1/(2β))²``: regress the chosen log-ratio to ``+1/(2β)`` and the rejected
-    to ``−1/(2β)``. The soft version (judge win rates) is a different loss, not implemented here.
+    to ``−1/(2β)``. The soft version with the judge's win probabilities is ``sppo``.
     """
     half = 0.5 / beta
     losses = (pair.chosen_logratios - half) ** 2 + (pair.rejected_logratios + half) ** 2
+    return losses, *pair.dpo_rewards(beta)
+
+
+def sppo(pair: PairLogps, beta: float, *, chosen_probs: Tensor | float | None = None,
+         rejected_probs: Tensor | float | None = None) -> LossOutput:
+    """SPPO (Wu et al. 2024, arXiv:2405.00675, Eq. 4.7) with the judge's win probabilities:
+
+    ``½·[(Δ_w − (P_w − ½)/β)² + (Δ_l − (P_l − ½)/β)²]``, where ``P_w``, ``P_l`` ∈ [0, 1], ``[B]``, are the
+    estimated probabilities that the chosen and the rejected sample beat the policy (their win rates
+    against the prompt's other samples). Each log-ratio regresses to its own target, so a rejected sample
+    that still wins half its comparisons is left alone. The ½ is uclaml/SPPO's ``sppo`` loss.
+    """
+    if chosen_probs is None or rejected_probs is None:
+        raise ValueError("sppo needs chosen_probs and rejected_probs (the judge's win probabilities per pair)")
+    p_w = torch.as_tensor(chosen_probs, dtype=pair.chosen_logratios.dtype, device=pair.chosen_logratios.device)
+    p_l = torch.as_tensor(rejected_probs, dtype=pair.chosen_logratios.dtype, device=pair.chosen_logratios.device)
+    if bool(((p_w < 0) | (p_w > 1) | (p_l < 0) | (p_l > 1) | ~torch.isfinite(p_w) | ~torch.isfinite(p_l)).any()):
+        raise ValueError("sppo: chosen_probs/rejected_probs must be win probabilities in [0, 1] (a judge that "
+                         "compares: pairwise or llm_judge)")
+    losses = 0.5 * ((pair.chosen_logratios - (p_w - 0.5) / beta) ** 2
+                    + (pair.rejected_logratios - (p_l - 0.5) / beta) ** 2)
     return losses, *pair.dpo_rewards(beta)
 
 

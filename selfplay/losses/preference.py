@@ -34,6 +34,7 @@ LOSS_FUNCTIONS: dict[str, Callable[..., LossOutput]] = {
     "discopop": pairwise.discopop,
     "sigmoid_norm": pairwise.sigmoid_norm,
     "sppo_hard": pointwise.sppo_hard,
+    "sppo": pointwise.sppo,
     "nca_pair": pointwise.nca_pair,
     "bco_pair": pointwise.bco_pair,
     "apo_zero": pointwise.apo_zero,
@@ -56,6 +57,7 @@ LOSS_PARAMS: dict[str, dict[str, object]] = {
     "discopop": {"tau": 0.05},
     "sigmoid_norm": {},
     "sppo_hard": {},
+    "sppo": {"chosen_probs": None, "rejected_probs": None},
     "nca_pair": {},
     "bco_pair": {"delta": 0.0},
     "apo_zero": {},
@@ -72,8 +74,10 @@ NEEDS_LENGTHS: frozenset[str] = frozenset({"ipo", "sigmoid_norm", "simpo", "orpo
 REFERENCE_FREE: frozenset[str] = frozenset({"simpo", "orpo", "slic"})
 """Loss types that never read reference log-probs: a recipe using one needs no reference model."""
 
-BATCH_PARAMS: dict[str, frozenset[str]] = {"odpo": frozenset({"offset"}), "bco_pair": frozenset({"delta"})}
-"""Parameters computed by the trainer per batch (ODPO's per-pair offsets, BCO's running reward mean)."""
+BATCH_PARAMS: dict[str, frozenset[str]] = {"odpo": frozenset({"offset"}), "bco_pair": frozenset({"delta"}),
+                                           "sppo": frozenset({"chosen_probs", "rejected_probs"})}
+"""Parameters computed by the trainer per batch (ODPO's per-pair offsets, BCO's running reward mean,
+SPPO's per-pair win probabilities, which the trainer reads from the pairs' judge scores)."""
 
 # Range checks by parameter name; every number must also be finite.
 _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -82,7 +86,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "tau": (lambda v: v > 0.0, "> 0"),
     "lambda_": (lambda v: v >= 0.0, ">= 0"),
 }
-_TENSOR_OK = {"offset", "delta"}  # may be a tensor (per pair, or a 0-d state)
+_TENSOR_OK = {"offset", "delta", "chosen_probs", "rejected_probs"}  # may be a tensor (per pair, or a 0-d state)
 
 
 def validate_loss_params(loss_type: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

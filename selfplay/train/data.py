@@ -15,6 +15,8 @@ a list of chat messages), ``chosen``, ``rejected`` and optionally ``offset`` (OD
   exact even for BPE (the generator also continues from the prompt's ids).
 * Over-long examples follow ``truncation``: ``truncate`` keeps the *last* ``max_prompt_length`` prompt
   tokens (the question is at the end) and the *first* ``max_completion_length`` completion tokens;
+  with a total ``max_length`` as well, the prompt is cut first and the completions then keep what is
+  left (``max_length - prompt``), the DPO authors' order;
   ``drop`` removes the example. Both counts are reported, never silent.
 * Rows keep their index into the input table (``rows``), so per-row results (reference log-probs) can be
   written back as table columns, with nulls for dropped rows.
@@ -32,6 +34,7 @@ import pyarrow as pa
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 KTO_REF_COLUMNS = ("ref_kl_chosen_logps", "ref_kl_rejected_logps")
+SCORE_COLUMNS = ("chosen_score", "rejected_score")  # the judge's scores: SPPO's win probabilities
 
 
 @dataclass
@@ -106,7 +109,8 @@ def encode(
     max_prompt_length: int,
     max_completion_length: int,
     truncation: str = "truncate",
-    float_columns: tuple[str, ...] = ("weight", "offset", *REF_COLUMNS, *KTO_REF_COLUMNS),
+    max_length: int | None = None,
+    float_columns: tuple[str, ...] = ("weight", "offset", *REF_COLUMNS, *KTO_REF_COLUMNS, *SCORE_COLUMNS),
 ) -> Encoded:
     """Tokenise ``prompt`` and each of ``completion_columns`` of ``table`` with the length policy."""
     if truncation not in ("truncate", "drop"):
@@ -127,14 +131,17 @@ def encode(
     for i, prompt in enumerate(prompts_col):
         p = enc.prompt(prompt)
         cs = {c: enc.completion(texts[c][i], ids[c][i]) for c in completion_columns}
-        too_long = len(p) > max_prompt_length or any(len(s) > max_completion_length for s in cs.values())
+        longest = max((len(s) for s in cs.values()), default=0)
+        too_long = (len(p) > max_prompt_length or longest > max_completion_length
+                    or (max_length is not None and len(p) + longest > max_length))
         if too_long and truncation == "drop":
             dropped += 1
             continue
         if too_long:
             truncated += 1
             p = p[len(p) - max_prompt_length :] if len(p) > max_prompt_length else p
-            cs = {c: s[:max_completion_length] for c, s in cs.items()}
+            room = max_completion_length if max_length is None else min(max_completion_length, max_length - len(p))
+            cs = {c: s[:room] for c, s in cs.items()}
         prompts.append(p)
         for c, s in cs.items():
             completions[c].append(s)
@@ -158,6 +165,7 @@ def encode_pairs(table: pa.Table, tokenizer: Any, cfg: Any) -> Encoded:
         max_prompt_length=cfg.max_prompt_length,
         max_completion_length=cfg.max_completion_length,
         truncation=cfg.truncation,
+        max_length=getattr(cfg, "max_length", None),
     )
 
 

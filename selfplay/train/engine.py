@@ -5,8 +5,10 @@ Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not 
 * **Rendezvous**: ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are set from the
   arguments; a single rank with no address given picks ``127.0.0.1`` and a free port itself, so a test or
   a one-GPU machine needs no launcher and no Ray. Backend: NCCL with CUDA, gloo otherwise.
-* **Optimizer**: a plain ``torch.optim.AdamW`` is handed to DeepSpeed as the client optimizer, so no
-  fused/CPU Adam extension is compiled; ``zero_force_ds_cpu_optimizer: false`` lets it run with offload.
+* **Optimizer**: a plain torch optimizer (``train.optimizer``: AdamW, RMSprop as SPIN, SPPO and the DPO
+  authors use, or SGD) is handed to DeepSpeed as the client optimizer, so no fused/CPU Adam extension is
+  compiled; ``zero_force_ds_cpu_optimizer: false`` lets it run with offload. RMSprop keeps one state
+  tensor per weight instead of AdamW's two.
 * **Gradient accumulation** is driven by the learner (``set_gradient_accumulation_boundary``), and losses
   are pre-normalised by the learner (``backward(..., scale_wrt_gas=False)``); DeepSpeed's
   ``gradient_accumulation_steps`` is only bookkeeping.
@@ -110,20 +112,32 @@ def ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
     }
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no decay on 1-D parameters (norms, biases), as is standard for transformers."""
+OPTIMIZERS = ("adamw", "rmsprop", "sgd")
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw"
+                    ) -> torch.optim.Optimizer:
+    """``name`` (adamw | rmsprop | sgd) with no decay on 1-D parameters (norms, biases), as is standard
+    for transformers. RMSprop and SGD take torch's defaults (RMSprop: alpha 0.99, eps 1e-8, no momentum),
+    which is what ``getattr(torch.optim, "RMSprop")(params, lr=lr)`` and HF ``optim: rmsprop`` give."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay, "decay": True},
               {"params": no_decay, "weight_decay": 0.0, "decay": False}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                             foreach=False)
+    groups = [g for g in groups if g["params"]]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.99, eps=1e-8, foreach=False)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, foreach=False)
+    raise ValueError(f"train.optimizer: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def build_engine(model: torch.nn.Module, cfg: Any, world_size: int) -> tuple[Any, torch.optim.AdamW]:
+def build_engine(model: torch.nn.Module, cfg: Any, world_size: int) -> tuple[Any, torch.optim.Optimizer]:
     import deepspeed
 
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, getattr(cfg, "optimizer", "adamw"))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, world_size))
     return engine, optimizer
 

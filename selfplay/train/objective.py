@@ -121,6 +121,17 @@ def _offsets(data: Encoded, micro: Micro, device: torch.device) -> Tensor:
     return values.to(device=device, dtype=torch.float32)
 
 
+def _win_probs(data: Encoded, micro: Micro, device: torch.device) -> dict[str, Tensor]:
+    """SPPO's per-pair win probabilities: the judge's scores of the chosen and rejected samples."""
+    out = {}
+    for param, name in (("chosen_probs", "chosen_score"), ("rejected_probs", "rejected_score")):
+        values = column(data, name, micro.indices)
+        if values is None:
+            raise ValueError(f"loss sppo needs the pairs' {name!r} column (win probabilities from the judge)")
+        out[param] = values.to(device=device, dtype=torch.float32)
+    return out
+
+
 def _stats(weights: Tensor, losses: Tensor, chosen: Tensor, rejected: Tensor, chosen_r: Tensor,
            rejected_r: Tensor, chosen_lp: Tensor, rejected_lp: Tensor, correct: Tensor, tokens: Tensor,
            kl: Tensor | float = 0.0, loss_weights: Tensor | None = None) -> dict[str, Tensor]:
@@ -179,6 +190,8 @@ def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_i
             rr = _ref(data, "ref_rejected_logps", micro, device)
         if loss_cfg.type == "odpo":
             params["offset"] = _offsets(data, micro, device)
+        if loss_cfg.type == "sppo":
+            params.update(_win_probs(data, micro, device))
         losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
                                                        chosen_lengths=lc, rejected_lengths=lr, **params)
     nll_weight = getattr(loss_cfg, "nll_weight", 0.0)

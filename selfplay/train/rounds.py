@@ -29,6 +29,7 @@ class RoundSpec:
     weight_decay: float
     checkpoint_every: int
     length_grouping: str = "random"
+    warmup_steps: int | None = None
 
     @classmethod
     def of(cls, cfg: Any, base: Any) -> RoundSpec:
@@ -44,6 +45,7 @@ class RoundSpec:
             weight_decay=float(get("weight_decay", 0.0)),
             checkpoint_every=int(get("checkpoint_every", 0)),
             length_grouping=str(get("length_grouping", "random")),
+            warmup_steps=getattr(cfg, "warmup_steps", None),
         )
 
     def apply(self, engine: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -58,7 +60,7 @@ class RoundSpec:
     def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, position: int
                   ) -> torch.optim.lr_scheduler.LambdaLR:
         """A LambdaLR for this round, positioned after ``position`` completed optimizer steps."""
-        fn = lr_lambda(self.lr_schedule, total_steps, self.warmup_ratio)
+        fn = lr_lambda(self.lr_schedule, total_steps, self.warmup_ratio, self.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         if position:
             sched.last_epoch = position

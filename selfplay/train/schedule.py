@@ -11,12 +11,17 @@ import math
 from collections.abc import Callable
 
 
-def lr_lambda(kind: str, total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based) of a ``total_steps`` round."""
+def lr_lambda(kind: str, total_steps: int, warmup_ratio: float, warmup_steps: int | None = None
+              ) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based) of a ``total_steps`` round.
+    ``warmup_steps``, when given, is the warm-up length in steps and replaces ``warmup_ratio``."""
     if kind not in ("cosine", "linear", "constant"):
         raise ValueError(f"lr_schedule must be cosine, linear or constant, got {kind!r}")
     total = max(1, total_steps)
-    warmup = min(total - 1, math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
+    if warmup_steps is not None:
+        warmup = min(total - 1, warmup_steps)
+    else:
+        warmup = min(total - 1, math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
 
     def fn(step: int) -> float:
         if step < warmup:

@@ -96,3 +96,15 @@ def test_length_cap_is_per_prompt_not_per_batch(hf, tiny_model_dir):
         assert max(abs(x - y) for x, y in zip(a[0].logprobs, b[0].logprobs, strict=True)) < 1e-4
     with pytest.raises(ValueError, match=r"prompt 1 has 96 tokens: no room under max_model_len=96"):
         batched.generate([short, long_prompt + "12345"], s)
+
+
+def test_stop_token_ids_end_a_sample_at_that_token_kept(hf):
+    """Llama-3 chat ends a turn with <|eot_id|> (128009), not its EOS: `stop_token_ids` must stop there."""
+    free = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16))
+    ids = free[0][0].token_ids
+    k = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])  # first repeat-free token after two
+    cut = hf.generate(PROMPTS, Sampling(temperature=0, max_tokens=16, stop_token_ids=(ids[k],)))[0][0]
+    assert cut.token_ids == ids[: k + 1] and cut.finish_reason == "stop"
+    assert Sampling.from_config(type("G", (), {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1,
+                                               "max_tokens": 4, "stop": [], "logprobs": False,
+                                               "stop_token_ids": [128009]})()).stop_token_ids == (128009,)

@@ -118,3 +118,13 @@ def test_interrupted_run_resumes_only_missing_shards(gen_pool, tmp_path):
     assert tokens(resumed) == tokens(gen_pool.generate(PROMPTS, s)[0])  # same as an uninterrupted run
     with pytest.raises(ShardError, match="different request"):
         gen_pool.generate(PROMPTS, s.with_(seed=10), shard_dir=out_dir)
+
+
+def test_stop_token_ids_match_hf(gen_pool, hf):
+    free = hf.generate(PROMPTS[:3], Sampling(temperature=0, max_tokens=16))
+    stop = free[1][0].token_ids[3]
+    s = Sampling(temperature=0, max_tokens=16, stop_token_ids=(stop,))
+    got, _ = gen_pool.generate(PROMPTS[:3], s)
+    want = hf.generate(PROMPTS[:3], s)
+    assert tokens(got) == tokens(want)
+    assert got[1][0].token_ids[-1] == stop and got[1][0].finish_reason == "stop"

@@ -11,7 +11,7 @@ import pytest
 from selfplay.config.schema import PairwiseJudgeConfig, RewardModelJudgeConfig
 from selfplay.judges import PromptGroup, build_judge, judge_table
 from selfplay.judges.pairwise import render_triple, sigmoid
-from selfplay.judges.reward_model import RewardModelJudge, build_reward_model, render_response
+from selfplay.judges.reward_model import RewardModelJudge, render_response
 from selfplay.judges.train_rm import METRICS_FILE, train_reward_model
 
 GROUPS = [
@@ -28,7 +28,10 @@ def flat(scores: list[list[float | None]]) -> list[float | None]:
 
 @pytest.fixture(scope="module")
 def tiny_rm(tiny_model_dir, tmp_path_factory):
-    return build_reward_model(tiny_model_dir, tmp_path_factory.mktemp("rm") / "rm", seed=0)
+    """A reward model whose head was trained (one short Bradley-Terry epoch): judges refuse a random one."""
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    train_reward_model(toy_pairs(32, seed=5), tiny_model_dir, out, epochs=1, lr=1e-3, batch_size=16, seed=0)
+    return out
 
 
 def test_build_reward_model_and_render(tiny_rm):

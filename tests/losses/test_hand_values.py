@@ -86,6 +86,10 @@ EXPECTED: list[tuple[str, dict, list[float]]] = [
     ("bco_pair", {"delta": 0.25}, [-logsig(0.25) - logsig(1.25), -logsig(-0.75) - logsig(-0.25)]),
     # 1/(2β) = 1: (Δ_w - 1)² + (Δ_l + 1)²
     ("sppo_hard", {}, [0.0 + 1.0, 4.0 + 4.0]),
+    # targets (P - 1/2)/β: chosen [0.5, 0], rejected [-0.5, 0.2]; ½[(1 - 0.5)² + (-2 + 0.5)²], ½[1 + 0.8²]
+    ("sppo", {"chosen_probs": torch.tensor([0.75, 0.5], dtype=torch.float64),
+              "rejected_probs": torch.tensor([0.25, 0.6], dtype=torch.float64)}, [1.25, 0.82]),
+    ("sppo", {"chosen_probs": 1.0, "rejected_probs": 0.0}, [0.5 * (0.0 + 1.0), 0.5 * (4.0 + 4.0)]),  # = sppo_hard / 2
     ("apo_zero", {}, [(1 - sig(0.5)) + sig(-1.0), (1 - sig(-0.5)) + sig(0.5)]),
     ("apo_down", {}, [sig(0.5) + 1 - sig(1.5), sig(-0.5) + 1 - sig(-1.0)]),
     # average log-probs: chosen [-1, -3], rejected [-3.5, -1]; β·diff - γ = [1.25 - 0.5, -1 - 0.5]
@@ -216,3 +220,10 @@ def test_tdpo2_stops_the_gradient_of_the_chosen_kl_only():
 def test_tdpo_rejects_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         _tdpo(3)
+
+
+def test_sppo_needs_win_probabilities_in_the_unit_interval():
+    with pytest.raises(ValueError, match="needs chosen_probs and rejected_probs"):
+        run("sppo")
+    with pytest.raises(ValueError, match=r"win probabilities in \[0, 1\]"):
+        run("sppo", chosen_probs=torch.tensor([1.5, 0.5]), rejected_probs=0.5)

@@ -29,6 +29,8 @@ REQUIRED = {
 
 
 def extra(loss_type: str, batch: int) -> dict:
+    if loss_type == "sppo":
+        return {"chosen_probs": torch.full((batch,), 0.7), "rejected_probs": torch.full((batch,), 0.4)}
     return {"offset": torch.full((batch,), 0.3)} if loss_type == "odpo" else {}
 
 

@@ -45,3 +45,16 @@ def test_bad_inputs():
         mix_previous(pairs(1, 1), pairs(0, 1), 1.5)
     with pytest.raises(ValueError, match="missing column"):
         mix_previous(pairs(1, 1), pa.table({"pair_id": ["x"]}), 0.5)
+
+
+def test_only_the_previous_rounds_own_pairs_are_mixed_never_an_accumulation():
+    """SPIN trains iteration t on t-1's and t's data: with 50 new pairs a round and fraction 1.0 every
+    round trains on 100 pairs, not 50, 100, 150, 200 (k-1's table holds what was mixed into it)."""
+    table, sizes = None, []
+    for k in range(4):
+        table = mix_previous(pairs(k, 50), table, 1.0, seed=k)
+        sizes.append(table.num_rows)
+        assert set(table.column("iteration").to_pylist()) == ({k - 1, k} if k else {0})
+    assert sizes == [50, 100, 100, 100]
+    half = mix_previous(pairs(3, 10), pa.concat_tables([pairs(2, 40), pairs(1, 40, start=100)]), 0.5, seed=0)
+    assert half.num_rows == 10 + 20 and set(half.column("iteration").to_pylist()[10:]) == {2}

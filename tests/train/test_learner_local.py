@@ -226,3 +226,17 @@ def test_pair_weights_scale_each_pairs_share_of_the_loss(learner, tiny_model_dir
     assert double[0] == pytest.approx(9 / 8 * math.log(2), abs=1e-6)
     assert twice[0] == pytest.approx(math.log(2), abs=1e-6)
     assert double[1] == pytest.approx(9 / 8 * twice[1], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_rmsprop_and_warmup_steps_under_deepspeed(learner, tiny_model_dir, tmp_path, zero_stage):
+    """SPIN/SPPO/DPO's optimizer through the real DeepSpeed engine, with the DPO authors' warm-up in steps."""
+    cfg = TrainConfig(**{**BASE, "learning_rate": 3e-4}, optimizer="rmsprop", warmup_steps=3, zero_stage=zero_stage)
+    learner.reload(tiny_model_dir, cfg)
+    assert isinstance(learner.optimizer, torch.optim.RMSprop)
+    learner.set_metrics_dir(tmp_path)
+    summary = learner.train_round(learner.compute_reference(toy_pairs(16)))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]
+    assert lrs[:4] == pytest.approx([3e-4 * s / 4 for s in (1, 2, 3)] + [3e-4])  # (step + 1) / (3 + 1), then 1
+    assert summary["loss_last"] < summary["loss_first"] and summary["reward_accuracy"] >= 0.9
