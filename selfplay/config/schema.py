@@ -242,8 +242,10 @@ JudgeConfig = Annotated[
 class PairingConfig(Section):
     """How judged samples become (chosen, rejected) pairs."""
 
-    strategy: Literal["best_worst", "best_random", "all_pairs", "reference"] | None = None
-    """Default: `reference` with the `sft` judge (SPIN), otherwise `best_worst`."""
+    strategy: Literal["best_worst", "best_random", "all_pairs", "reference", "best"] | None = None
+    """Default: `reference` with the `sft` judge (SPIN), otherwise `best_worst`. `best` is rejection-sampling
+    fine-tuning (RAFT / ReST / STaR): each prompt's best sample alone, if it scores at least `min_score`,
+    becomes an SFT target; it needs `train.loss.type: sft`."""
     min_margin: Annotated[float, Field(ge=0.0)] = 0.0
     """Drop pairs whose score margin is below this."""
     drop_ties: bool = True
@@ -254,13 +256,18 @@ class PairingConfig(Section):
     """Cap on pairs per prompt (`all_pairs` and `reference` can make many)."""
     mix_previous: Probability = 0.0
     """Fraction of the previous iteration's pairs mixed into this round (SPIN's option)."""
+    min_score: float | None = 1.0
+    """Strategy `best` only: the lowest raw judge score a sample needs to be trained on (1.0 = a verifier's
+    correct answer); null keeps every prompt's best sample (RAFT's top-1 under a reward model)."""
 
 
 # ---------------------------------------------------------------------------------------------- train
-ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo"]))
+ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo", "sft"]))
 
 
 def loss_param_defaults(loss_type: str) -> dict[str, Any]:
+    if loss_type == "sft":
+        return {}
     if loss_type == "kto":
         return dict(KTO_PARAMS)
     if loss_type == "tdpo":
@@ -270,7 +277,9 @@ def loss_param_defaults(loss_type: str) -> dict[str, Any]:
 
 class LossConfig(Section):
     type: str = "sigmoid"
-    """A preference loss (`sigmoid`, `ipo`, `simpo`, ...), `kto` or `tdpo`. See selfplay/losses."""
+    """A preference loss (`sigmoid`, `ipo`, `simpo`, ...), `kto` or `tdpo` (see selfplay/losses), or `sft`:
+    mean token NLL of the chosen responses alone (no reference; with `pairing.strategy: best` this is
+    rejection-sampling fine-tuning)."""
     beta: Annotated[float, Field(gt=0.0)] = 0.1
     """Strength of the implicit KL constraint (temperature of the implicit reward)."""
     params: dict[str, Any] = {}
@@ -294,7 +303,7 @@ class LossConfig(Section):
 
     @property
     def reference_free(self) -> bool:
-        return self.type in REFERENCE_FREE
+        return self.type in REFERENCE_FREE or self.type == "sft"
 
     def resolved_params(self) -> dict[str, Any]:
         return {**loss_param_defaults(self.type), **self.params}
@@ -463,6 +472,9 @@ class RunConfig(Section):
                 raise ValueError("task.reference_column: the sft judge needs reference answers; set it")
         elif strategy == "reference":
             raise ValueError("pairing.strategy: `reference` needs judge.type `sft`")
+        if strategy == "best" and self.train.loss.type != "sft":
+            raise ValueError(f"pairing.strategy: `best` makes SFT targets without a rejected side; it needs "
+                             f"train.loss.type `sft` (got {self.train.loss.type!r})")
         if self.judge.type == "verifier" and isinstance(self.task, DatasetTaskConfig | PairsTaskConfig):
             raise ValueError(f"judge.type: a `{self.task.type}` task has no verifier; use reward_model, llm_judge, ...")
 

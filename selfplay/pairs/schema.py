@@ -3,6 +3,8 @@
 ``chosen_token_ids`` is null for a reference answer (SPIN), whose tokens the learner computes itself;
 ``pair_id`` is ``"{iteration}:{prompt_id}:{chosen}:{rejected}"`` with sample indices (``ref`` for the
 reference), so the same pair keeps its id when an iteration is rebuilt or mixed into a later one.
+Rows of the ``best`` strategy (rejection sampling) have no rejected side: its columns and ``margin``
+are null and the id's last part is empty.
 """
 
 from __future__ import annotations
