@@ -151,11 +151,12 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def format_table(headers: tuple[str, ...] | list[str], rows: list[tuple[str, ...]]) -> str:
-    """Plain fixed-width text (never truncated or wrapped, unlike a terminal-sized table): the first two
-    columns and the last are left-aligned, the figures between them right-aligned."""
+def format_table(headers: tuple[str, ...] | list[str], rows: list[tuple[str, ...]],
+                 left: set[int] | None = None) -> str:
+    """Plain fixed-width text (never truncated or wrapped, unlike a terminal-sized table): the columns in
+    ``left`` (default: the first two and the last) left-aligned, the others right-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    left = {0, 1, len(headers) - 1}
+    left = {0, 1, len(headers) - 1} if left is None else left
 
     def line(cells) -> str:
         return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
