@@ -183,19 +183,20 @@ def write_plot(summaries: list[dict[str, Any]], out: str | Path) -> Path:
     titles = {"accuracy": "held-out accuracy", "reward_margin": "reward margin (mean over the train round)",
               "kl": "KL to the round's reference"}
     most = max((len(s["points"]) for s in summaries), default=0)
-    for s in summaries:
-        for ax, key in zip(axes, SERIES):
+    for i, s in enumerate(summaries):
+        for ax, key in zip(axes, SERIES):  # one colour per run in every panel, even where it has no points
             xs = [_x(p["iteration"]) for p in s["points"] if p[key] is not None]
             ys = [p[key] for p in s["points"] if p[key] is not None]
             if xs:
-                ax.plot(xs, ys, marker="o", label=s["run"])
+                ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=s["run"])
     ticks = list(range(-1, most - 1)) if most else [-1]
     for ax, key in zip(axes, SERIES):
         ax.set_title(titles[key])
         ax.set_xlabel("iteration")
         ax.set_xticks(ticks, ["init" if t == -1 else str(t) for t in ticks])
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}  # every run, even without accuracy
+    axes[0].legend(handles.values(), handles.keys(), fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
