@@ -29,9 +29,11 @@ Measured per run: the last evaluated held-out accuracy; KL(start || final) estim
 samples (drawn from the start policy at the recipe's temperature, so at temperature 1 the estimate is
 unbiased); the mean change of the chosen log-prob over iteration 0's pairs (log pi_final - log pi_start,
 the quantity the DPOP paper tracks); total optimizer steps; wall time of the ``selfplay run`` process.
-Arms run as separate processes, ``--jobs`` at a time (default 2: one per core; each run's actors use one
-thread). Results and run directories stay under ``--out``: rerunning the same command reuses finished
-runs, and ``selfplay compare OUT/seed0/*`` shows any seed's runs side by side.
+Arms run as separate ``selfplay run`` processes, ``--jobs`` at a time (default 2: one per core; each run's
+actors use one thread). Each run is a Ray driver with its own local Ray, exactly as a user runs it, so
+processes rather than tasks of one shared Ray are what keeps the arms independent. Results and run
+directories stay under ``--out``: rerunning the same command reuses finished runs, and
+``selfplay compare OUT/seed0/*`` shows any seed's runs side by side.
 """
 
 from __future__ import annotations
@@ -183,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{i}/{len(jobs)}] seed {r['seed']} {r['arm']}: {state}, accuracy {r.get('accuracy')}, "
                   f"{r['wall_s']:.0f} s", flush=True)
     (out / "results.json").write_text(json.dumps({"starts": starts, "runs": results}, indent=2))
-    print_results(arms, results, starts)
-    for line in claims(results, base.train.reference):
-        print(line)
     for path in write_plots(out, seeds, arms):
-        print(f"plot: {path}")
-    print(f"total wall time {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"  plot: {path}")
+    print(f"  total wall time {time.perf_counter() - t0:.0f} s; raw numbers in {out / 'results.json'}")
+    print_results(arms, results, starts)
+    for line in claims(results, base.train.reference):  # the last lines: what held at this scale
+        print(line)
     return 0 if all(r["returncode"] == 0 for r in results) else 1
 
 
