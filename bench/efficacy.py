@@ -33,7 +33,7 @@ Arms run as separate ``selfplay run`` processes, ``--jobs`` at a time (default 2
 actors use one thread). Each run is a Ray driver with its own local Ray, exactly as a user runs it, so
 processes rather than tasks of one shared Ray are what keeps the arms independent. Results and run
 directories stay under ``--out``: rerunning the same command reuses finished runs, and
-``selfplay compare OUT/seed0/*`` shows any seed's runs side by side.
+``selfplay compare OUT/seed0/*/`` shows any seed's runs side by side.
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             r = fut.result()
             results.append(r)
             state = "ok" if r["returncode"] == 0 else r.get("error") or f"FAILED (exit {r['returncode']})"
-            print(f"  [{i}/{len(jobs)}] seed {r['seed']} {r['arm']}: {state}, accuracy {r.get('accuracy')}, "
-                  f"{r['wall_s']:.0f} s", flush=True)
+            acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
+            print(f"  [{i}/{len(jobs)}] seed {r['seed']} {r['arm']}: {state}, accuracy {acc}, {r['wall_s']:.0f} s",
+                  flush=True)
     (out / "results.json").write_text(json.dumps({"starts": starts, "runs": results}, indent=2))
     for path in write_plots(out, seeds, arms):
         print(f"  plot: {path}")
