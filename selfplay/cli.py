@@ -4,6 +4,7 @@
     selfplay prepare RECIPE [--run-dir D] [--set ...]          only build/warm-start the starting policy
     selfplay status RUN_DIR [--json]                           per-iteration table
     selfplay report RUN_DIR [--out DIR]                        PNG plots
+    selfplay compare RUN_DIR... [--plot PNG] [--json]          several runs: one table, one overlay plot
     selfplay validate RECIPE [--set ...] [--cluster [ADDR]]   check a recipe (and that it fits a Ray cluster)
     selfplay schema                                            every recipe field with its documentation
     selfplay train-rm PAIRS --base DIR --out DIR               fit a Bradley-Terry reward model
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="PNG plots of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    c = sub.add_parser("compare", help="several runs side by side: one table and one overlay plot")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--plot", default="compare.png", help="overlay plot to write (default: compare.png)")
+    c.add_argument("--no-plot", action="store_true", help="print the table only")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("schema", help="list every recipe field with its documentation")
     t = sub.add_parser("train-rm", help="fit a Bradley-Terry reward model on a pairs file")
     t.add_argument("pairs", help="parquet/jsonl with prompt, chosen, rejected")
@@ -129,6 +135,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path in write_report(args.run_dir, args.out):
             print(path)
         return 0
+    if args.command == "compare":
+        from selfplay.loop.compare import compare_main
+
+        return compare_main(args.run_dirs, None if args.no_plot else args.plot, as_json=args.json)
     if args.command == "train-rm":
         from selfplay.judges.train_rm import train_reward_model
 

@@ -274,8 +274,10 @@ JudgeConfig = Annotated[
 class PairingConfig(Section):
     """How judged samples become (chosen, rejected) pairs."""
 
-    strategy: Literal["best_worst", "best_random", "all_pairs", "reference"] | None = None
-    """Default: `reference` with the `sft` judge (SPIN), otherwise `best_worst`."""
+    strategy: Literal["best_worst", "best_random", "all_pairs", "reference", "best"] | None = None
+    """Default: `reference` with the `sft` judge (SPIN), otherwise `best_worst`. `best` is rejection-sampling
+    fine-tuning (RAFT / ReST / STaR): each prompt's best sample alone, if it scores at least `min_score`,
+    becomes an SFT target; it needs `train.loss.type: sft`."""
     min_margin: Annotated[float, Field(ge=0.0)] = 0.0
     """Drop pairs whose score margin is below this."""
     drop_ties: bool = True
@@ -287,10 +289,13 @@ class PairingConfig(Section):
     mix_previous: Probability = 0.0
     """Fraction of the previous iteration's own new pairs (not what was mixed into it) added to this
     round: SPIN trains iteration t on t-1's and t's data, `1.0`."""
+    min_score: float | None = 1.0
+    """Strategy `best` only: the lowest raw judge score a sample needs to be trained on (1.0 = a verifier's
+    correct answer); null keeps every prompt's best sample (RAFT's top-1 under a reward model)."""
 
 
 # ---------------------------------------------------------------------------------------------- train
-ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo"]))
+ALL_LOSSES = tuple(sorted([*LOSS_PARAMS, "kto", "tdpo", "sft"]))
 
 LOSS_ALIASES: dict[str, str] = {"dpo": "sigmoid", "cdpo": "sigmoid", "rdpo": "robust"}
 """Common names of losses that are another loss type here: DPO and conservative DPO (cDPO: DPO with
@@ -303,6 +308,8 @@ PARAM_ALIASES: dict[str, dict[str, str]] = {"exo_pair": {"label_smoothing": "eps
 
 
 def loss_param_defaults(loss_type: str) -> dict[str, Any]:
+    if loss_type == "sft":
+        return {}
     if loss_type == "kto":
         return dict(KTO_PARAMS)
     if loss_type == "tdpo":
@@ -312,7 +319,9 @@ def loss_param_defaults(loss_type: str) -> dict[str, Any]:
 
 class LossConfig(Section):
     type: str = "sigmoid"
-    """A preference loss (`sigmoid`, `ipo`, `simpo`, ...), `kto` or `tdpo`. See selfplay/losses."""
+    """A preference loss (`sigmoid`, `ipo`, `simpo`, ...), `kto` or `tdpo` (see selfplay/losses), or `sft`:
+    mean token NLL of the chosen responses alone (no reference; with `pairing.strategy: best` this is
+    rejection-sampling fine-tuning)."""
     beta: Annotated[float, Field(gt=0.0)] = 0.1
     """Strength of the implicit KL constraint (temperature of the implicit reward)."""
     params: dict[str, Any] = {}
@@ -369,7 +378,7 @@ class LossConfig(Section):
 
     @property
     def reference_free(self) -> bool:
-        return self.type in REFERENCE_FREE
+        return self.type in REFERENCE_FREE or self.type == "sft"
 
     def resolved_params(self) -> dict[str, Any]:
         return {**loss_param_defaults(self.type), **self.params}
@@ -609,6 +618,9 @@ class RunConfig(Section):
                 raise ValueError("task.reference_column: the sft judge needs reference answers; set it")
         elif strategy == "reference":
             raise ValueError("pairing.strategy: `reference` needs judge.type `sft`")
+        if strategy == "best" and self.train.loss.type != "sft":
+            raise ValueError(f"pairing.strategy: `best` makes SFT targets without a rejected side; it needs "
+                             f"train.loss.type `sft` (got {self.train.loss.type!r})")
         if self.judge.type == "verifier" and isinstance(self.task, DatasetTaskConfig | PairsTaskConfig):
             raise ValueError(f"judge.type: a `{self.task.type}` task has no verifier; use reward_model, llm_judge, ...")
 

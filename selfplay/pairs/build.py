@@ -10,6 +10,9 @@ Strategies, per prompt (samples whose score is ``None`` are left out and counted
 * ``reference`` (SPIN): the reference answer (chosen, score ``REFERENCE_SCORE`` = 1.0) against each
   sample scoring below it; with the ``sft`` judge those are exactly the samples that differ from it.
   The reference has no token ids (``chosen_token_ids`` is null) and no length penalty.
+* ``best`` (rejection sampling, as in RAFT / ReST / STaR): the best sample alone, kept only if its raw
+  score reaches ``min_score`` (default 1.0: a verifier's correct answer); ``rejected`` is null. These
+  rows are SFT targets, so the strategy needs ``train.loss.type: sft`` (SFT on the chosen column).
 
 Options (``PairingConfig``): ``length_penalty`` ranks by ``score - penalty * len(response_token_ids)``
 (as in RLHFlow's length-penalised max-min); ``margin`` is on that penalised scale while
@@ -27,7 +30,7 @@ scores (``partial_credit``, a reward model) are what give ODPO something to work
 
 Stats (flat, for the manifest): prompts, prompts_with_pairs, prompts_without_pair, the reason each
 pairless prompt had (``no_pair_all_correct`` / ``all_wrong`` / ``all_tied`` / ``below_margin`` /
-``too_few_scored`` / ``no_reference``), pairs, mean_margin, samples, unscored_samples and the
+``too_few_scored`` / ``no_reference`` / ``below_min_score``), pairs, mean_margin, samples, unscored_samples and the
 candidate pairs dropped by each filter (``dropped_*``).
 """
 
@@ -43,9 +46,10 @@ import pyarrow as pa
 
 from selfplay.pairs.schema import PAIRS_SCHEMA
 
-STRATEGIES = ("best_worst", "best_random", "all_pairs", "reference")
+STRATEGIES = ("best_worst", "best_random", "all_pairs", "reference", "best")
 REFERENCE_SCORE = 1.0
-NO_PAIR_REASONS = ("all_correct", "all_wrong", "all_tied", "below_margin", "too_few_scored", "no_reference")
+NO_PAIR_REASONS = ("all_correct", "all_wrong", "all_tied", "below_margin", "too_few_scored", "no_reference",
+                   "below_min_score")
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "reference", "sample_index", "response", "score", "iteration")
 DROP_REASONS = ("ties", "below_margin", "identical", "duplicate", "over_cap")
 MIN_SCORE_GAP = 1e-3  # floor of the score difference in the ODPO offset: log(1e-3) = -6.9
@@ -92,8 +96,10 @@ def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
         sides = [_side(r, cfg.length_penalty) for r in items if r["score"] is not None]
         unscored += len(items) - len(sides)
         first = items[0]
-        candidates = _candidates(strategy, sides, first["reference"])
-        kept = _filter(candidates, cfg, dropped)
+        if strategy == "best":
+            kept = _best_alone(sides, getattr(cfg, "min_score", 1.0))
+        else:
+            kept = _filter(_candidates(strategy, sides, first["reference"]), cfg, dropped)
         if strategy == "best_random" and kept:
             kept = [random.Random(f"{seed}:{first['iteration']}:{pid}").choice(kept)]
         if cfg.max_pairs_per_prompt is not None and len(kept) > cfg.max_pairs_per_prompt:
@@ -102,7 +108,7 @@ def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
         if not kept:
             no_pair[_no_pair_reason(strategy, sides, first["reference"])] += 1
         records += [_record(first, chosen, rejected) for chosen, rejected in kept]
-    margins = [r["margin"] for r in records]
+    margins = [r["margin"] for r in records if r["margin"] is not None]
     stats: dict[str, Any] = {
         "strategy": strategy,
         "prompts": len(groups),
@@ -125,6 +131,14 @@ def _side(row: dict[str, Any], length_penalty: float) -> Side:
                          f"sample {row['sample_index']} has none")
     ranked = row["score"] - length_penalty * len(ids) if length_penalty else row["score"]
     return Side(row["sample_index"], row["response"], ids, row["score"], ranked, row.get("policy_version"))
+
+
+def _best_alone(sides: list[Side], min_score: float | None) -> list[tuple[Side, None]]:
+    """Rejection sampling: the best-ranked sample (lowest index on ties) if its raw score passes."""
+    if not sides:
+        return []
+    best = min(sides, key=lambda s: (-s.ranked, s.index))
+    return [(best, None)] if min_score is None or best.score >= min_score else []
 
 
 def _candidates(strategy: str, sides: list[Side], reference: str | None) -> list[tuple[Side, Side]]:
@@ -169,6 +183,10 @@ def _filter(candidates: list[tuple[Side, Side]], cfg: Any, dropped: Counter[str]
 def _no_pair_reason(strategy: str, sides: list[Side], reference: str | None) -> str:
     if strategy == "reference" and reference is None:
         return "no_reference"
+    if strategy == "best":
+        if not sides:
+            return "too_few_scored"
+        return "all_wrong" if max(s.score for s in sides) == 0.0 else "below_min_score"
     if len(sides) < (1 if strategy == "reference" else 2):
         return "too_few_scored"
     raw = {s.score for s in sides}
@@ -182,20 +200,22 @@ def _no_pair_reason(strategy: str, sides: list[Side], reference: str | None) -> 
     return "below_margin"
 
 
-def _record(row: dict[str, Any], chosen: Side, rejected: Side) -> dict[str, Any]:
+def _record(row: dict[str, Any], chosen: Side, rejected: Side | None) -> dict[str, Any]:
+    """One pairs row; ``rejected`` None (strategy ``best``) leaves the rejected columns and margin null."""
     a = "ref" if chosen.index == -1 else str(chosen.index)
-    versions = [v for v in (chosen.policy_version, rejected.policy_version) if v is not None]
+    b = "" if rejected is None else str(rejected.index)
+    versions = [v for v in (chosen.policy_version, rejected and rejected.policy_version) if v is not None]
     return {
-        "pair_id": f"{row['iteration']}:{row['prompt_id']}:{a}:{rejected.index}",
+        "pair_id": f"{row['iteration']}:{row['prompt_id']}:{a}:{b}",
         "prompt_id": row["prompt_id"],
         "prompt": row["prompt"],
         "chosen": chosen.text,
-        "rejected": rejected.text,
+        "rejected": None if rejected is None else rejected.text,
         "chosen_token_ids": chosen.token_ids,
-        "rejected_token_ids": rejected.token_ids,
+        "rejected_token_ids": None if rejected is None else rejected.token_ids,
         "chosen_score": chosen.score,
-        "rejected_score": rejected.score,
-        "margin": chosen.ranked - rejected.ranked,
+        "rejected_score": None if rejected is None else rejected.score,
+        "margin": None if rejected is None else chosen.ranked - rejected.ranked,
         "judge": row.get("judge") or "",
         "policy_version": max(versions) if versions else row.get("policy_version"),
         "iteration": row["iteration"],

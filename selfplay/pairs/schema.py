@@ -5,6 +5,8 @@
 reference), so the same pair keeps its id when an iteration is rebuilt or mixed into a later one.
 ``offset`` is ODPO's per-pair offset, ``log(chosen_score - rejected_score)`` from the judge's raw scores
 (see ``selfplay.pairs.build.odpo_offset``); null where the pair has no scores (offline pairs).
+Rows of the ``best`` strategy (rejection sampling) have no rejected side: its columns and ``margin``
+are null and the id's last part is empty.
 """
 
 from __future__ import annotations

@@ -146,10 +146,15 @@ class Learner:
         ``checkpoint_dir``: where ``cfg.checkpoint_every`` checkpoints (and one at the end) go.
         ``on_step(record)``: called on every rank after each optimizer step (metrics, fault injection).
         Returns the round summary (rank 0's view; identical on all ranks).
+        With loss ``sft`` the round is :meth:`sft_round` on the ``chosen`` responses (rejection-sampling
+        fine-tuning when the rows are each prompt's best verified sample); ``rejected`` may then be null.
         """
         cfg = cfg or self.cfg
         table = read_table(pairs)
         loss = cfg.loss
+        if loss.type == "sft":
+            keep = [c for c in ("prompt", "chosen", "chosen_token_ids", "weight") if c in table.column_names]
+            return self.sft_round(table.select(keep), cfg, checkpoint_dir=checkpoint_dir, on_step=on_step)
         data = encode_pairs(table, self.tokenizer, cfg)
         prepare = None
         if loss.type == "kto":

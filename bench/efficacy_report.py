@@ -1,0 +1,179 @@
+"""Measurements, table and claims of ``bench.efficacy`` (see that module for the design).
+
+* ``measure``: a finished run's accuracy (from its run directory), its KL to the start policy and the
+  change of its chosen log-probs, both by a plain forward of the start and final policies over
+  iteration 0's samples and pairs (the learner's own tokenisation, ``selfplay.train.data.encode``).
+* ``summarise`` / ``print_results``: one row per arm over seeds (mean, sample sd, min).
+* ``claims``: each published claim as held / not held, computed from the same numbers; a difference is
+  called beyond seed noise only when it exceeds two standard errors of the two means.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+MAX_ROWS = 1024  # samples / pairs per measurement: enough for a mean, cheap for a small policy
+
+
+def _logps(model_dir: str | Path, table, column: str, cfg) -> list[float]:
+    import torch
+    from transformers import AutoTokenizer
+
+    from selfplay.train.data import encode
+    from selfplay.train.reference import load_plain_model, score
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    data = encode(table, tok, (column,), max_prompt_length=cfg.max_prompt_length,
+                  max_completion_length=cfg.max_completion_length)
+    model = load_plain_model(str(model_dir), torch.float32, torch.device("cpu"))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return score(model, data, (column,), pad, torch.device("cpu"), batch_size=64)[column].tolist()
+
+
+def _shift(start: str, final: Path, table, column: str, cfg) -> float | None:
+    """Mean of log pi_final - log pi_start of ``column``'s completions (first MAX_ROWS rows)."""
+    if table.num_rows == 0:
+        return None
+    table = table.slice(0, MAX_ROWS)
+    before, after = _logps(start, table, column, cfg), _logps(final, table, column, cfg)
+    return sum(a - b for a, b in zip(after, before)) / len(before)
+
+
+def measure(run_dir: Path, start_policy: str, finished: bool) -> dict[str, Any]:
+    """accuracy, start_accuracy, kl_to_start, chosen_logp_change, steps of one run (None where unknown)."""
+    import torch
+
+    from selfplay.config import load_config
+    from selfplay.loop.compare import run_summary
+    from selfplay.loop.rundir import RunDir, read_parquet
+
+    summary = run_summary(run_dir)
+    out: dict[str, Any] = {"accuracy": summary.get("end"), "start_accuracy": summary.get("start"),
+                           "state": summary["state"], "kl_to_start": None, "chosen_logp_change": None}
+    rd = RunDir(run_dir)
+    out["steps"] = sum(e["stages"].get("train", {}).get("steps", 0) for e in rd.manifest.get("iterations", {}).values())
+    if not finished or not rd.completed_iterations():
+        return out
+    torch.set_num_threads(1)
+    cfg = load_config(rd.manifest["recipe"]).train
+    final, it0 = rd.current_policy(), rd.iter_dir(0)
+    kl = _shift(start_policy, final, read_parquet(it0 / "generations.parquet"), "response", cfg)
+    out["kl_to_start"] = None if kl is None else -kl  # E_start[log pi_start - log pi_final]
+    out["chosen_logp_change"] = _shift(start_policy, final, read_parquet(it0 / "pairs.parquet"), "chosen", cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- the table
+FIELDS = ("accuracy", "kl_to_start", "chosen_logp_change", "steps", "wall_s")
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "sd": None, "min": None, "n": 0}
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "n": len(values)}
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """arm -> {field: stats over the seeds that finished, "seeds": finished, "failed": count}."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        ok = [r for r in results if r["arm"] == arm and r["returncode"] == 0]
+        out[arm] = {f: _stats([r[f] for r in ok if r.get(f) is not None]) for f in FIELDS}
+        out[arm]["seeds"] = len(ok)
+        out[arm]["failed"] = sum(1 for r in results if r["arm"] == arm) - len(ok)
+    return out
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table_lines(arms: tuple[str, ...] | list[str], summary: dict[str, dict[str, Any]]) -> list[str]:
+    from selfplay.loop.compare import format_table
+
+    headers = ("arm", "seeds", "accuracy mean ± sd", "min", "KL to start", "Δ chosen logp", "steps", "wall s")
+    rows = []
+    for arm in arms:
+        s = summary.get(arm)
+        if s is None:
+            continue
+        acc = s["accuracy"]
+        seeds = f"{s['seeds']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
+        rows.append((arm, seeds, f"{_num(acc['mean'], '.3f')} ± {_num(acc['sd'], '.3f')}", _num(acc["min"], ".3f"),
+                     _num(s["kl_to_start"]["mean"], ".4f"), _num(s["chosen_logp_change"]["mean"], "+.3f"),
+                     _num(s["steps"]["mean"], ".0f"), _num(s["wall_s"]["mean"], ".0f")))
+    return format_table(headers, rows, left={0, 1}).splitlines()
+
+
+def print_results(arms, results: list[dict[str, Any]], starts: dict[int, dict[str, Any]]) -> None:
+    start = [s["accuracy"] for s in starts.values() if s["accuracy"] is not None]
+    print()
+    print(f"start policy accuracy: {', '.join(f'{a:.3f}' for a in start)} (seeds {', '.join(map(str, starts))})")
+    for line in table_lines(arms, summarise(results)):
+        print(line)
+    print()
+
+
+# ---------------------------------------------------------------------------------------- the claims
+def _compare(summary: dict, a: str, b: str, field: str = "accuracy") -> tuple[float, bool] | None:
+    """(mean a - mean b, beyond two standard errors) or None when either arm has no value."""
+    sa, sb = summary.get(a, {}).get(field), summary.get(b, {}).get(field)
+    if not sa or not sb or sa["mean"] is None or sb["mean"] is None:
+        return None
+    diff = sa["mean"] - sb["mean"]
+    if sa["sd"] is None or sb["sd"] is None:
+        return diff, False
+    se = math.sqrt(sa["sd"] ** 2 / sa["n"] + sb["sd"] ** 2 / sb["n"])
+    return diff, abs(diff) > 2 * se
+
+
+def _verdict(held: bool, beyond: bool, n_seeds: int) -> str:
+    if n_seeds < 2:
+        return "HELD (1 seed: no noise estimate)" if held else "NOT HELD (1 seed: no noise estimate)"
+    return ("HELD" if held else "NOT HELD") + (" beyond seed noise" if beyond else " (within seed noise)")
+
+
+def claims(results: list[dict[str, Any]], reference: str) -> list[str]:
+    """One line per published claim, held or not, from the measured table."""
+    summary = summarise(results)
+    n = min((s["seeds"] for s in summary.values()), default=0)
+    lines = ["claims at this scale (computed from the table above):"]
+    for online in ("dpo_previous", "dpo_initial"):
+        c = _compare(summary, online, "dpo_offline")
+        if c is not None:
+            lines.append(f"- online iterative DPO ({online}) beats offline DPO: accuracy {c[0]:+.3f} -> "
+                         f"{_verdict(c[0] > 0, c[1], n)}")
+    if not any(line.startswith("- online") for line in lines):
+        lines.append("- online iterative DPO beats offline DPO: not measured (arms missing or failed)")
+    dpo = f"dpo_{reference}"
+    d, p = (summary.get(a, {}).get("chosen_logp_change", {}).get("mean") for a in (dpo, "dpop"))
+    if d is None or p is None:
+        lines.append("- DPO lowers the chosen log-prob while DPOP keeps it up: not measured (arms missing or failed)")
+    else:
+        held = d < 0 <= p
+        lines.append(f"- DPO lowers the chosen log-prob while DPOP keeps it up: Δ chosen logp {dpo} {d:+.3f}, "
+                     f"dpop {p:+.3f} -> {'HELD' if held else 'NOT HELD'}"
+                     + ("" if held else f" ({dpo} {'lowered' if d < 0 else 'raised'} it, dpop "
+                                        f"{'kept it up' if p >= 0 else 'lowered it too'})"))
+    c = _compare(summary, "spin", "sft")
+    if c is None:
+        lines.append("- SPIN beats more SFT: not measured (arms missing or failed)")
+    else:
+        lines.append(f"- SPIN beats more SFT (same steps): accuracy {c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
+    return lines
+
+
+def write_plots(out: Path, seeds, arms) -> list[Path]:
+    """``selfplay compare``'s overlay plot of each seed's arms."""
+    from selfplay.loop.compare import compare_runs, write_plot
+
+    paths = []
+    for seed in seeds:
+        dirs = [out / f"seed{seed}" / arm for arm in arms if (out / f"seed{seed}" / arm / "manifest.json").exists()]
+        if dirs:
+            paths.append(write_plot(compare_runs(dirs), out / f"compare_seed{seed}.png"))
+    return paths
