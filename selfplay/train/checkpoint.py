@@ -7,7 +7,8 @@
   Written by rank 0 under a temporary sibling name and renamed into place, so a crash never leaves a
   directory that looks complete but is not.
 * ``save_checkpoint``/``load_checkpoint``: DeepSpeed's own checkpoint (weights, optimizer shards, per rank)
-  plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state. Every
+  plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state (tensors
+  only, read back with ``weights_only=True``). Every
   save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
   and older tags are removed only after that, so an interrupted save leaves the previous one usable.
 
@@ -85,8 +86,7 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
     ckpt_dir = Path(ckpt_dir)
     tag = f"{TAG_PREFIX}{global_step:08d}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(rng, ckpt_dir / tag / f"rng_rank{_rank()}.pt")
+    save_rng(ckpt_dir / tag / f"rng_rank{_rank()}.pt")
     if reference is not None and _rank() == 0:
         from safetensors.torch import save_file
 
@@ -102,6 +102,27 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
                 shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return ckpt_dir / tag
+
+
+def save_rng(path: Path) -> None:
+    """This rank's RNG state, as plain tensors (torch's CPU state and one per CUDA device)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    torch.save({"torch": torch.get_rng_state(), "cuda": list(cuda)}, path)
+
+
+def load_rng(path: Path) -> None:
+    """Restore what :func:`save_rng` wrote. ``weights_only=True``: the file is on shared storage that others
+    may write, so it is read as tensors only; a pickle of anything else is refused, never run."""
+    try:
+        rng = torch.load(path, weights_only=True)
+        state, cuda = rng["torch"], rng["cuda"]
+        if not isinstance(state, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in cuda):
+            raise TypeError("expected tensors under 'torch' and 'cuda'")
+    except Exception as exc:
+        raise ValueError(f"{path} is not an RNG state written by selfplay ({type(exc).__name__}: {exc})") from None
+    torch.set_rng_state(state)
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
@@ -120,10 +141,7 @@ def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"learner checkpoint {ckpt_dir / tag} could not be loaded")
     rng_file = ckpt_dir / tag / f"rng_rank{_rank()}.pt"
     if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_rng(rng_file)
     ref_file = ckpt_dir / tag / "reference.safetensors"
     client_state = dict(client_state or {})
     client_state["reference_file"] = str(ref_file) if ref_file.is_file() else None
