@@ -8,7 +8,9 @@
   directory that looks complete but is not.
 * ``save_checkpoint``/``load_checkpoint``: DeepSpeed's own checkpoint (weights, optimizer shards, per rank)
   plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state (tensors
-  only, read back with ``weights_only=True``). Every
+  only, read back with ``weights_only=True``). The run directory may be on storage others can write, so
+  no file of it is unpickled with code: DeepSpeed's own files are checked with ``weights_only=True``
+  before DeepSpeed loads them. Every
   save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
   and older tags are removed only after that, so an interrupted save leaves the previous one usable.
 
@@ -17,6 +19,7 @@ All of these are collective: every rank calls them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -125,6 +128,48 @@ def load_rng(path: Path) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+# Plain-data classes DeepSpeed pickles into its ZeRO optimizer files; unpickling them runs no code of theirs.
+_DEEPSPEED_DATA_CLASSES = (
+    "deepspeed.runtime.zero.config:ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler:DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment:fragment_address",
+)
+
+
+def _deepspeed_data_classes() -> list[Any]:
+    import importlib
+
+    found = []
+    for name in _DEEPSPEED_DATA_CLASSES:
+        module, _, attr = name.partition(":")
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), attr))
+    return found
+
+
+def check_tensor_files(tag_dir: Path) -> None:
+    """Refuse a checkpoint any of whose ``*.pt`` files holds more than tensors, plain data and DeepSpeed's
+    own plain-data classes.
+
+    DeepSpeed unpickles its checkpoint files in full (any object); each is opened here first with
+    ``weights_only=True`` (memory-mapped, so nothing is read twice in full), which runs no code and fails
+    on anything a pickle could use to run some.
+    """
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
+    allowed = _deepspeed_data_classes()
+    for path in sorted(Path(tag_dir).glob("*.pt")):
+        try:
+            with safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+            with contextlib.suppress(Exception):  # name what it refers to, where torch can say
+                why = f"it refers to {', '.join(get_unsafe_globals_in_checkpoint(path))}"
+            raise ValueError(f"{path} holds more than tensors and plain data, so it is not loaded ({why})") from None
+
+
 def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from the latest tag; returns the saved ``client_state``.
 
@@ -135,6 +180,7 @@ def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
     if not latest.is_file():
         raise FileNotFoundError(f"no learner checkpoint in {ckpt_dir} (the 'latest' file is missing)")
     tag = latest.read_text().strip()
+    check_tensor_files(ckpt_dir / tag)
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
     if path is None:
