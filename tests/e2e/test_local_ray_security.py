@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import threading
 import time
 import uuid
@@ -55,6 +56,7 @@ class ListenerSampler:
         self.listeners: dict[tuple[str, str, int], str] = {}  # (process name, ip, port) -> cmdline head
         self.auth: dict[str, str | None] = {}  # process name -> its RAY_AUTH_MODE
         self.pids: set[int] = set()
+        self.temp_dirs: set[str] = set()  # Ray's temp root, as its daemons' command lines name it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -72,6 +74,8 @@ class ListenerSampler:
                 with contextlib.suppress(psutil.Error):
                     name = proc.name()
                     self.pids.add(proc.pid)
+                    for arg in proc.cmdline():
+                        self.temp_dirs.update(re.findall(r"(/tmp/sp-ray-[^/\s]+)", arg))
                     self.auth.setdefault(name, proc.environ().get("RAY_AUTH_MODE"))
                     for conn in proc.net_connections(kind="inet"):
                         if conn.status == psutil.CONN_LISTEN:
@@ -101,12 +105,12 @@ def test_local_run_listens_on_loopback_only_and_cleans_up(tmp_path, monkeypatch)
     assert sampler.auth.get("gcs_server") == "token", sampler.auth
     assert had_token or not os.path.exists(token_file), "the run wrote a Ray token into the user's home"
 
-    # Nothing left behind: the run's Ray temp dir (named after the driver's pid) and its processes.
-    prefixes = tuple(f"sp-ray-{pid}-" for pid in sampler.pids)
-    created = {name for name in os.listdir("/tmp") if name.startswith(prefixes)}
+    # Nothing left behind: the run's Ray temp dir and its processes.
+    assert sampler.temp_dirs, "no Ray temp dir seen in the command lines of the run's Ray"
+    created = set(sampler.temp_dirs)
     deadline = time.monotonic() + 10
     while (created or tagged_processes(tag)) and time.monotonic() < deadline:
         time.sleep(0.5)
-        created = {name for name in created if os.path.exists(f"/tmp/{name}")}
+        created = {path for path in created if os.path.exists(path)}
     assert not created, f"Ray temp dirs left in /tmp: {created}"
     assert not tagged_processes(tag)
