@@ -131,7 +131,7 @@ class Runtime:
             self._started_ray = False
             self._ray_env.close()
         finally:
-            if main:
+            if main and previous is not None:  # None: a handler installed outside Python, left as it was
                 signal.signal(signal.SIGINT, previous)
 
     def ensure_ray(self) -> None:
