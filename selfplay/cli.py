@@ -63,8 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir(cfg, arg: str | None) -> Path:
-    return Path(arg or cfg.run_dir or f"runs/{cfg.name}")
+def _run_dir(cfg, arg: str | None, source: str) -> Path:
+    """``--run-dir``, else the recipe's ``run_dir``, else ``runs/<name>``: a name is one folder inside
+    ``runs/`` (a ``/`` or ``..`` in it would write somewhere else)."""
+    if arg or cfg.run_dir:
+        return Path(arg or cfg.run_dir)
+    name = cfg.name
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(source, [f"name: {name!r} is not a plain folder name (no '/', '\\' or '..'); it "
+                                     "names the run directory runs/<name>. Use --run-dir to write elsewhere"])
+    return Path("runs") / name
 
 
 def _check_cluster(cfg, source: str, address: str) -> None:
@@ -131,7 +139,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "report":
         from selfplay.loop.report import write_report
+        from selfplay.loop.rundir import RunDir, RunDirError
 
+        if not RunDir(args.run_dir).exists:  # checked first: a mistyped path must not get a report/ folder
+            raise RunDirError(f"{args.run_dir} has no manifest.json: not a selfplay run directory")
         for path in write_report(args.run_dir, args.out):
             print(path)
         return 0
@@ -149,7 +160,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     from selfplay.loop.driver import prepare_only, run
 
-    run_dir = _run_dir(cfg, args.run_dir)
+    run_dir = _run_dir(cfg, args.run_dir, args.recipe)
     if args.command == "prepare":
         prepare_only(cfg, run_dir)
     else:

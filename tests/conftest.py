@@ -42,18 +42,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
-    """One local Ray for the whole session (starting Ray costs ~6 s)."""
+    """One local Ray for the whole session (starting Ray costs ~6 s), set up as a run's embedded Ray is
+    (loopback only, a token of this process's own; nothing written to ``~/.ray``)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            log_to_driver=False,
-        )
-    yield ray
-    ray.shutdown()
+    from selfplay.env import embedded_ray_environment
+
+    with embedded_ray_environment():
+        if not ray.is_initialized():
+            ray.init(
+                num_cpus=4,
+                include_dashboard=False,
+                _temp_dir=str(tmp_path_factory.mktemp("ray")),
+                log_to_driver=False,
+            )
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfplay.atomic import replace_dir  # noqa: F401  (re-exported: part of the run-dir API)
+from selfplay.atomic import replace_dir, umask_mode  # noqa: F401  (replace_dir: part of the run-dir API)
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
 
@@ -44,6 +44,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        umask_mode(tmp_path)  # mkstemp's 0600 would hide the artifact from the user's group
         write(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
@@ -91,7 +92,8 @@ class RunDir:
         return bool(self.manifest)
 
     def create(self, recipe: dict[str, Any], recipe_yaml: str, versions: dict[str, str]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Never world-writable, whatever the umask: what is in it is trusted on resume (see docs/security.md).
+        self.root.mkdir(mode=0o775, parents=True, exist_ok=True)
         write_text(self.root / "recipe.yaml", recipe_yaml)
         self.manifest = {
             "format": 1,

@@ -2,8 +2,9 @@
 
 Everything heavy is built lazily on first use, so a resumed run that only has evaluation left never
 starts a learner, and ``import selfplay.loop`` imports no engine. With no ``RAY_ADDRESS`` an embedded
-local Ray is started (sized to the recipe's actors); under ``ray job submit`` the driver joins the
-cluster it was submitted to. Every stage runs inside :meth:`Runtime.stage_context`, which turns any
+local Ray is started (sized to the recipe's actors, listening on loopback only, with a per-process token: see
+:mod:`selfplay.env`); under ``ray job submit`` the driver joins the cluster it was submitted to and
+changes none of its settings. Every stage runs inside :meth:`Runtime.stage_context`, which turns any
 failure into a :class:`StageError` naming the iteration and the stage; artifacts of finished stages
 and earlier iterations are never touched by a failure.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ class Runtime:
         self._generators = None
         self._learners = None
         self._started_ray = False
+        self._ray_env = contextlib.ExitStack()  # what the embedded Ray changed: undone when it stops
         self._sync = None
         self._judge_pool = None
         self.policy_version = 0
@@ -103,14 +106,33 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         parts = ((self._judge, "close"), (self._judge_pool, "shutdown"), (self._generators, "shutdown"),
                  (self._learners, "shutdown"))
-        for part, method in parts:
-            if part is not None and hasattr(part, method):
-                with contextlib.suppress(Exception):
-                    getattr(part, method)()
-        if self._started_ray:
-            import ray
+        try:
+            for part, method in parts:
+                if part is not None and hasattr(part, method):
+                    with contextlib.suppress(Exception):
+                        getattr(part, method)()
+        finally:  # a second Ctrl-C cuts the polite shutdown of the parts short, never Ray's own
+            self._stop_ray()
 
+    def _stop_ray(self) -> None:
+        """Stop (or leave) Ray with Ctrl-C ignored meanwhile: an interrupted ``ray.shutdown`` leaves
+        ``ray::`` workers behind. Then the embedded Ray's temp dir goes and the environment is restored."""
+        if not self._started_ray:
+            return
+        import signal
+        import threading
+
+        import ray
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
             ray.shutdown()
+            self._started_ray = False
+            self._ray_env.close()
+        finally:
+            if main and previous is not None:  # None: a handler installed outside Python, left as it was
+                signal.signal(signal.SIGINT, previous)
 
     def ensure_ray(self) -> None:
         import ray
@@ -118,21 +140,31 @@ class Runtime:
         if ray.is_initialized():
             return
         address = os.environ.get("RAY_ADDRESS")
-        if address:
+        if address:  # a cluster: its address, authentication and interfaces are the cluster's own
             ray.init(address=address, log_to_driver=True)
         else:
+            from selfplay.env import embedded_ray_environment
             from selfplay.loop.factory import judge_resources
 
             res = self.cfg.resources
             cpus = res.learners * res.learner_cpus + self.cfg.generation.replicas * res.generator_cpus
             if self.cfg.judge is not None and self.cfg.judge.type in ("reward_model", "pairwise"):
                 cpus += judge_resources(self.cfg)[0]
-            ray.init(
-                num_cpus=max(2, int(cpus + 0.999) + 1),
-                include_dashboard=False,
-                _temp_dir=tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp"),
-                log_to_driver=False,
-            )
+            # Short and in /tmp: Ray's socket paths live under it (107 characters at most). The pid
+            # in the name says whose it is; it is removed when this run's Ray stops.
+            temp = tempfile.mkdtemp(prefix=f"sp-ray-{os.getpid()}-", dir="/tmp")
+            self._ray_env.callback(shutil.rmtree, temp, ignore_errors=True)
+            self._ray_env.enter_context(embedded_ray_environment())
+            try:
+                ray.init(
+                    num_cpus=max(2, int(cpus + 0.999) + 1),
+                    include_dashboard=False,
+                    _temp_dir=temp,
+                    log_to_driver=False,
+                )
+            except BaseException:
+                self._ray_env.close()
+                raise
         self._started_ray = True
         self.check_placement()
 

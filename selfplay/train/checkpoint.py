@@ -7,7 +7,10 @@
   Written by rank 0 under a temporary sibling name and renamed into place, so a crash never leaves a
   directory that looks complete but is not.
 * ``save_checkpoint``/``load_checkpoint``: DeepSpeed's own checkpoint (weights, optimizer shards, per rank)
-  plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state. Every
+  plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state (tensors
+  only, read back with ``weights_only=True``). The run directory may be on storage others can write, so
+  no file of it is unpickled with code: DeepSpeed's own files are checked with ``weights_only=True``
+  before DeepSpeed loads them. Every
   save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
   and older tags are removed only after that, so an interrupted save leaves the previous one usable.
 
@@ -16,6 +19,7 @@ All of these are collective: every rank calls them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -85,8 +89,7 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
     ckpt_dir = Path(ckpt_dir)
     tag = f"{TAG_PREFIX}{global_step:08d}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(rng, ckpt_dir / tag / f"rng_rank{_rank()}.pt")
+    save_rng(ckpt_dir / tag / f"rng_rank{_rank()}.pt")
     if reference is not None and _rank() == 0:
         from safetensors.torch import save_file
 
@@ -104,6 +107,69 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
     return ckpt_dir / tag
 
 
+def save_rng(path: Path) -> None:
+    """This rank's RNG state, as plain tensors (torch's CPU state and one per CUDA device)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    torch.save({"torch": torch.get_rng_state(), "cuda": list(cuda)}, path)
+
+
+def load_rng(path: Path) -> None:
+    """Restore what :func:`save_rng` wrote. ``weights_only=True``: the file is on shared storage that others
+    may write, so it is read as tensors only; a pickle of anything else is refused, never run."""
+    try:
+        rng = torch.load(path, weights_only=True)
+        state, cuda = rng["torch"], rng["cuda"]
+        if not isinstance(state, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in cuda):
+            raise TypeError("expected tensors under 'torch' and 'cuda'")
+    except Exception as exc:
+        raise ValueError(f"{path} is not an RNG state written by selfplay ({type(exc).__name__}: {exc})") from None
+    torch.set_rng_state(state)
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# Plain-data classes DeepSpeed pickles into its ZeRO optimizer files; unpickling them runs no code of theirs.
+_DEEPSPEED_DATA_CLASSES = (
+    "deepspeed.runtime.zero.config:ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler:DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment:fragment_address",
+)
+
+
+def _deepspeed_data_classes() -> list[Any]:
+    import importlib
+
+    found = []
+    for name in _DEEPSPEED_DATA_CLASSES:
+        module, _, attr = name.partition(":")
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), attr))
+    return found
+
+
+def check_tensor_files(tag_dir: Path) -> None:
+    """Refuse a checkpoint any of whose ``*.pt`` files holds more than tensors, plain data and DeepSpeed's
+    own plain-data classes.
+
+    DeepSpeed unpickles its checkpoint files in full (any object); each is opened here first with
+    ``weights_only=True`` (memory-mapped, so nothing is read twice in full), which runs no code and fails
+    on anything a pickle could use to run some.
+    """
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
+    allowed = _deepspeed_data_classes()
+    for path in sorted(Path(tag_dir).glob("*.pt")):
+        try:
+            with safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+            with contextlib.suppress(Exception):  # name what it refers to, where torch can say
+                why = f"it refers to {', '.join(get_unsafe_globals_in_checkpoint(path))}"
+            raise ValueError(f"{path} holds more than tensors and plain data, so it is not loaded ({why})") from None
+
+
 def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from the latest tag; returns the saved ``client_state``.
 
@@ -114,16 +180,14 @@ def load_checkpoint(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
     if not latest.is_file():
         raise FileNotFoundError(f"no learner checkpoint in {ckpt_dir} (the 'latest' file is missing)")
     tag = latest.read_text().strip()
+    check_tensor_files(ckpt_dir / tag)
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
     if path is None:
         raise FileNotFoundError(f"learner checkpoint {ckpt_dir / tag} could not be loaded")
     rng_file = ckpt_dir / tag / f"rng_rank{_rank()}.pt"
     if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_rng(rng_file)
     ref_file = ckpt_dir / tag / "reference.safetensors"
     client_state = dict(client_state or {})
     client_state["reference_file"] = str(ref_file) if ref_file.is_file() else None

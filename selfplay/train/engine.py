@@ -4,7 +4,9 @@ Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not 
 
 * **Rendezvous**: ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are set from the
   arguments; a single rank with no address given picks ``127.0.0.1`` and a free port itself, so a test or
-  a one-GPU machine needs no launcher and no Ray. Backend: NCCL with CUDA, gloo otherwise.
+  a one-GPU machine needs no launcher and no Ray. Backend: NCCL with CUDA, gloo otherwise. With a
+  loopback ``MASTER_ADDR`` (a local run) rank 0 hosts the store on a socket bound to that address:
+  torch's ``TCPStore`` would otherwise listen on every interface, whatever the address says.
 * **Optimizer**: a plain torch optimizer (``train.optimizer``: AdamW, RMSprop as SPIN, SPPO and the DPO
   authors use, or SGD) is handed to DeepSpeed as the client optimizer, so no fused/CPU Adam extension is
   compiled; ``zero_force_ds_cpu_optimizer: false`` lets it run with offload. RMSprop keeps one state
@@ -18,6 +20,7 @@ Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import torch
 
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 _saved_env: dict[str, str | None] | None = None
+_store_listener: socket.socket | None = None  # rank 0's loopback store socket, kept open while the group lives
 
 
 def free_port() -> int:
@@ -70,17 +74,45 @@ def init_distributed(rank: int, world_size: int, master_addr: str | None, master
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if _is_loopback(os.environ["MASTER_ADDR"]) and not torch.distributed.is_initialized():
+        _loopback_group(backend, rank, world_size, timedelta(seconds=timeout_s))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
                                timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _loopback_group(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
+    """The process group with its store on loopback; DeepSpeed then adopts the initialised group."""
+    global _store_listener
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    fd = None
+    if rank == 0:
+        host = "127.0.0.1" if addr == "localhost" else addr
+        _store_listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        _store_listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _store_listener.bind((host, port))
+        _store_listener.listen(128)
+        fd = _store_listener.fileno()
+    store = torch.distributed.TCPStore(addr, port, world_size, rank == 0, timeout=timeout, master_listen_fd=fd)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def destroy_distributed() -> None:
     """Leave the process group and restore the rendezvous environment variables set by init."""
     import deepspeed.comm as dist
 
-    global _saved_env
+    global _saved_env, _store_listener
     if torch.distributed.is_initialized():
         dist.destroy_process_group()
+    if _store_listener is not None:
+        _store_listener.close()
+        _store_listener = None
     for key, value in (_saved_env or {}).items():
         if value is None:
             os.environ.pop(key, None)
