@@ -18,6 +18,24 @@ vllm. Choices:
 * ``info()["last_load"]`` says what the last sync cost here: seconds to verify, seconds in the engine.
 * ``probe_logps`` uses ``prompt_logprobs=0``: the log-prob of each given token under the model, the
   same quantity the learner computes, for sync verification.
+* On the CPU backend, chunked prefill is off (:func:`cpu_scheduler_kwargs`). With it on, a prompt that
+  does not fit the step's token budget is prefilled in chunks, and vLLM samples a token after each
+  partial chunk and discards it. For a seeded request it then rewinds the request's generator with
+  ``get_offset``/``set_offset`` (``gpu_model_runner._bookkeeping_sync``), which only CUDA's Philox
+  generator has: a CPU ``torch.Generator`` raises ``RuntimeError: CPU Generator does not use offset``,
+  so every seeded run with enough prompt tokens crashed. Of the fixes, this is the one that uses a
+  setting vLLM supports (its CPU platform turns chunked prefill off itself for MLA models) and it gives
+  the stronger guarantee: no request ever draws a random number it throws away, so a request's samples
+  depend only on its own seed, not on how the scheduler split prompts into steps (which changes with the
+  batch, its order and prefix-cache hits). The alternatives were rejected: patching the worker to
+  snapshot and restore each seeded generator's Mersenne-Twister state around every step reaches into
+  model-runner internals that change every release; seeding the engine once instead of per request
+  makes a sample depend on its shard's other prompts. The cost is that a long prompt waits for a step
+  with room for all of it (the step budget is at least ``max_model_len``). Measured once on 2 shared
+  cores (nano policy, 512 prompts of 200-400 tokens, n=4, 32 new tokens, unseeded): 34-39 s against
+  29-33 s with chunking, about 15% slower, which we take for reproducible samples. On GPUs
+  chunked prefill stays on (Philox generators rewind). A user who turns it back on through the engine
+  kwargs gets a clear error on the first seeded call instead of vLLM's.
 
 vLLM is imported when an engine is constructed, never at module import.
 """
@@ -36,6 +54,17 @@ from selfplay.generate.weights import checkpoint_names, decode_sync, load_stats
 
 WORKER_EXTENSION = "selfplay.generate.vllm_worker.SelfplayWorkerExtension"
 BROKEN = -1
+CPU_STEP_TOKENS = 4096  # vLLM's own default step token budget for the CPU backend (LLM class)
+
+
+def cpu_scheduler_kwargs(max_model_len: int, user_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Scheduler settings for the CPU backend: chunked prefill off (see the module docstring), and a
+    step token budget that holds the longest prompt (vLLM refuses a smaller one when chunking is off).
+    Settings the user gave in ``user_kwargs`` are left to them."""
+    out: dict[str, Any] = {"enable_chunked_prefill": False}
+    if "max_num_batched_tokens" not in user_kwargs:
+        out["max_num_batched_tokens"] = max(max_model_len, CPU_STEP_TOKENS)
+    return out
 
 
 class VLLMEngine:
@@ -61,7 +90,12 @@ class VLLMEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            llm_kwargs = {**cpu_scheduler_kwargs(max_model_len, llm_kwargs), **llm_kwargs}
+        self._chunked_cpu = on_cpu and bool(llm_kwargs.get("enable_chunked_prefill"))
         if gpu_memory_utilization is not None:
             llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.model_path = Path(model_path)
@@ -92,6 +126,12 @@ class VLLMEngine:
         """``sampling.n`` completions for each prompt, in prompt order. ``first_index`` is the global index
         of ``prompts[0]`` (it selects the per-prompt seeds and is recorded in each completion)."""
         self._check_usable()
+        if self._chunked_cpu and sampling.seed is not None:
+            raise ValueError(
+                "seeded sampling on vLLM's CPU backend needs chunked prefill off (vLLM rewinds a seeded "
+                "generator after each partial prefill, which a CPU generator cannot do); remove "
+                "enable_chunked_prefill=True from the engine kwargs, or sample without a seed"
+            )
         ids = encode_prompts(self.tokenizer, list(prompts))
         params = [self._params(sampling, first_index + i) for i in range(len(ids))]
         outputs = self._llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
