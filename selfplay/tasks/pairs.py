@@ -1,9 +1,11 @@
 """Offline preference data: a file of (prompt, chosen, rejected) rows instead of generate -> judge.
 
-Used by offline DPO (one round on a fixed data set). Rows are validated when the task is built and a
-bad row names the file, the row and the column. A seeded share of *prompts* is held out for evaluation
-(their pairs are not trained on); ``pairs_table`` returns the training pairs in the column contract of
-``selfplay.pairs`` so the rest of the iteration does not know where the pairs came from.
+Used by offline DPO (one round on a fixed data set). Rows may be strings or TRL's conversational
+layouts (message lists, with or without a prompt column; see ``selfplay.tasks.formats``). Rows are
+validated when the task is built and a bad row names the file, the row and the column. A seeded share
+of *prompts* is held out for evaluation (their pairs are not trained on); ``pairs_table`` returns the
+training pairs in the column contract of ``selfplay.pairs`` so the rest of the iteration does not know
+where the pairs came from.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.tasks.base import Example, NoVerifierError
-from selfplay.tasks.dataset import _check_prompt, read_rows
+from selfplay.tasks.dataset import read_rows
+from selfplay.tasks.formats import parse_preference_row
 
 
 class PairsTask:
@@ -27,15 +30,13 @@ class PairsTask:
             raise ValueError(f"{self.path}: no rows")
         self.rows: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
-            for col in (prompt_column, chosen_column, rejected_column):
-                if col not in row:
-                    raise ValueError(f"{self.path}: row {i}: column {col!r} is missing")
-            prompt = _check_prompt(row[prompt_column], self.path, i, prompt_column)
-            for col in (chosen_column, rejected_column):
-                if not isinstance(row[col], str) or not row[col].strip():
-                    raise ValueError(f"{self.path}: row {i}: column {col!r} must be a non-empty string")
-            self.rows.append({"id": f"{self.path.stem}-{i}", "prompt": prompt,
-                              "chosen": row[chosen_column], "rejected": row[rejected_column]})
+            if not isinstance(row, dict):
+                raise ValueError(f"{self.path}: row {i}: expected an object, got {type(row).__name__}")
+            # string or conversational (TRL) layouts, with or without a prompt column: selfplay.tasks.formats
+            prompt, chosen, rejected = parse_preference_row(row, prompt_column, chosen_column, rejected_column,
+                                                            f"{self.path}: row {i}")
+            self.rows.append({"id": f"{self.path.stem}-{i}", "prompt": prompt, "chosen": chosen,
+                              "rejected": rejected})
         order = list(range(len(self.rows)))
         random.Random(split_seed).shuffle(order)
         n_eval = int(round(eval_fraction * len(order))) if eval_fraction > 0 else 0
