@@ -1,4 +1,4 @@
-"""A judge of your own: reward responses that use given words and stay short. The example of docs/judges.md.
+"""A judge of your own: reward responses that use given words, and shorter ones. The example of docs/judges.md.
 
 Use it with ``judge: {type: python, target: "docs.examples.keyword_judge:KeywordJudge",
 kwargs: {words: [answer, because]}}``. A judge gets prompt groups (``.prompt_id``, ``.prompt``,
@@ -26,6 +26,6 @@ class KeywordJudge:
                     row.append(None)  # an empty response: undecided, not "bad"
                     continue
                 hits = sum(w in tokens for w in self.words) / len(self.words)
-                row.append(hits - 0.5 * (len(tokens) > self.max_words))
+                row.append(hits - 0.5 * min(1.0, len(tokens) / self.max_words))  # up to -0.5 for length
             out.append(row)
         return out

@@ -82,7 +82,7 @@ def test_own_judge_scores_and_abstains():
     groups = [PromptGroup("p-1", [{"role": "user", "content": "Q"}],
                           ["Here is a tip: water daily.", "No.", "", " ".join(["word"] * 50)])]
     (scores,) = run_judge(judge, groups)
-    assert scores[0] == 1.0 and scores[1] == 0.0 and scores[2] is None and scores[3] == -0.5
+    assert scores == [pytest.approx(1 - 0.5 * 6 / 40), pytest.approx(-0.5 / 40), None, -0.5]
 
 
 def test_guide_recipe_validates_and_reads_multi_turn_chat_rows(tmp_path):
