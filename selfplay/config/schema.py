@@ -98,6 +98,15 @@ class SortingTaskConfig(Section):
         return self
 
 
+class WordProblemTaskConfig(Section):
+    """Templated grade-school word problems (55-120 words of prose) with an integer answer, graded on the
+    last number of the response (GSM8K style: commas, units and a `####` marker tolerated)."""
+
+    type: Literal["word_problems"]
+    chat: bool = True
+    """Give prompts as chat messages instead of plain text."""
+
+
 class DatasetTaskConfig(Section):
     type: Literal["dataset"]
     path: str
@@ -144,7 +153,8 @@ class PythonTaskConfig(Section):
 
 
 TaskConfig = Annotated[
-    ArithmeticTaskConfig | SortingTaskConfig | DatasetTaskConfig | PairsTaskConfig | PythonTaskConfig,
+    ArithmeticTaskConfig | SortingTaskConfig | WordProblemTaskConfig | DatasetTaskConfig | PairsTaskConfig
+    | PythonTaskConfig,
     Field(discriminator="type"),
 ]
 

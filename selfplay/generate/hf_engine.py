@@ -187,18 +187,28 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------ weights
     def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
-        """Verify every bucket, then ``load_state_dict`` them (strict, a copy into the model's own
-        parameters: the verified tensors are views into ``blobs``). Engine unchanged on error."""
+        """Verify every bucket, then ``load_state_dict`` them (a copy into the model's own parameters:
+        the verified tensors are views into ``blobs``; only tied aliases may be absent). Engine unchanged
+        on error."""
         start = time.perf_counter()
-        named, digest = decode_sync(blobs, version, self.model.state_dict().keys())
+        named, digest = decode_sync(blobs, version, [n for n, _ in self.named_weights()])
         verified = time.perf_counter()
-        self.model.load_state_dict(dict(named), strict=True)
+        missing, unexpected = self.model.load_state_dict(dict(named), strict=False)
+        if unexpected or set(missing) - self._tied_names():  # pragma: no cover - decode_sync checked names
+            raise RuntimeError(f"weight load: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.version, self.checksum = version, digest
         self.last_load = load_stats(blobs, version, verified - start, time.perf_counter() - verified)
         return digest
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self.model.state_dict().items()
+        """Weights under the names a checkpoint and the learner use: each parameter once (a tied
+        ``lm_head.weight`` is the embedding, and is not sent twice), then the persistent buffers."""
+        persistent = set(self.model.state_dict())
+        yield from ((n, p.detach()) for n, p in self.model.named_parameters())
+        yield from ((n, b) for n, b in self.model.named_buffers() if n in persistent)
+
+    def _tied_names(self) -> set[str]:
+        return set(self.model.state_dict()) - {n for n, _ in self.named_weights()}
 
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0) -> list[bytes]:
         """The learner-side call of a sync: this model's weights packed into buckets."""

@@ -2,7 +2,9 @@
 
 * ``VerifierJudge`` calls ``task.score(example, response)`` for each sample: 0/1 for an exact answer,
   a fraction for a graded task. The example is rebuilt from the group (id, prompt, reference, meta), so
-  the verifier sees what the task produced.
+  the verifier sees what the task produced. The verifier contract is a score in [0, 1] or ``None``
+  (undecided: the sample takes part in no pair); anything else (above 1, negative, not a number) is a
+  ``JudgeError`` naming the task, the prompt and the value, and a NaN is refused by ``run_judge``.
 * ``SFTJudge`` (SPIN) scores a sample 1.0 when it equals the reference after whitespace normalisation
   and 0.0 otherwise; the ``reference`` pairing strategy then makes (reference, sample) pairs from the
   0.0 samples only, so a sample identical to the reference never becomes a "rejected" copy of it.
@@ -39,8 +41,23 @@ class VerifierJudge:
         out: Scores = []
         for g in groups:
             example = Example(id=g.prompt_id, prompt=g.prompt, reference=g.reference, meta=dict(g.meta))
-            out.append([float(self.task.score(example, r)) for r in g.responses])
+            out.append([self._check(self.task.score(example, r), g.prompt_id) for r in g.responses])
         return out
+
+    def _check(self, value: Any, prompt_id: str) -> float | None:
+        from selfplay.judges.base import JudgeError
+
+        if value is None:
+            return None
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise JudgeError(f"{type(self.task).__name__}.score on prompt {prompt_id!r} returned {value!r}; "
+                             "expected a float in [0, 1] or None") from None
+        if not 0.0 <= score <= 1.0 and score == score:  # NaN passes here; run_judge names it
+            raise JudgeError(f"{type(self.task).__name__}.score on prompt {prompt_id!r} returned {score}; "
+                             "a verifier score must be in [0, 1] (or None: undecided)")
+        return score
 
 
 class SFTJudge:

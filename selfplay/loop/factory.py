@@ -26,6 +26,8 @@ def build_task_from_config(cfg: RunConfig):
     if t.type == "sorting":
         return build_task("sorting", min_len=t.min_len, max_len=t.max_len, max_value=t.max_value,
                           descending=t.descending, partial_credit=t.partial_credit, chat=t.chat, **sizes)
+    if t.type == "word_problems":
+        return build_task("word_problems", chat=t.chat, **sizes)
     if t.type == "dataset":
         return build_task("dataset", path=t.path, prompt_column=t.prompt_column, reference_column=t.reference_column,
                           id_column=t.id_column, eval_path=t.eval_path, eval_fraction=t.eval_fraction,

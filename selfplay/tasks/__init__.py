@@ -5,6 +5,7 @@
 * ``arithmetic`` -> ``ArithmeticTask(level, partial_credit, chat, train_size, eval_size)``
 * ``sorting`` -> ``SortingTask(min_len, max_len, max_value, descending, partial_credit, chat,
   train_size, eval_size)``
+* ``word_problems`` -> ``WordProblemTask(chat, train_size, eval_size)``
 * ``dataset`` -> ``DatasetTask(path, prompt_column, reference_column, id_column, eval_path,
   eval_fraction, split_seed, split, eval_split)``
 * ``python`` -> ``load_object(target)(**params)``: a user's class or factory named ``"module:attr"``
@@ -22,8 +23,9 @@ from selfplay.tasks.arithmetic import LEVELS, ArithmeticTask
 from selfplay.tasks.base import Example, NoVerifierError, Task, check_task
 from selfplay.tasks.dataset import DatasetTask
 from selfplay.tasks.sorting import SortingTask
+from selfplay.tasks.word_problems import WordProblemTask
 
-TASK_KINDS = ("arithmetic", "sorting", "dataset", "python")
+TASK_KINDS = ("arithmetic", "sorting", "word_problems", "dataset", "python")
 
 __all__ = [
     "LEVELS",
@@ -34,17 +36,20 @@ __all__ = [
     "NoVerifierError",
     "SortingTask",
     "Task",
+    "WordProblemTask",
     "build_task",
     "check_task",
 ]
 
 
 def build_task(kind: str, **params: Any) -> Task:
-    """Build the task of ``kind`` ("arithmetic" | "sorting" | "dataset" | "python") from ``params``."""
+    """Build the task of ``kind`` (one of ``TASK_KINDS``) from ``params``."""
     if kind == "arithmetic":
         return _call(ArithmeticTask, params, "arithmetic task")
     elif kind == "sorting":
         return _call(SortingTask, params, "sorting task")
+    elif kind == "word_problems":
+        return _call(WordProblemTask, params, "word_problems task")
     elif kind == "dataset":
         return _call(DatasetTask, params, "dataset task")
     elif kind == "python":

@@ -6,6 +6,8 @@ raises ``NoVerifierError`` - pair such a task with a judge.
 
 Choices:
 
+* A chat prompt that ends with an assistant message (the SFT ``messages`` layout) is split: the
+  messages before it are the prompt and that reply is the reference, unless ``reference_column`` is set.
 * Every row is validated when the task is built, so a bad file fails before any generation; the
   ``ValueError`` names the file, the 0-based row index and the column. A row without the reference
   column has no reference (jsonl rows may omit it), but a reference column that no row has is an error.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
+from selfplay.tasks.formats import split_conversation
 
 ROLES = ("system", "user", "assistant")
 
@@ -136,6 +139,9 @@ class DatasetTask:
             prompt = _check_prompt(row[prompt_col], path, i, prompt_col)
             has_ref = has_ref or (ref_col in row)
             reference = row.get(ref_col) if ref_col else None
+            if ref_col is None and isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+                # an SFT-layout conversation: the last assistant reply is the reference (formats.py)
+                prompt, reference = split_conversation(prompt, f"{path}: row {i}: column {prompt_col!r}")
             if reference is not None and not isinstance(reference, str):
                 raise ValueError(f"{path}: row {i}: column {ref_col!r} must be a string or null, "
                                  f"got {type(reference).__name__}")

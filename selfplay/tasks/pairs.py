@@ -1,10 +1,12 @@
 """Offline preference data: a file of (prompt, chosen, rejected) rows instead of generate -> judge.
 
-Used by offline DPO (one round on a fixed data set). Rows are validated when the task is built and a
-bad row names the file, the row and the column. A seeded share of the distinct *prompts* (compared by
-``prompt_key``: Unicode, case and whitespace normalised) is held out for evaluation: none of their pairs
-is trained on, and each is one eval prompt; ``pairs_table`` returns the training pairs in the column contract of
-``selfplay.pairs`` so the rest of the iteration does not know where the pairs came from.
+Used by offline DPO (one round on a fixed data set). Rows may be strings or TRL's conversational
+layouts (message lists, with or without a prompt column; see ``selfplay.tasks.formats``). Rows are
+validated when the task is built and a bad row names the file, the row and the column. A seeded share
+of the distinct *prompts* (compared by ``prompt_key``: Unicode, case and whitespace normalised) is held
+out for evaluation: none of their pairs is trained on, and each is one eval prompt; ``pairs_table``
+returns the training pairs in the column contract of ``selfplay.pairs`` so the rest of the iteration
+does not know where the pairs came from.
 
 sDPO (Kim et al. 2024, "sDPO: Don't Use Your Data All at Once", arXiv:2403.19270): with ``chunks`` set,
 the training pairs are cut into that many chunks of near-equal size, in file order, and iteration k
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
-from selfplay.tasks.dataset import _check_prompt, read_rows
+from selfplay.tasks.dataset import read_rows
+from selfplay.tasks.formats import parse_preference_row
 
 
 class PairsTask:
@@ -36,15 +39,13 @@ class PairsTask:
             raise ValueError(f"{self.path}: no rows")
         self.rows: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
-            for col in (prompt_column, chosen_column, rejected_column):
-                if col not in row:
-                    raise ValueError(f"{self.path}: row {i}: column {col!r} is missing")
-            prompt = _check_prompt(row[prompt_column], self.path, i, prompt_column)
-            for col in (chosen_column, rejected_column):
-                if not isinstance(row[col], str) or not row[col].strip():
-                    raise ValueError(f"{self.path}: row {i}: column {col!r} must be a non-empty string")
-            self.rows.append({"id": f"{self.path.stem}-{i}", "prompt": prompt,
-                              "chosen": row[chosen_column], "rejected": row[rejected_column]})
+            if not isinstance(row, dict):
+                raise ValueError(f"{self.path}: row {i}: expected an object, got {type(row).__name__}")
+            # string or conversational (TRL) layouts, with or without a prompt column: selfplay.tasks.formats
+            prompt, chosen, rejected = parse_preference_row(row, prompt_column, chosen_column, rejected_column,
+                                                            f"{self.path}: row {i}")
+            self.rows.append({"id": f"{self.path.stem}-{i}", "prompt": prompt, "chosen": chosen,
+                              "rejected": rejected})
         keys = [prompt_key(r["prompt"]) for r in self.rows]
         held_out = held_out_keys(keys, eval_fraction, split_seed)
         self._train = [i for i, k in enumerate(keys) if k not in held_out]

@@ -113,3 +113,15 @@ def test_malformed_files(tmp_path):
     (tmp_path / "x.csv").write_text("prompt\na\n")
     with pytest.raises(ValueError, match="unsupported format"):
         DatasetTask(tmp_path / "x.csv")
+
+
+def test_sft_layout_conversations_give_prompt_and_reference(tmp_path):
+    """TRL's conversational SFT rows (``messages`` ending with the assistant's reply)."""
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Hi {i}"},
+                          {"role": "assistant", "content": f"Hello {i}"}, {"role": "user", "content": "2+2?"},
+                          {"role": "assistant", "content": "4"}]} for i in range(10)]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = DatasetTask(path, prompt_column="messages", eval_fraction=0.2)
+    for ex in task.train_examples() + task.eval_examples():
+        assert ex.reference == "4" and len(ex.prompt) == 4 and ex.prompt[-1] == {"role": "user", "content": "2+2?"}

@@ -67,3 +67,56 @@ def test_sdpo_chunks_hand_each_iteration_its_own_part_in_file_order(tmp_path):
         task.pairs_table(iteration=3)
     with pytest.raises(ValueError, match="21 training pairs cannot make task.chunks=40"):
         PairsTask(path, eval_fraction=0.1, split_seed=1, chunks=40).pairs_table(iteration=0)
+
+
+# --- TRL's conversational layouts (selfplay.tasks.formats)
+SYSTEM = {"role": "system", "content": "Be concise."}
+
+
+def _conversational_rows():
+    """Three layouts of the same kind of data: explicit prompt with message completions, implicit prompt
+    (UltraFeedback-binarized: whole conversations, no prompt column), and multi-turn prompts."""
+    explicit, implicit = [], []
+    for i in range(12):
+        turns = [SYSTEM, {"role": "user", "content": f"What is {i}+1?"}]
+        if i % 3 == 0:  # multi-turn: an earlier exchange before the question
+            turns = [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                     turns[1]]
+        good, bad = {"role": "assistant", "content": str(i + 1)}, {"role": "assistant", "content": "no idea"}
+        explicit.append({"prompt": turns, "chosen": [good], "rejected": [bad]})
+        implicit.append({"chosen": [*turns, good], "rejected": [*turns, bad], "score_chosen": 9.0})
+    return explicit, implicit
+
+
+@pytest.mark.parametrize("layout", ["explicit", "implicit"])
+def test_conversational_layouts_give_message_prompts_and_text_completions(tmp_path, layout):
+    explicit, implicit = _conversational_rows()
+    rows = explicit if layout == "explicit" else implicit
+    path = _write(tmp_path / f"{layout}.jsonl", rows)
+    task = PairsTask(path, eval_fraction=0.25, split_seed=1)
+    table = task.pairs_table()
+    held = task.eval_examples()
+    assert table.num_rows + len(held) == 12
+    for rec in table.to_pylist():
+        i = int(rec["prompt_id"].rsplit("-", 1)[1])
+        assert json.loads(rec["prompt"]) == explicit[i]["prompt"]  # the implicit prompt is the shared prefix
+        assert rec["chosen"] == str(i + 1) and rec["rejected"] == "no idea"
+    multi = [json.loads(r["prompt"]) for r in table.to_pylist() if len(json.loads(r["prompt"])) == 4]
+    assert multi and all(m[2]["role"] == "assistant" for m in multi)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+      "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "c"}]},
+     r"row 1: .*must share every message but the last"),
+    ({"prompt": [{"role": "user", "content": "a"}],
+      "chosen": [{"role": "assistant", "content": "b"}, {"role": "user", "content": "more"}],
+      "rejected": "c"}, r"row 1: column 'chosen': a completion must be one assistant message"),
+    ({"prompt": [{"role": "robot", "content": "a"}], "chosen": "b", "rejected": "c"},
+     r"row 1: column 'prompt': message 0 must be"),
+    ({"chosen": "b", "rejected": "c"}, r"row 1: column 'chosen' \(no 'prompt' column"),
+])
+def test_malformed_conversational_rows_name_row_and_column(tmp_path, bad, message):
+    path = _write(tmp_path / "bad.jsonl", [{"prompt": "0+1=", "chosen": "1", "rejected": "2"}, bad])
+    with pytest.raises(ValueError, match=message):
+        PairsTask(path)
