@@ -131,3 +131,16 @@ def test_held_out_keys_is_seeded_and_never_takes_everything():
     assert len(held_out_keys(["a", "b"], 0.99, 0)) == 1
     assert held_out_keys(["a", "a"], 0.5, 0) == set()
     assert held_out_keys(keys, 0.0, 0) == set()
+
+
+def test_word_problem_eval_problems_are_never_trained_under_another_wording():
+    from selfplay.tasks.word_problems import WordProblemTask
+
+    task = WordProblemTask()
+    train = task.train_examples(2000, seed=0)
+    evals = task.eval_examples(200, seed=0)
+    # The key is the template and its numbers: a held-out problem retold with another name or filler
+    # sentence is the same problem, and must not be in training.
+    assert not {e.meta["key"] for e in train} & {e.meta["key"] for e in evals}
+    train_texts = {e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt for e in train}
+    assert not train_texts & {e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt for e in evals}
