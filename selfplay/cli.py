@@ -54,6 +54,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command-line input that cannot be used; the message names it and what is allowed."""
+
+
+def _check_train_rm(args: argparse.Namespace) -> None:
+    from selfplay.models.check import model_dir_problems
+
+    problems = []
+    pairs = Path(args.pairs)
+    if not pairs.is_file():
+        problems.append(f"PAIRS: {pairs} does not exist (a .parquet or .jsonl file with prompt, chosen, rejected)")
+    elif pairs.suffix not in (".parquet", ".jsonl", ".json"):
+        problems.append(f"PAIRS: {pairs} must be a .parquet or .jsonl file")
+    base = Path(args.base)
+    if not (base / "config.json").is_file():
+        problems.append(f"--base: {base} is not a Hugging Face model directory (no config.json)")
+    else:
+        problems.extend(f"--base: {p}" for p in model_dir_problems(base, kind="classifier"))
+    if problems:
+        raise UsageError("train-rm: " + "; ".join(problems))
+
+
 def _run_dir(cfg, arg: str | None) -> Path:
     return Path(arg or cfg.run_dir or f"runs/{cfg.name}")
 
@@ -62,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
@@ -109,6 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train-rm":
         from selfplay.judges.train_rm import train_reward_model
 
+        _check_train_rm(args)
         metrics = train_reward_model(args.pairs, args.base, args.out, epochs=args.epochs, lr=args.lr,
                                      batch_size=args.batch_size, seed=args.seed)
         print(json.dumps(metrics, indent=2, default=str))
@@ -118,9 +141,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir(cfg, args.run_dir)
     if args.command == "prepare":
-        prepare_only(cfg, run_dir)
+        prepare_only(cfg, run_dir, source=args.recipe)
     else:
-        run(cfg, run_dir)
+        run(cfg, run_dir, source=args.recipe)
     return 0
 
 

@@ -39,8 +39,19 @@ class VerifierJudge:
         out: Scores = []
         for g in groups:
             example = Example(id=g.prompt_id, prompt=g.prompt, reference=g.reference, meta=dict(g.meta))
-            out.append([float(self.task.score(example, r)) for r in g.responses])
+            out.append([self._checked(self.task.score(example, r), g.prompt_id) for r in g.responses])
         return out
+
+    def _checked(self, value: Any, prompt_id: str) -> float:
+        """A verifier score is a number in [0, 1]: 3.0 would inflate accuracy, a string is a bug."""
+        import math
+        from numbers import Real
+
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+        if not ok:
+            raise ValueError(f"{type(self.task).__name__}.score returned {value!r} for prompt {prompt_id!r}; "
+                             "a verifier score is a float in [0, 1]")
+        return float(value)
 
 
 class SFTJudge:

@@ -203,11 +203,11 @@ def round_metrics(path: Path) -> dict[str, Any]:
     (a resumed round appends; a step logged twice counts once, the last write wins)."""
     if not path.exists():
         return {}
+    from selfplay.loop.rundir import read_jsonl
+
     steps: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
+    for rec in read_jsonl(path):  # a last line cut short by a killed learner is skipped
+        steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
     records = list(steps.values())
     if not records:
         return {}
