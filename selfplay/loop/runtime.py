@@ -102,7 +102,9 @@ def _accept_changes(rd: RunDir, cfg: RunConfig, changed: list[str]) -> None:
     rd.manifest.setdefault("recipe_changes", []).append(
         {"iteration": k, "sections": changed, "redone_from": first, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     done = rd.completed_iterations()
-    kept = f"iterations {', '.join(map(str, done))} keep the old settings; " if done else ""
+    many = len(done) > 1
+    kept = (f"iteration{'s' * many} {', '.join(map(str, done))} keep{'s' * (not many)} the old settings; "
+            if done else "")
     rd.notes.append(f"recipe changed ({', '.join(changed)}): {kept}iteration {k} is redone from stage {first}"
                     + (f" (stages {', '.join(redo)} were done and are redone)" if redo else "")
                     + (f"; moved aside: {', '.join(moved)}" if moved else ""))

@@ -121,6 +121,8 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
     info = {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+    if pool.last_run.get("unreadable"):  # damaged shards from an earlier attempt, generated again
+        info["unreadable_shards"] = pool.last_run["unreadable"]
     if pool.last_run.get("restored"):  # generators Ray restarted mid-stage, and the shards they redid
         info.update(restored=pool.last_run["restored"], regenerated_shards=sorted(pool.last_run["attempts"]))
     return info

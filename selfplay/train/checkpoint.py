@@ -73,10 +73,24 @@ def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype
         tokenizer.save_pretrained(tmp)
 
     try:
+        _refuse_nonfinite(state, out_dir)  # NaN/inf weights are never committed as a policy
         replace_dir(out_dir, build)
     finally:
         _barrier()
     return out_dir
+
+
+class NonFiniteWeightsError(ValueError):
+    """The weights to export hold NaN or inf; nothing was written."""
+
+
+def _refuse_nonfinite(state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"the trained weights hold NaN/inf in {len(bad)} of {len(state)} tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); {out_dir} was not written. Lower train.learning_rate or "
+            "check train_metrics.jsonl for the step where the loss diverged")
 
 
 def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_state: dict[str, Any],

@@ -110,3 +110,25 @@ def test_failed_checkpoint_keeps_the_last_good_one(learner, tmp_path, monkeypatc
     learner.load_checkpoint(ckpt)
     restored = weights(learner.export_weights())
     assert all(torch.equal(good[k], restored[k]) for k in good)
+
+
+def test_nonfinite_weights_are_never_exported(learner, tmp_path):
+    """A diverged round (NaN/inf weights) must not be committed as the iteration's policy."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "policy"
+    learner.save_hf(out)
+    before = (out / "model.safetensors").read_bytes()
+    name, param = next(iter(learner._local.engine.module.named_parameters()))
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.view(-1)[3] = float("inf")  # injected fault: one weight diverged
+    try:
+        with pytest.raises(Exception, match=r"NaN/inf in 1 of \d+ tensors \(.*embed_tokens.*\); .* was not written"):
+            learner.save_hf(out)
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    assert (out / "model.safetensors").read_bytes() == before  # the last good export is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]
+    assert torch.isfinite(AutoModelForCausalLM.from_pretrained(out).state_dict()[name.removeprefix("module.")]).all()
