@@ -8,7 +8,8 @@
   directory that looks complete but is not.
 * ``save_checkpoint``/``load_checkpoint``: DeepSpeed's own checkpoint (weights, optimizer shards, per rank)
   plus the learner's ``client_state`` (step, round position, scheduler) and each rank's RNG state. Every
-  save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
+  save gets a new tag (``step00000012``, or ``step00000012.1`` when that step is saved again, e.g. by a
+  round resumed exactly at its end); DeepSpeed's ``latest`` file is updated after the save completes,
   and older tags are removed only after that, so an interrupted save leaves the previous one usable.
 
 All of these are collective: every rank calls them.
@@ -97,7 +98,12 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
                     reference: torch.nn.Module | None = None) -> Path:
     """DeepSpeed checkpoint under a new tag, plus RNG (per rank) and a frozen reference (TDPO, rank 0)."""
     ckpt_dir = Path(ckpt_dir)
-    tag = f"{TAG_PREFIX}{global_step:08d}"
+    tag = base = f"{TAG_PREFIX}{global_step:08d}"
+    n = 0
+    while (ckpt_dir / tag).exists():  # the same step saved again (a round resumed at its end): beside it
+        n += 1
+        tag = f"{base}.{n}"
+    _barrier()  # every rank picked its tag before any rank writes one
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save(rng, ckpt_dir / tag / f"rng_rank{_rank()}.pt")

@@ -132,3 +132,33 @@ def test_nonfinite_weights_are_never_exported(learner, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before  # the last good export is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["policy"]
     assert torch.isfinite(AutoModelForCausalLM.from_pretrained(out).state_dict()[name.removeprefix("module.")]).all()
+
+
+def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_path, monkeypatch):
+    """A round resumed exactly at its end saves its last step again: a failure then must not damage
+    the checkpoint already there (the new one is written beside it, then swapped in)."""
+    ckpt = tmp_path / "checkpoint"
+    learner.train_round(learner.compute_reference(toy_pairs(8, seed=3)), checkpoint_dir=ckpt)
+    good = weights(learner.export_weights())
+    tag = (ckpt / "latest").read_text()
+    engine = learner.sync_handle.engine
+    real_save = engine.save_checkpoint
+    written = []
+
+    def partial_then_fail(save_dir, tag=None, **kwargs):
+        written.append(tag)
+        (Path(save_dir) / tag).mkdir(parents=True, exist_ok=True)
+        (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"half")
+        raise NO_SPACE
+
+    monkeypatch.setattr(engine, "save_checkpoint", partial_then_fail)
+    with pytest.raises(OSError, match="injected"):
+        learner._local.save_checkpoint(ckpt)  # same global step as the round's last save
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert written and written[0] != tag  # written beside the good one, not over it
+    assert (ckpt / "latest").read_text() == tag
+    learner.load_checkpoint(ckpt)
+    assert all(torch.equal(good[k], v) for k, v in weights(learner.export_weights()).items())
+    learner._local.save_checkpoint(ckpt)  # the retry succeeds and replaces the old tag
+    assert (ckpt / "latest").read_text() == f"{tag}.1" or (ckpt / "latest").read_text().startswith(tag + ".")
+    assert not (ckpt / tag).exists()
