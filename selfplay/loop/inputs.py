@@ -165,6 +165,13 @@ class FittedTask:
 
         return len(encode_prompts(self.tokenizer, [prompt])[0])
 
+    def lengths(self, prompts: list[Any]) -> list[int]:
+        """Token counts of many prompts; plain text without a chat template is encoded in one batch
+        (the same ids :func:`encode_prompts` gives one at a time)."""
+        if not getattr(self.tokenizer, "chat_template", None) and all(isinstance(p, str) for p in prompts):
+            return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]] if prompts else []
+        return [self.length(p) for p in prompts]
+
     def fit(self, ex: Any) -> Any | None:
         """``ex`` when it fits; else None (drop) or a copy with the prompt's start cut (truncate)."""
         if ex.id not in self._cache:
@@ -217,8 +224,8 @@ def check_prompt_lengths(cfg: RunConfig, task: Any) -> tuple[Any, list[str], lis
     splits = [("train", task.train_examples(None, seed=cfg.seed))]
     if cfg.evaluation.num_prompts > 0:
         splits.append(("eval", _examples(task, "eval", cfg.seed)))
-    long = [(split, ex, n) for split, items in splits for ex in items
-            if (n := fitted.length(ex.prompt)) > gen.max_prompt_tokens]
+    long = [(split, ex, n) for split, items in splits
+            for ex, n in zip(items, fitted.lengths([ex.prompt for ex in items])) if n > gen.max_prompt_tokens]
     if not long:
         return task, [], []
     rows = "; ".join(f"{_where(ex)} ({split}) has {n} tokens" for split, ex, n in long[:3])
