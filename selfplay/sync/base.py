@@ -137,16 +137,20 @@ def _get(ref: Any, target: Any, name: str, method: str, args: tuple, deadline: f
     import ray
 
     what = f"{name}.{method}"
-    for attempt in range(retries + 1):
+    deaths = 0
+    while True:
         try:
             return ray_get(ref, what, max(1.0, deadline - time.monotonic()))
         except RemoteCallError as exc:
-            died = isinstance(exc.__cause__, ray.exceptions.RayActorError)
-            if not died or attempt == retries or time.monotonic() + 1.0 >= deadline:
+            cause = exc.__cause__
+            if not isinstance(cause, ray.exceptions.RayActorError) or time.monotonic() + 1.0 >= deadline:
                 raise
-            time.sleep(1.0)  # Ray is restarting it: the call sent now waits in its queue
+            if not isinstance(cause, ray.exceptions.ActorUnavailableError):  # a death, not "still restarting"
+                deaths += 1
+                if deaths > retries:
+                    raise
+            time.sleep(1.0)  # Ray is restarting it: ask again
             ref = getattr(target, method).remote(*args)
-    raise AssertionError("unreachable")
 
 
 @dataclass
