@@ -143,7 +143,8 @@ def _get(ref: Any, target: Any, name: str, method: str, args: tuple, deadline: f
             return ray_get(ref, what, max(1.0, deadline - time.monotonic()))
         except RemoteCallError as exc:
             cause = exc.__cause__
-            if not isinstance(cause, ray.exceptions.RayActorError) or time.monotonic() + 1.0 >= deadline:
+            dead = isinstance(cause, ray.exceptions.RayActorError)
+            if not dead or retries == 0 or time.monotonic() + 1.0 >= deadline:
                 raise
             if not isinstance(cause, ray.exceptions.ActorUnavailableError):  # a death, not "still restarting"
                 deaths += 1
