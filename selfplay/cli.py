@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, StageError | RunDirError):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        print("finished stages and earlier iterations are kept; fix the cause and rerun to resume",
-              file=sys.stderr)
+        if isinstance(exc, StageError):
+            print("finished stages and earlier iterations are kept; fix the cause and rerun to resume (a changed "
+                  "generation, judge, pairing, train or sync setting is taken: the iteration is redone from the "
+                  "first stage it affects)", file=sys.stderr)
+        elif args.command in ("run", "prepare"):
+            print("nothing was changed; fix the cause and rerun to resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
