@@ -3,9 +3,13 @@
 Layout (the contract users and ``selfplay status`` rely on)::
 
     RUN_DIR/
-      manifest.json            recipe, package versions, each iteration's completed stages + timings
+      manifest.json            recipe, package versions, each iteration's completed stages + timings,
+                               SHA-256 pins of the inputs outside the run (``inputs``: policy.path,
+                               task.path, ...; a resume refuses a changed one), recipe changes
+                               taken on resume, and the last failure (``failed``, shown by status)
       recipe.yaml              the resolved recipe the run was started with
-      initial/policy/          the starting policy (preset built offline, after the optional SFT warm start)
+      initial/policy/          the starting policy (preset built offline, after the optional SFT warm start;
+                               a ``policy.path`` run without a warm start reads that directory, pinned)
       initial/eval.json        evaluation of the starting policy (the baseline every iteration is compared to)
       iter_000/
         generations/shard_*.parquet   written as generation proceeds (resume regenerates only missing shards)
