@@ -127,6 +127,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # with the reference run: 6 launches of 1-3 min each on 2 shared cores
 def test_random_faults_lose_nothing(reference, tmp_path):
     recipe, ref = reference
     seed = int(os.environ.get("SELFPLAY_FAULT_SEED", random.SystemRandom().randrange(10**6)))
