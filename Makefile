@@ -31,9 +31,10 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
+# The randomised fault harness (tests/faults/test_fault_harness.py) runs 12 faults here, 4 in `make test`.
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
-	$(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
+	SELFPLAY_FAULTS=12 $(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)

@@ -267,14 +267,15 @@ class GeneratorPool:
         self.heal()
         version = self.version()
         shards = plan_shards(prompts, self.gen_cfg.shard_size, sampling, version)
-        done = completed_shards(shard_dir, shards) if shard_dir is not None else set()
+        set_aside: list[str] = []
+        done = completed_shards(shard_dir, shards, set_aside) if shard_dir is not None else set()
         todo = [s for s in shards if s.index not in done]
         results, facts = run_shards(self, prompts, sampling, todo, version, shard_dir, on_shard)
         out: list[list[Completion]] = []
         for s in shards:
             out.extend(results[s.index] if s.index in results else read_shard(shard_path(shard_dir, s.index)))
         self.last_run = {"shards": len(shards), "generated": [s.index for s in todo], "reused": sorted(done),
-                         **facts}
+                         **({"unreadable": set_aside} if set_aside else {}), **facts}
         return out, time.perf_counter() - start
 
     # --- restarts

@@ -4,14 +4,22 @@
 it; the class is plain Python, so ``JudgeActor(cfg).score(groups)`` runs in-process exactly as the actor
 does (tests compare the two). ``spawn_judge`` starts it under Ray with explicit CPUs and torch threads
 and returns a ``RemoteJudge``, which has the ``Judge`` interface, so the driver cannot tell them apart.
+
+Restarts: the actor is started with ``max_restarts`` and ``RemoteJudge.score`` sends the prompts in
+chunks of ``CHUNK`` groups. When the actor dies, Ray restarts it (reloading the model) and only the
+chunk that was in flight is sent again; chunks already scored are kept. A chunk is a multiple of any
+batch size that divides 64 responses, so chunking does not change how the model batches.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from selfplay.judges.base import PromptGroup, Scores
-from selfplay.sync.base import ray_get
+from selfplay.sync.base import RemoteCallError, ray_get
+
+CHUNK = 64  # prompt groups per remote call: what one death of the actor can cost
 
 
 class JudgeActor:
@@ -43,19 +51,44 @@ SCORE_TIMEOUT_S = 3600.0
 class RemoteJudge:
     """The ``Judge`` interface over a ``JudgeActor`` handle."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, max_restarts: int = 0) -> None:
 
         self.handle = handle
+        self.max_restarts = max_restarts
+        self.restarts = 0  # deaths survived (the run's judge stats report them)
         self.name: str = ray_get(handle.name.remote(), "judge.name (start-up)", START_TIMEOUT_S)
 
     def score(self, groups: list[PromptGroup]) -> Scores:
+        out: Scores = []
+        for start in range(0, len(groups), CHUNK):
+            out.extend(self._score_chunk(groups[start:start + CHUNK], start, len(groups)))
+        return out
 
-        return ray_get(self.handle.score.remote(groups), f"judge.score({len(groups)} prompts)", SCORE_TIMEOUT_S)
+    def _score_chunk(self, chunk: list[PromptGroup], start: int, total: int) -> Scores:
+        import ray
+
+        what = f"judge.score(prompts {start}..{start + len(chunk) - 1} of {total})"
+        deadline, failed = time.monotonic() + START_TIMEOUT_S, False
+        while True:
+            try:
+                return ray_get(self.handle.score.remote(chunk), what, SCORE_TIMEOUT_S)
+            except RemoteCallError as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, ray.exceptions.RayActorError) or time.monotonic() > deadline:
+                    raise
+                restarting = isinstance(cause, ray.exceptions.ActorUnavailableError)
+                if not failed or not restarting:  # a (new) death of the actor: Ray restarts it
+                    if self.restarts >= self.max_restarts:
+                        raise
+                    self.restarts += 1
+                    failed = True
+                    deadline = time.monotonic() + START_TIMEOUT_S
+                time.sleep(1.0)  # then this chunk is sent again; chunks already scored are kept
 
     @property
     def stats(self) -> dict[str, Any]:
-
-        return ray_get(self.handle.stats.remote(), "judge.stats", START_TIMEOUT_S)
+        stats = ray_get(self.handle.stats.remote(), "judge.stats", START_TIMEOUT_S)
+        return {**stats, "judge_restarts": self.restarts} if self.restarts else stats
 
     def close(self) -> None:
         import ray
@@ -63,9 +96,11 @@ class RemoteJudge:
         ray.kill(self.handle)
 
 
-def spawn_judge(cfg: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int = 1) -> RemoteJudge:
-    """Start a ``JudgeActor`` for ``cfg`` (``reward_model`` or ``pairwise``) in the current Ray cluster."""
+def spawn_judge(cfg: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int = 1,
+                max_restarts: int = 3) -> RemoteJudge:
+    """Start a ``JudgeActor`` for ``cfg`` (``reward_model`` or ``pairwise``) in the current Ray cluster;
+    Ray restarts it up to ``max_restarts`` times."""
     import ray
 
-    actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(JudgeActor)
-    return RemoteJudge(actor.remote(cfg, threads=threads))
+    actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts)(JudgeActor)
+    return RemoteJudge(actor.remote(cfg, threads=threads), max_restarts=max_restarts)

@@ -63,6 +63,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command-line input that cannot be used; the message names it and what is allowed."""
+
+
+def _check_train_rm(args: argparse.Namespace) -> None:
+    from selfplay.models.check import model_dir_problems
+
+    problems = []
+    pairs = Path(args.pairs)
+    if not pairs.is_file():
+        problems.append(f"PAIRS: {pairs} does not exist (a .parquet or .jsonl file with prompt, chosen, rejected)")
+    elif pairs.suffix not in (".parquet", ".jsonl", ".json"):
+        problems.append(f"PAIRS: {pairs} must be a .parquet or .jsonl file")
+    base = Path(args.base)
+    if not (base / "config.json").is_file():
+        problems.append(f"--base: {base} is not a Hugging Face model directory (no config.json)")
+    else:
+        problems.extend(f"--base: {p}" for p in model_dir_problems(base, kind="classifier"))
+    if problems:
+        raise UsageError("train-rm: " + "; ".join(problems))
+
+
 def _run_dir(cfg, arg: str | None, source: str) -> Path:
     """``--run-dir``, else the recipe's ``run_dir``, else ``runs/<name>``: a name is one folder inside
     ``runs/`` (a ``/`` or ``..`` in it would write somewhere else)."""
@@ -96,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
@@ -106,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, StageError | RunDirError):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        print("finished stages and earlier iterations are kept; fix the cause and rerun to resume",
-              file=sys.stderr)
+        if isinstance(exc, StageError):
+            print("finished stages and earlier iterations are kept; fix the cause and rerun to resume (a changed "
+                  "generation, judge, pairing, train or sync setting is taken: the iteration is redone from the "
+                  "first stage it affects)", file=sys.stderr)
+        elif args.command in ("run", "prepare"):
+            print("nothing was changed; fix the cause and rerun to resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
@@ -153,6 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train-rm":
         from selfplay.judges.train_rm import train_reward_model
 
+        _check_train_rm(args)
         metrics = train_reward_model(args.pairs, args.base, args.out, epochs=args.epochs, lr=args.lr,
                                      batch_size=args.batch_size, seed=args.seed)
         print(json.dumps(metrics, indent=2, default=str))
@@ -162,9 +189,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir(cfg, args.run_dir, args.recipe)
     if args.command == "prepare":
-        prepare_only(cfg, run_dir)
+        prepare_only(cfg, run_dir, source=args.recipe)
     else:
-        run(cfg, run_dir)
+        run(cfg, run_dir, source=args.recipe)
     return 0
 
 

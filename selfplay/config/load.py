@@ -4,6 +4,10 @@ Errors are collected (not first-only) and each line names the field path, the ba
 allowed, e.g. ``train.beta: must be greater than 0 (got -1)``. Override values are parsed as YAML, so
 ``--set train.beta=0.2``, ``--set generation.stop=['\\n']`` and ``--set policy.path=null`` all work;
 an override of an unknown key is the same "unknown field" error as a typo in the file.
+
+The YAML loader refuses a key given twice in one mapping (plain YAML keeps the last one, so a second
+``train:`` section would silently replace the first), and a recipe that is not UTF-8 is an error naming
+the line of the first bad byte, not a decoding traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +22,41 @@ from pydantic import ValidationError
 from selfplay.config.schema import RunConfig
 
 _UNION_SECTIONS = {"task", "judge"}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (the default keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); "
+                "YAML would keep only the last one: merge them into one", key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _read_utf8(path: Path, name: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(name, [f"<recipe>: not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} "
+                                 "(save the recipe as UTF-8)"]) from None
 
 
 class ConfigError(ValueError):
@@ -126,7 +165,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         if not path.is_file():
             raise ConfigError(name, [f"recipe file not found: {path}"])
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load_unique(_read_utf8(path, name)) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -4,10 +4,14 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a reci
 names the field instead of a silently ignored setting. Field docstrings are the reference documentation
 (``selfplay schema`` prints them). Backends that differ in their parameters (task, judge) are
 discriminated unions on ``type``. Cross-field rules live in one ``model_validator`` per section.
+Numbers are strict where YAML is loose: ``.inf`` / ``.nan`` are refused everywhere (a non-finite
+learning rate would train to NaN weights), and a boolean is not a number (``iterations: true`` is not 1).
 """
 
 from __future__ import annotations
 
+import math
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,8 +22,29 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _numeric(annotation: Any) -> bool:
+    """True for int/float fields (also optional ones); False for bool and Literal fields."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) is Literal:  # Literal[0, 1, 2, 3] would take True as 1
+        return all(isinstance(a, int) and not isinstance(a, bool) for a in typing.get_args(annotation))
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(_numeric(a) for a in args if a is not type(None))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(f"{name}: must be a number, not a boolean (got {value})")
+        return data
 
 
 # --------------------------------------------------------------------------------------------- policy
@@ -201,6 +226,9 @@ class GenerationConfig(Section):
     (SPIN regenerates one fixed set); `files` = iteration k reads `prompt_files[k]` (RLHFlow, SPPO)."""
     prompt_files: list[str] = []
     """With `prompt_source: files`, one local parquet/jsonl per iteration (same prompt column as the task)."""
+    long_prompts: Literal["error", "drop", "truncate"] = "error"
+    """A prompt longer than `max_model_len - max_tokens` tokens: stop at load naming its row (`error`),
+    leave it out with a warning that counts them (`drop`), or keep its last tokens (`truncate`)."""
 
     @model_validator(mode="after")
     def _top_k(self) -> GenerationConfig:
@@ -210,7 +238,15 @@ class GenerationConfig(Section):
             raise ValueError("prompt_template: must contain {prompt}")
         if (self.prompt_source == "files") != bool(self.prompt_files):
             raise ValueError("prompt_files: give one file per iteration exactly when prompt_source is `files`")
+        if self.max_model_len <= self.max_tokens:
+            raise ValueError(f"max_model_len: {self.max_model_len} leaves no room for a prompt: it must be "
+                             f"larger than generation.max_tokens ({self.max_tokens}), which it includes")
         return self
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Longest prompt (in tokens) that still leaves room for `max_tokens` new ones."""
+        return self.max_model_len - self.max_tokens
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -370,6 +406,9 @@ class LossConfig(Section):
         if self.type not in ALL_LOSSES:
             raise ValueError(f"type: unknown loss {self.type!r}; allowed: {', '.join(ALL_LOSSES)}")
         allowed = loss_param_defaults(self.type)
+        bad = sorted(k for k, v in self.params.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise ValueError(f"params: {bad} must be finite numbers (got {[self.params[k] for k in bad]})")
         unknown = sorted(set(self.params) - set(allowed))
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"

@@ -9,6 +9,9 @@ per sample (columns of :class:`Completion`). Choices:
   the policy version, the sampling fingerprint and a hash of its prompts. Resuming reuses a shard only
   if all of that matches the current request; a mismatch is an error naming the shard, because mixing
   two settings in one iteration would be silent corruption.
+* A shard that cannot be read (a damaged file: bad magic bytes, cut short) is not trusted and not
+  fatal: it is renamed aside (``shard_i.parquet.unreadable-<id>``, kept for inspection), logged with its
+  path, and generated again like a missing one.
 * :func:`read_generations` concatenates shards in prompt order and checks there are no gaps or
   duplicates.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -83,8 +87,21 @@ def plan_shards(prompts: list[Any], shard_size: int, sampling: Sampling, version
     return shards
 
 
-def completed_shards(directory: str | Path, shards: list[Shard]) -> set[int]:
-    """Indices of ``shards`` already on disk; a shard written by another request is a :class:`ShardError`."""
+log = logging.getLogger(__name__)
+
+
+def _set_aside(path: Path, exc: Exception, set_aside: list[str] | None) -> None:
+    dest = path.with_name(f"{path.name}.unreadable-{uuid.uuid4().hex[:8]}")
+    os.replace(path, dest)
+    log.warning("generation shard %s is unreadable (%s: %s); moved to %s and generated again",
+                path, type(exc).__name__, exc, dest.name)
+    if set_aside is not None:
+        set_aside.append(str(path))
+
+
+def completed_shards(directory: str | Path, shards: list[Shard], set_aside: list[str] | None = None) -> set[int]:
+    """Indices of ``shards`` already on disk; a shard written by another request is a :class:`ShardError`.
+    An unreadable shard is moved aside (its path appended to ``set_aside``) and counts as missing."""
     directory = Path(directory)
     if not directory.is_dir():
         return set()
@@ -95,13 +112,22 @@ def completed_shards(directory: str | Path, shards: list[Shard]) -> set[int]:
         path = shard_path(directory, shard.index)
         if not path.exists():
             continue
-        meta = shard_meta(path)
+        try:
+            meta = shard_meta(path)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            _set_aside(path, exc, set_aside)
+            continue
         diff = sorted(k for k in shard.meta if meta.get(k) != shard.meta[k])
         if diff:
             raise ShardError(
                 f"{path} was written by a different request (differs in {', '.join(diff)}); "
                 f"remove {directory} to generate again"
             )
+        try:
+            read_shard(path)  # the footer alone can be intact while the data is not
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            _set_aside(path, exc, set_aside)
+            continue
         done.add(shard.index)
     return done
 

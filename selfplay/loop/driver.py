@@ -22,11 +22,12 @@ from selfplay.loop.rundir import RunDir
 from selfplay.loop.runtime import Runtime, open_run_dir
 
 
-def run(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
+def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>") -> RunDir:
     """Run (or resume) every iteration of ``cfg`` in ``run_dir``."""
-    preflight(cfg)
+    checked = preflight(cfg, source)
     rd = open_run_dir(cfg, run_dir)
-    with Runtime(cfg, rd, console=console) as rt:
+    with Runtime(cfg, rd, console=console, task=checked.task) as rt:
+        _start(rt, checked.warnings)
         if not rd.manifest.get("prepared"):
             _stage(rt, "prepare", lambda: stages.prepare(rt))
         for k in range(rd.next_iteration(), cfg.iterations):
@@ -38,14 +39,23 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
     return rd
 
 
-def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None) -> RunDir:
+def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>") -> RunDir:
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
-    preflight(cfg)
+    checked = preflight(cfg, source)
     rd = open_run_dir(cfg, run_dir)
-    with Runtime(cfg, rd, console=console) as rt:
+    with Runtime(cfg, rd, console=console, task=checked.task) as rt:
+        _start(rt, checked.warnings)
         if not rd.manifest.get("prepared"):
             _stage(rt, "prepare", lambda: stages.prepare(rt))
     return rd
+
+
+def _start(rt: Runtime, warnings: list[str]) -> None:
+    rt.rd.clear_failure()
+    for warning in warnings:
+        rt.log(f"warning: {warning}")
+    for line in rt.rd.resume_notes():
+        rt.log(line)
 
 
 def run_iteration(rt: Runtime, k: int) -> None:

@@ -1,43 +1,87 @@
 """Checks that need the filesystem, run before anything is started or written.
 
-The schema validates a recipe's shape; this validates what it points at (model directories, data
-files), so a typo in a path fails in a second with the field named, not minutes later inside an actor.
+The schema validates a recipe's shape; this validates what it points at, so a bad input fails in
+seconds with the field named, not minutes later inside an actor:
+
+* model directories: ``config.json`` readable, the safetensors headers complete (a truncated file is
+  named), tensor shapes equal to what the config describes, and the tokenizer no larger than
+  ``vocab_size`` (:mod:`selfplay.models.check`; no weights are read);
+* data files: present, UTF-8 (the file and line of a bad byte);
+* the task itself (:mod:`selfplay.loop.inputs`): it builds, returns ``Example`` objects, has enough
+  prompts, a verifier scoring in [0, 1], pairs that differ, and prompts that fit the generator.
+
+``preflight`` returns the built task (so the run does not load the data twice) and the warnings to log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from selfplay.config import ConfigError, RunConfig
 
 
-def preflight(cfg: RunConfig, source: str = "<recipe>") -> None:
+@dataclass
+class Preflight:
+    task: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def preflight(cfg: RunConfig, source: str = "<recipe>", *, check_task: bool = True) -> Preflight:
+    from selfplay.loop.inputs import utf8_problem
+    from selfplay.models.check import model_dir_problems
+
     problems: list[str] = []
 
-    def need_model(field: str, path: str | None) -> None:
+    def need_model(field_name: str, path: str | None, kind: str | None) -> None:
         if path is None:
             return
         p = Path(path)
         if not p.exists():
-            problems.append(f"{field}: {path} does not exist (models load from local directories only)")
+            problems.append(f"{field_name}: {path} does not exist (models load from local directories only)")
         elif not (p / "config.json").is_file():
-            problems.append(f"{field}: {path} is not a Hugging Face model directory (no config.json)")
+            problems.append(f"{field_name}: {path} is not a Hugging Face model directory (no config.json)")
+        elif kind is not None:
+            problems.extend(f"{field_name}: {p}" for p in model_dir_problems(p, kind))
 
-    def need_file(field: str, path: str | None) -> None:
-        if path is not None and not Path(path).exists():
-            problems.append(f"{field}: {path} does not exist")
+    def need_file(field_name: str, path: str | None) -> None:
+        if path is None:
+            return
+        if not Path(path).exists():
+            problems.append(f"{field_name}: {path} does not exist")
+        elif (bad := utf8_problem(Path(path))) and Path(path).suffix in (".jsonl", ".json"):
+            problems.append(f"{field_name}: {bad}")
 
-    need_model("policy.path", cfg.policy.path)
+    need_model("policy.path", cfg.policy.path, "causal_lm")
     if cfg.task.type in ("dataset", "pairs"):
         need_file("task.path", cfg.task.path)
     if cfg.task.type == "dataset":
         need_file("task.eval_path", cfg.task.eval_path)
     if cfg.judge is not None and cfg.judge.type in ("reward_model", "pairwise", "llm_judge"):
-        need_model("judge.path", cfg.judge.path)
+        kind = {"reward_model": "classifier", "llm_judge": "causal_lm"}.get(cfg.judge.type)
+        need_model("judge.path", cfg.judge.path, kind)
     if not problems and cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0:
         problems += _eval_rows(cfg)
     if problems:
         raise ConfigError(source, problems)
+    return _check_task(cfg, source) if check_task else Preflight()
+
+
+def _check_task(cfg: RunConfig, source: str) -> Preflight:
+    from selfplay.loop import inputs
+
+    try:
+        task = inputs.build_checked_task(cfg)
+        problems, warnings = inputs.check_task(cfg, task)
+        if not problems:
+            task, problems, more = inputs.check_prompt_lengths(cfg, task)
+            warnings += more
+    except inputs.InputProblems as exc:
+        raise ConfigError(source, exc.problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return Preflight(task=task, warnings=warnings)
 
 
 def _eval_rows(cfg: RunConfig) -> list[str]:

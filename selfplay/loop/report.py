@@ -5,10 +5,9 @@ Only matplotlib's non-interactive Agg backend is used, so it works on a headless
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from selfplay.loop.rundir import STAGES, RunDir
+from selfplay.loop.rundir import STAGES, RunDir, read_jsonl
 from selfplay.loop.status import status_rows
 
 
@@ -17,9 +16,7 @@ def _train_steps(rd: RunDir) -> list[dict]:
     for k in rd.completed_iterations() or sorted(int(i) for i in rd.manifest.get("iterations", {})):
         path = rd.iter_dir(k) / "train_metrics.jsonl"
         if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    steps.append({"iteration": k, **json.loads(line)})
+            steps.extend({"iteration": k, **rec} for rec in read_jsonl(path))
     return steps
 
 

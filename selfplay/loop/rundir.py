@@ -3,9 +3,13 @@
 Layout (the contract users and ``selfplay status`` rely on)::
 
     RUN_DIR/
-      manifest.json            recipe, package versions, each iteration's completed stages + timings
+      manifest.json            recipe, package versions, each iteration's completed stages + timings,
+                               SHA-256 pins of the inputs outside the run (``inputs``: policy.path,
+                               task.path, ...; a resume refuses a changed one), recipe changes
+                               taken on resume, and the last failure (``failed``, shown by status)
       recipe.yaml              the resolved recipe the run was started with
-      initial/policy/          the starting policy (preset built offline, after the optional SFT warm start)
+      initial/policy/          the starting policy (preset built offline, after the optional SFT warm start;
+                               a ``policy.path`` run without a warm start reads that directory, pinned)
       initial/eval.json        evaluation of the starting policy (the baseline every iteration is compared to)
       iter_000/
         generations/shard_*.parquet   written as generation proceeds (resume regenerates only missing shards)
@@ -21,8 +25,11 @@ artifact is only trusted then: resuming means finding the first stage the manife
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,6 +74,60 @@ def write_parquet(path: Path, table) -> Path:
     return _atomic(Path(path), lambda p: pq.write_table(table, p))
 
 
+def read_json(path: Path) -> Any:
+    """A JSON artifact; a damaged one is a :class:`RunDirError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); delete it and rerun to write it again") from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines log. A last line cut short (a writer killed mid-line, no newline) is
+    skipped; any other bad line is a :class:`RunDirError` naming the file and line."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # no newline after it: the write was interrupted
+                continue
+            raise RunDirError(f"{path}: line {lineno} is not valid JSON ({exc})") from None
+    return records
+
+
+def input_paths(cfg: Any) -> dict[str, str]:
+    """The recipe fields naming files or directories outside the run that the run reads."""
+    out = {"policy.path": cfg.policy.path}
+    out["task.path"] = getattr(cfg.task, "path", None)
+    out["task.eval_path"] = getattr(cfg.task, "eval_path", None)
+    out["judge.path"] = getattr(cfg.judge, "path", None) if cfg.judge is not None else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checksums(root: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {size, sha256}}`` of a file, or of every file under a directory."""
+    if root.is_file():
+        return {".": {"size": root.stat().st_size, "sha256": _sha256(root)}}
+    if not root.is_dir():
+        return {}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                            p.relative_to(root).parts))
+    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+
+
 def read_parquet(path: Path):
     import pyarrow.parquet as pq
 
@@ -80,11 +141,12 @@ class RunDir:
         self.root = Path(root).resolve()
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = self._read() if self.manifest_path.exists() else {}
+        self.notes: list[str] = []  # what opening it decided (recipe changes), for the run's log
 
     def _read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{self.manifest_path} is not valid JSON ({exc}): not written by selfplay") from None
 
     @property
@@ -144,6 +206,79 @@ class RunDir:
     def next_iteration(self) -> int:
         done = self.completed_iterations()
         return done[-1] + 1 if done else 0
+
+    def resume_notes(self) -> list[str]:
+        """What a resumed run keeps, in one line ("resuming at iteration 1: ..."); none for a new run."""
+        iterations = self.manifest.get("iterations", {})
+        if not self.manifest.get("prepared") and not iterations:
+            return list(self.notes)
+        k = self.next_iteration()
+        done = self.completed_iterations()
+        kept = list(iterations.get(str(k), {}).get("stages", {}))
+        parts = ["starting policy kept" if not done else
+                 f"iteration{'s' if len(done) > 1 else ''} {', '.join(map(str, done))} complete"]
+        if kept:
+            parts.append(f"stages {', '.join(kept)} kept")
+        shards = sorted((self.iter_dir(k) / "generations").glob("shard_*.parquet"))
+        if "generate" not in kept and shards:
+            parts.append(f"generate: {len(shards)} shard(s) on disk, reused where they match")
+        latest = self.iter_dir(k) / "checkpoint" / "latest"
+        if "train" not in kept and latest.is_file():
+            parts.append(f"train: continues from checkpoint {latest.read_text().strip()}")
+        return [*self.notes, f"resuming at iteration {k}: " + "; ".join(parts)]
+
+    # --- failures (``selfplay status`` shows them; the next run clears them)
+    def record_failure(self, k: int | None, stage: str, error: str) -> None:
+        if not self.manifest:
+            return
+        self.manifest["failed"] = {"iteration": k, "stage": stage, "error": error[-2000:],
+                                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with contextlib.suppress(OSError):  # the failure may be the disk itself; the error is raised anyway
+            self.save()
+
+    def clear_failure(self) -> None:
+        if self.manifest.pop("failed", None) is not None:
+            self.save()
+
+    # --- inputs the run trusts (pinned by checksum; a changed one is refused on resume)
+    def pin_inputs(self, cfg: Any) -> None:
+        self.manifest["inputs"] = {name: {"path": str(Path(p).resolve()), "files": _checksums(Path(p))}
+                                   for name, p in input_paths(cfg).items()}
+        self.save()
+
+    def check_pins(self) -> None:
+        for name, pin in self.manifest.get("inputs", {}).items():
+            root, now = Path(pin["path"]), _checksums(Path(pin["path"]))
+            for rel, before in sorted(pin["files"].items()):
+                path = root / rel if rel != "." else root
+                if rel not in now:
+                    raise RunDirError(f"{name}: {path} is gone since the run started; restore it, or start a "
+                                      "new --run-dir")
+                if now[rel] != before:
+                    raise RunDirError(f"{name}: {path} changed since the run started (sha256 "
+                                      f"{before['sha256'][:12]}... is now {now[rel]['sha256'][:12]}...); "
+                                      "restore it, or start a new --run-dir")
+            added = sorted(set(now) - set(pin["files"]))
+            if added:
+                raise RunDirError(f"{name}: {root / added[0]} was added since the run started; remove it, or "
+                                  "start a new --run-dir")
+
+    def supersede(self, k: int, stages: list[str], artifacts: list[str]) -> list[str]:
+        """Forget ``stages`` of iteration ``k`` and move ``artifacts`` (names in its directory) aside
+        into ``iter_k/superseded/<n>/``: redone work never appends to, or resumes from, the old."""
+        entry = self.manifest.get("iterations", {}).get(str(k))
+        for stage in stages:
+            if entry is not None:
+                entry["stages"].pop(stage, None)
+        present = [a for a in artifacts if (self.iter_dir(k) / a).exists()]
+        if present:
+            base = self.iter_dir(k) / "superseded"
+            dest = base / str(len(list(base.glob("*"))) if base.exists() else 0)
+            dest.mkdir(parents=True)
+            for name in present:
+                shutil.move(str(self.iter_dir(k) / name), str(dest / name))
+        self.save()
+        return [str((self.iter_dir(k) / a).relative_to(self.root)) for a in present]
 
     def current_policy(self) -> Path:
         """The newest committed policy: the last complete iteration's, else the initial one."""

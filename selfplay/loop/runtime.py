@@ -16,14 +16,23 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig, dump_config
-from selfplay.loop.rundir import RunDir, RunDirError
+from selfplay.loop.rundir import STAGES, RunDir, RunDirError, write_text
 
 # Fields a resumed run may change; anything else would mix two different experiments in one directory.
 RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved")
+# The first stage whose output a section's settings shape. A changed section is accepted on resume: the
+# current iteration is redone from that stage on, and completed iterations keep what they were made with.
+# Sections not listed (name, seed, policy, task) shape everything already produced: changed only while
+# nothing was produced.
+FIRST_STAGE = {"generation": "generate", "resources": "generate", "judge": "judge", "pairing": "pairs",
+               "train": "reference", "sync": "sync"}
+# What a redone stage would append to or resume from: moved aside (never deleted) when it is redone.
+_RESUMED_ARTIFACTS = {"generate": ("generations",), "train": ("checkpoint", "train_metrics.jsonl")}
 
 
 class StageError(RuntimeError):
@@ -38,24 +47,69 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _check_writable(root: Path) -> None:
+    """Refuse a run directory that cannot hold the run, naming it (before anything is started)."""
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"run directory {root} is a file, not a directory; choose another --run-dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunDirError(f"run directory {root} is not writable ({exc.strerror or exc}); fix its permissions "
+                          "or choose another --run-dir") from None
+
+
 def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
     """Create a run directory, or reopen one made with the same recipe (for resuming)."""
     rd = RunDir(run_dir)
+    _check_writable(rd.root)
     recipe = cfg.model_dump(mode="json")
     if not rd.exists:
         rd.create(recipe, dump_config(cfg), _versions())
+        rd.pin_inputs(cfg)
         return rd
+    rd.check_pins()
     old = rd.manifest.get("recipe", {})
     changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
-        raise RunDirError(
-            f"{rd.root} was started with a different recipe (sections differ: {', '.join(changed)}); "
-            "use a new --run-dir, or resume with the same recipe (only iterations/evaluation may change)"
-        )
+        _accept_changes(rd, cfg, changed)
     if old != recipe:
         rd.manifest["recipe"] = recipe
         rd.save()
+        write_text(rd.root / "recipe.yaml", dump_config(cfg))
     return rd
+
+
+def _accept_changes(rd: RunDir, cfg: RunConfig, changed: list[str]) -> None:
+    """Take a changed recipe on resume where that is sound (see FIRST_STAGE), saying what is redone."""
+    iterations = rd.manifest.get("iterations", {})
+    produced = rd.manifest.get("prepared") or any(v.get("stages") for v in iterations.values())
+    if not produced:
+        rd.notes.append(f"recipe changed ({', '.join(changed)}); nothing was produced yet, so the new one is used")
+        rd.pin_inputs(cfg)
+        return
+    fixed = [c for c in changed if c not in FIRST_STAGE]
+    if fixed:
+        raise RunDirError(
+            f"{rd.root} was started with a different recipe (sections differ: {', '.join(changed)}); "
+            f"{', '.join(fixed)} shape everything already produced: use a new --run-dir, or resume with the "
+            f"same {', '.join(fixed)} (generation, judge, pairing, train, sync and resources may change: the "
+            "current iteration is then redone from the first stage they affect)")
+    k = rd.next_iteration()
+    first = min((FIRST_STAGE[c] for c in changed), key=STAGES.index)
+    redo = [s for s in STAGES[STAGES.index(first):] if rd.stage_done(k, s)]
+    moved = rd.supersede(k, redo, [a for s in STAGES[STAGES.index(first):] for a in _RESUMED_ARTIFACTS.get(s, ())])
+    rd.manifest.setdefault("recipe_changes", []).append(
+        {"iteration": k, "sections": changed, "redone_from": first, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    done = rd.completed_iterations()
+    many = len(done) > 1
+    kept = (f"iteration{'s' * many} {', '.join(map(str, done))} keep{'s' * (not many)} the old settings; "
+            if done else "")
+    rd.notes.append(f"recipe changed ({', '.join(changed)}): {kept}iteration {k} is redone from stage {first}"
+                    + (f" (stages {', '.join(redo)} were done and are redone)" if redo else "")
+                    + (f"; moved aside: {', '.join(moved)}" if moved else ""))
 
 
 def _count_lines(path: Path) -> int:
@@ -77,11 +131,11 @@ class _CompletionsOnly:
 
 
 class Runtime:
-    def __init__(self, cfg: RunConfig, rd: RunDir, console=None):
+    def __init__(self, cfg: RunConfig, rd: RunDir, console=None, task=None):
         self.cfg = cfg
         self.rd = rd
         self.console = console
-        self._task = None
+        self._task = task  # preflight's, already checked (None: built on first use)
         self._judge = None
         self._generators = None
         self._learners = None
@@ -188,7 +242,9 @@ class Runtime:
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            raise StageError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            error = f"{where} failed: {type(exc).__name__}: {exc}"
+            self.rd.record_failure(k, name, error)
+            raise StageError(error) from exc
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None = None, watch_lines: Path | None = None):

@@ -129,6 +129,8 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
     info = {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+    if pool.last_run.get("unreadable"):  # damaged shards from an earlier attempt, generated again
+        info["unreadable_shards"] = pool.last_run["unreadable"]
     if pool.last_run.get("restored"):  # generators Ray restarted mid-stage, and the shards they redid
         info.update(restored=pool.last_run["restored"], regenerated_shards=sorted(pool.last_run["attempts"]))
     return info
@@ -231,11 +233,11 @@ def round_metrics(path: Path) -> dict[str, Any]:
     (a resumed round appends; a step logged twice counts once, the last write wins)."""
     if not path.exists():
         return {}
+    from selfplay.loop.rundir import read_jsonl
+
     steps: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
+    for rec in read_jsonl(path):  # a last line cut short by a killed learner is skipped
+        steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
     records = list(steps.values())
     if not records:
         return {}

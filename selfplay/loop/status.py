@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from selfplay.loop.rundir import STAGES, RunDir, RunDirError
+from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json
 
 COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
            "seconds")
@@ -14,7 +13,7 @@ HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", 
 
 
 def _eval(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -22,6 +21,13 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     if not rd.exists:
         raise RunDirError(f"{rd.root} has no manifest.json: not a selfplay run directory")
     rows = []
+    failed = rd.manifest.get("failed")
+    if failed is not None and failed.get("iteration") is None:
+        rows.append({"iteration": "initial", "state": "failed at prepare", "error": failed.get("error")})
+    if failed is not None and failed.get("iteration") is not None \
+            and str(failed["iteration"]) not in rd.manifest.get("iterations", {}):
+        rows.append({"iteration": failed["iteration"], "state": f"failed at {failed.get('stage')}",
+                     "error": failed.get("error")})
     if rd.manifest.get("prepared"):
         ev = _eval(rd.initial_dir / "eval.json")
         rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in COLUMNS[5:9]},
@@ -34,6 +40,8 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         state = "done" if entry.get("complete") else f"at {pending[0]}" if pending else "committing"
         if stages.get("pairs", {}).get("no_pairs"):  # nothing to learn from: the policy was kept as it was
             state = "no pairs" if entry.get("complete") else state
+        if failed is not None and failed.get("iteration") == k:
+            state = f"failed at {failed.get('stage')}"
         train = stages.get("train", {})
         ev = _eval(rd.iter_dir(k) / "eval.json")
         rows.append({
@@ -45,6 +53,7 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward")},
             "rejected_drift": train.get("rejected_drift"),
             "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
+            **({"error": failed.get("error")} if failed is not None and failed.get("iteration") == k else {}),
         })
     return rows
 
@@ -65,6 +74,11 @@ def status_table(run_dir: str | Path, console=None) -> None:
     table = Table(title=f"selfplay run {Path(run_dir)}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for header in HEADERS:
         table.add_column(header, justify="right", no_wrap=True)
-    for row in status_rows(run_dir):
+    rows = status_rows(run_dir)
+    for row in rows:
         table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))  # 80 columns
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    for row in rows:
+        if row.get("error"):
+            console.print(f"iteration {row['iteration']} failed: {row['error']}", markup=False, soft_wrap=True)

@@ -12,10 +12,14 @@ then (optionally) verifies them (:mod:`selfplay.sync.verify`). Sides:
 
 Every remote call goes through :func:`call_all`/:func:`ray_get`, which wait with a timeout and raise an
 error naming the actor and the method: a hung transfer (TRL #6797) becomes an error, not a stalled run.
+Loading calls (``load_buckets``/``load_path``) pass ``retry_dead=True``: a generator that dies while
+Ray restarts it is called again once it is back (Ray queues the call meanwhile), within the same
+deadline and at most ``RETRIES`` times, because a load replaces every weight and is safe to repeat.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -103,11 +107,17 @@ def targets(generators: Any) -> list[tuple[str, Any]]:
     return [(f"generator-{i}", g) for i, g in enumerate(generators)]
 
 
-def call_all(named: Sequence[tuple[str, Any]], method: str, args: tuple, timeout: float) -> list[Any]:
+RETRIES = 3
+
+
+def call_all(named: Sequence[tuple[str, Any]], method: str, args: tuple, timeout: float,
+             retry_dead: bool = False) -> list[Any]:
     """Call ``method(*args)`` on every target (remote ones concurrently); results in order.
 
-    Raises :class:`RemoteCallError` naming the first failing target.
+    Raises :class:`RemoteCallError` naming the first failing target. With ``retry_dead``, a call whose
+    actor died is sent again (Ray delivers it once a restarted actor is back) until ``timeout``.
     """
+    deadline = time.monotonic() + timeout
     pending = []
     for name, t in named:
         if is_remote(t, method):
@@ -115,12 +125,33 @@ def call_all(named: Sequence[tuple[str, Any]], method: str, args: tuple, timeout
         else:
             pending.append((name, _local(t, method, args, name)))
     out = []
-    for name, r in pending:
+    for (name, r), (_, t) in zip(pending, named):
         if isinstance(r, _Done):
             out.append(r.value)
         else:
-            out.append(ray_get(r, f"{name}.{method}", timeout))
+            out.append(_get(r, t, name, method, args, deadline, RETRIES if retry_dead else 0))
     return out
+
+
+def _get(ref: Any, target: Any, name: str, method: str, args: tuple, deadline: float, retries: int) -> Any:
+    import ray
+
+    what = f"{name}.{method}"
+    deaths = 0
+    while True:
+        try:
+            return ray_get(ref, what, max(1.0, deadline - time.monotonic()))
+        except RemoteCallError as exc:
+            cause = exc.__cause__
+            dead = isinstance(cause, ray.exceptions.RayActorError)
+            if not dead or retries == 0 or time.monotonic() + 1.0 >= deadline:
+                raise
+            if not isinstance(cause, ray.exceptions.ActorUnavailableError):  # a death, not "still restarting"
+                deaths += 1
+                if deaths > retries:
+                    raise
+            time.sleep(1.0)  # Ray is restarting it: ask again
+            ref = getattr(target, method).remote(*args)
 
 
 @dataclass

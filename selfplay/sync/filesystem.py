@@ -129,7 +129,7 @@ class FilesystemSync:
             task = _remote(write_weights_dir).remote(str(self.root), version, ex.ref)
             path = ray_get(task, "write_weights_dir", self.timeout_s)
         try:
-            checksums = call_all(named, "load_path", (path, version), self.timeout_s)
+            checksums = call_all(named, "load_path", (path, version), self.timeout_s, retry_dead=True)
         except RemoteCallError as exc:
             raise SyncError(f"sync to version {version} from {path} failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,

@@ -54,7 +54,7 @@ class ObjectStoreSync:
                 "a remote learner's buckets cannot be pushed to local engines; use generator actors"
             )
         try:
-            checksums = call_all(named, "load_buckets", (payload, version), self.timeout_s)
+            checksums = call_all(named, "load_buckets", (payload, version), self.timeout_s, retry_dead=True)
         except RemoteCallError as exc:
             raise SyncError(f"sync to version {version} failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,

@@ -11,7 +11,8 @@
   only, read back with ``weights_only=True``). The run directory may be on storage others can write, so
   no file of it is unpickled with code: DeepSpeed's own files are checked with ``weights_only=True``
   before DeepSpeed loads them. Every
-  save gets a new tag (``step00000012``); DeepSpeed's ``latest`` file is updated after the save completes,
+  save gets a new tag (``step00000012``, or ``step00000012.1`` when that step is saved again, e.g. by a
+  round resumed exactly at its end); DeepSpeed's ``latest`` file is updated after the save completes,
   and older tags are removed only after that, so an interrupted save leaves the previous one usable.
 
 All of these are collective: every rank calls them.
@@ -77,17 +78,36 @@ def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype
         tokenizer.save_pretrained(tmp)
 
     try:
+        _refuse_nonfinite(state, out_dir)  # NaN/inf weights are never committed as a policy
         replace_dir(out_dir, build)
     finally:
         _barrier()
     return out_dir
 
 
+class NonFiniteWeightsError(ValueError):
+    """The weights to export hold NaN or inf; nothing was written."""
+
+
+def _refuse_nonfinite(state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"the trained weights hold NaN/inf in {len(bad)} of {len(state)} tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); {out_dir} was not written. Lower train.learning_rate or "
+            "check train_metrics.jsonl for the step where the loss diverged")
+
+
 def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_state: dict[str, Any],
                     reference: torch.nn.Module | None = None) -> Path:
     """DeepSpeed checkpoint under a new tag, plus RNG (per rank) and a frozen reference (TDPO, rank 0)."""
     ckpt_dir = Path(ckpt_dir)
-    tag = f"{TAG_PREFIX}{global_step:08d}"
+    tag = base = f"{TAG_PREFIX}{global_step:08d}"
+    n = 0
+    while (ckpt_dir / tag).exists():  # the same step saved again (a round resumed at its end): beside it
+        n += 1
+        tag = f"{base}.{n}"
+    _barrier()  # every rank picked its tag before any rank writes one
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     save_rng(ckpt_dir / tag / f"rng_rank{_rank()}.pt")
     if reference is not None and _rank() == 0:

@@ -110,3 +110,55 @@ def test_failed_checkpoint_keeps_the_last_good_one(learner, tmp_path, monkeypatc
     learner.load_checkpoint(ckpt)
     restored = weights(learner.export_weights())
     assert all(torch.equal(good[k], restored[k]) for k in good)
+
+
+def test_nonfinite_weights_are_never_exported(learner, tmp_path):
+    """A diverged round (NaN/inf weights) must not be committed as the iteration's policy."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "policy"
+    learner.save_hf(out)
+    before = (out / "model.safetensors").read_bytes()
+    name, param = next(iter(learner._local.engine.module.named_parameters()))
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.view(-1)[3] = float("inf")  # injected fault: one weight diverged
+    try:
+        with pytest.raises(Exception, match=r"NaN/inf in 1 of \d+ tensors \(.*embed_tokens.*\); .* was not written"):
+            learner.save_hf(out)
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    assert (out / "model.safetensors").read_bytes() == before  # the last good export is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]
+    assert torch.isfinite(AutoModelForCausalLM.from_pretrained(out).state_dict()[name.removeprefix("module.")]).all()
+
+
+def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_path, monkeypatch):
+    """A round resumed exactly at its end saves its last step again: a failure then must not damage
+    the checkpoint already there (the new one is written beside it, then swapped in)."""
+    ckpt = tmp_path / "checkpoint"
+    learner.train_round(learner.compute_reference(toy_pairs(8, seed=3)), checkpoint_dir=ckpt)
+    good = weights(learner.export_weights())
+    tag = (ckpt / "latest").read_text()
+    engine = learner.sync_handle.engine
+    real_save = engine.save_checkpoint
+    written = []
+
+    def partial_then_fail(save_dir, tag=None, **kwargs):
+        written.append(tag)
+        (Path(save_dir) / tag).mkdir(parents=True, exist_ok=True)
+        (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"half")
+        raise NO_SPACE
+
+    monkeypatch.setattr(engine, "save_checkpoint", partial_then_fail)
+    with pytest.raises(OSError, match="injected"):
+        learner._local.save_checkpoint(ckpt)  # same global step as the round's last save
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert written and written[0] != tag  # written beside the good one, not over it
+    assert (ckpt / "latest").read_text() == tag
+    learner.load_checkpoint(ckpt)
+    assert all(torch.equal(good[k], v) for k, v in weights(learner.export_weights()).items())
+    learner._local.save_checkpoint(ckpt)  # the retry succeeds and replaces the old tag
+    assert (ckpt / "latest").read_text() == f"{tag}.1" or (ckpt / "latest").read_text().startswith(tag + ".")
+    assert not (ckpt / tag).exists()
