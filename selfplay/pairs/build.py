@@ -219,5 +219,5 @@ def _record(row: dict[str, Any], chosen: Side, rejected: Side | None) -> dict[st
         "judge": row.get("judge") or "",
         "policy_version": max(versions) if versions else row.get("policy_version"),
         "iteration": row["iteration"],
-        "offset": odpo_offset(chosen.score, rejected.score),
+        "offset": None if rejected is None else odpo_offset(chosen.score, rejected.score),
     }

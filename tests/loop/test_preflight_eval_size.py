@@ -11,7 +11,7 @@ from selfplay.loop.preflight import preflight
 
 
 def recipe(path, **evaluation) -> dict:
-    return {"policy": {"preset": "nano"}, "judge": {"type": "reward_model", "path": str(path.parent / "rm")},
+    return {"policy": {"preset": "nano"}, "judge": {"type": "sft"},  # SPIN's judge: no model to check
             "task": {"type": "dataset", "path": str(path), "reference_column": "answer"},
             "evaluation": evaluation}
 
@@ -21,8 +21,6 @@ def rows_2000(tmp_path):
     path = tmp_path / "questions.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"What is {i} + {i % 7}?", "answer": str(i + i % 7)}) + "\n"
                             for i in range(2000)))
-    (tmp_path / "rm").mkdir()
-    (tmp_path / "rm" / "config.json").write_text("{}")
     return path
 
 
