@@ -263,6 +263,10 @@ class LearnerGroup:
             return [{"rank": 0, "node_id": None, "node": None, "pid": os.getpid()}]
         return self._gather("info", [a.info.remote() for a in self.actors], timeout or QUICK_TIMEOUT_S)
 
+    def set_counters(self, rounds: int, global_step: int, *, timeout: float | None = None) -> None:
+        """Continue the run's round and step numbering on every rank (see ``Learner.set_counters``)."""
+        return self._call("set_counters", int(rounds), int(global_step), timeout=timeout or QUICK_TIMEOUT_S)
+
     def set_metrics_dir(self, out_dir: str | Path | None, *, timeout: float | None = None) -> None:
         """Send ``train_metrics.jsonl``/TensorBoard output to ``out_dir`` from now on (rank 0 writes)."""
         return self._call("set_metrics_dir", _str(out_dir), timeout=timeout or QUICK_TIMEOUT_S)

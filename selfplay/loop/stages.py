@@ -211,6 +211,7 @@ def train(rt, k: int) -> dict[str, Any]:
     it = rt.rd.iter_dir(k)
     table = read_parquet(it / "reference.parquet")
     learners = rt.learners(policy_before(rt, k))
+    learners.set_counters(*rounds_before(rt, k))  # numbered by the run, not by this learner process's history
     ckpt = it / "checkpoint"
     if (ckpt / "latest").exists():  # a round interrupted after a checkpoint: continue it, don't restart
         learners.load_checkpoint(ckpt)
@@ -226,6 +227,18 @@ def train(rt, k: int) -> dict[str, Any]:
     info.update(round_metrics(it / "train_metrics.jsonl"))
     info.update(rejected_drift(learners, table, rt.cfg.train))
     return info
+
+
+def rounds_before(rt, k: int) -> tuple[int, int]:
+    """(rounds, optimizer steps) the learner has run before iteration ``k``'s round, read from the manifest:
+    the warm start, then each earlier iteration that trained. A learner restarted by a resume numbers its
+    round and steps as an uninterrupted one would, so the step logs of both runs are the same."""
+    warm = rt.rd.manifest.get("prepare", {}).get("warmstart") or {}
+    rounds, steps = (1, int(warm.get("steps", 0))) if warm else (0, 0)
+    for j in range(k):
+        done = int(rt.rd.stage_info(j, "train").get("steps", 0) or 0)
+        rounds, steps = rounds + (done > 0), steps + done
+    return rounds, steps
 
 
 def round_metrics(path: Path) -> dict[str, Any]:

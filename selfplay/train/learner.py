@@ -333,6 +333,11 @@ class Learner:
                                              self.device)
         return {"global_step": self.global_step, "round": self._resume, "tag": client.get("tag")}
 
+    def set_counters(self, rounds: int, global_step: int) -> None:
+        """Number the next round ``rounds`` and its first step ``global_step + 1`` (a learner started in a
+        resumed run continues the numbering of the run; ``load_checkpoint`` then restores a round's own)."""
+        self.rounds, self.global_step = int(rounds), int(global_step)
+
     def set_metrics_dir(self, out_dir: str | Path | None) -> None:
         """Write ``train_metrics.jsonl`` and TensorBoard events to ``out_dir`` from now on (rank 0)."""
         self.metrics.close()
