@@ -13,7 +13,7 @@ each parquet's content, the training metrics (a resumed round appends; a step lo
 once), every eval.json and the exported weights, bitwise.
 
 The schedule's seed is printed and named in every failure; ``SELFPLAY_FAULT_SEED=<n>`` replays it.
-``SELFPLAY_FAULTS`` sets the number of faults (4 by default, as in ``make test``; ``make test-all``
+``SELFPLAY_FAULTS`` sets the number of faults (4 by default, `make test-soak`; ``make test-all``
 runs 12).
 """
 
@@ -128,7 +128,7 @@ def reference(tmp_path_factory):
     return recipe, d / "run"
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(3600)  # with the reference run: 6 launches of 1-3 min each on 2 shared cores
 def test_random_faults_lose_nothing(reference, tmp_path):
     recipe, ref = reference
