@@ -300,6 +300,32 @@ class LossConfig(Section):
         return {**loss_param_defaults(self.type), **self.params}
 
 
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    """Train low-rank adapters (LoRA, through PEFT) instead of all weights; `r: 0` is full fine-tuning."""
+
+    r: Annotated[int, Field(ge=0)] = 0
+    """Adapter rank; 0 (the default) trains every weight, as without this section."""
+    alpha: Annotated[float, Field(gt=0.0)] = 16.0
+    """Scale of the adapter update (the update is multiplied by alpha / r)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Names (last path component) of the linear layers that get adapters; default: the attention and
+    MLP projections of Llama-style models. Checked against the model's own module names by the learner."""
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoraConfig:
+        if self.r > 0 and not self.target_modules:
+            raise ValueError("target_modules: name at least one linear layer for the adapters")
+        dupes = sorted({m for m in self.target_modules if self.target_modules.count(m) > 1})
+        if dupes:
+            raise ValueError(f"target_modules: {dupes} listed more than once")
+        return self
+
+
 class TrainConfig(Section):
     """One DPO-family round per iteration on DeepSpeed learners."""
 
@@ -343,11 +369,16 @@ class TrainConfig(Section):
     Use `random` where length tracks content (e.g. answer length = difficulty). Also used by the warm start."""
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
     """Save a resumable learner checkpoint every this many optimizer steps (0 = end of round only)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters instead of full fine-tuning (see docs/lora.md); off unless `r` > 0."""
 
     @model_validator(mode="after")
     def _zero(self) -> TrainConfig:
         if self.optimizer_offload and self.zero_stage == 0:
             raise ValueError("optimizer_offload: needs zero_stage 1, 2 or 3 (got 0)")
+        if self.lora.r > 0 and self.loss.type == "tdpo":
+            raise ValueError("lora: not supported with loss tdpo yet (its frozen reference model is a full copy); "
+                             "set lora.r: 0 or use another loss")
         return self
 
 

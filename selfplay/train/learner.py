@@ -18,8 +18,8 @@ the optimizer step, log, maybe checkpoint. Choices:
   give the same gradient.
 * **Numerical guard** (``step.py``): a NaN/inf loss or gradient norm stops the round before the optimizer
   step with :class:`NonFiniteError` naming the step and its table rows; the weights stay the last good ones.
-* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing. Per round: everything
-  else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
+* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing, LoRA (``lora.py``). Per
+  round: everything else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import pyarrow as pa
 import torch
 
 from selfplay.train import checkpoint as ckpt
+from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
@@ -96,22 +98,40 @@ class Learner:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = self.optimizer = self.ref_model = None
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, local_files_only=True)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        base, adapter = lora.base_source(model_path, cfg)  # LoRA: an export may name its base + adapter
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self._setup(model, cfg, base, adapter)
+        self._resume = None
+        self.rounds = 0
+
+    def _setup(self, model: torch.nn.Module, cfg: Any, base: Path | None, adapter: Path | None = None) -> None:
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
         self.cfg = cfg
+        model, self.lora = lora.wrap(model, cfg, base, adapter, seed=self.seed)
+        self.param_counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                             "total_params": sum(p.numel() for p in model.parameters())}
         self.engine, self.optimizer = build_engine(model, cfg, self.world_size)
         self.engine.train()
         self.dtype = compute_dtype(cfg)
         # Prompt KV-cache reuse needs use_cache in training, which gradient checkpointing forbids.
         self.share_prefix = not cfg.gradient_checkpointing
         self.ref_model: torch.nn.Module | None = None  # tdpo only
-        self._resume = None
-        self.rounds = 0
+
+    def _lora_rebase(self) -> None:
+        """Merge the adapters into the base and start fresh ones (see ``lora.py``). Collective."""
+        import copy
+
+        state = dict(lora.hf_params(self.engine, None, to_all=True))
+        model = lora.model_from_state(copy.deepcopy(self.engine.module.config), state)
+        base = self.lora.export if self.lora is not None else None
+        self.engine.destroy()
+        self.engine = self.optimizer = None
+        self._setup(model, self.cfg, Path(base) if base else None)
 
     # ------------------------------------------------------------------------------------------ rounds
     def train_round(self, pairs: pa.Table | str | Path | list[dict], cfg: Any = None, *,
@@ -185,6 +205,9 @@ class Learner:
                           spec.epochs, spec.length_grouping)
         if not plan:
             raise ValueError(f"{kind} round has no examples left (input {data.stats})")
+        if (self.lora is not None and kind == "train" and not resuming and not self.lora.fresh
+                and getattr(cfg, "reference", self.cfg.reference) == "previous"):
+            self._lora_rebase()  # the base becomes the previous policy, the reference of this round
         spec.apply(self.engine, self.optimizer)
         if not resuming:
             self.optimizer.state.clear()  # fresh AdamW moments for a new round
@@ -203,6 +226,8 @@ class Learner:
             self.scheduler.step()
             self.global_step += 1
             self._round_state["position"] = position + 1
+            if self.lora is not None:
+                self.lora.stepped()
             record = metrics_record(kind, stats, denom, time.perf_counter() - t0, lr=lr, grad_norm=norm,
                                     round_index=round_index, step=position + 1, global_step=self.global_step,
                                     epoch=epoch)
@@ -216,7 +241,10 @@ class Learner:
         if checkpoint_dir and self._saved_step != self.global_step:
             self.save_checkpoint(checkpoint_dir)
         self._round_state = None
-        return summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round)
+        if self.lora is not None and kind == "sft":
+            self._lora_rebase()  # a warm start becomes the base: the initial policy, the `initial` reference
+        return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),
+                **self.param_counts}
 
     # --------------------------------------------------------------------------------------- reference
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
@@ -234,11 +262,15 @@ class Learner:
         if cfg.loss.type == "kto":
             data = ref.kto_scoring_view(data, kl_partners(len(data), self.seed))
             keys = (*keys, "kl_chosen", "kl_rejected")
-        model = self.engine if model_path is None else ref.load_plain_model(str(model_path), self.dtype, self.device)
+        # LoRA: a reference that is the learner's base is the same network with the adapters disabled.
+        use_base = self.lora is not None and lora.same_dir(model_path, self.lora.base)
+        model = (self.engine if model_path is None or use_base
+                 else ref.load_plain_model(str(model_path), self.dtype, self.device))
         if cfg.loss.type == "tdpo":
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
-        values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size)
+        with lora.adapters_disabled(self.engine) if use_base else nullcontext():
+            values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}
@@ -274,7 +306,13 @@ class Learner:
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
-        path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype))
+        base = self.lora.base if self.lora is not None else None
+        path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype), adapter_base=base)
+        if self.lora is not None:  # remember what this directory holds (see LoraState)
+            if self.lora.fresh and self.lora.base is None:
+                self.lora.base = str(out_dir)
+            elif not self.lora.fresh:
+                self.lora.export = str(out_dir)
         return None if path is None else str(path)
 
     def save_checkpoint(self, ckpt_dir: str | Path) -> str:
@@ -287,6 +325,8 @@ class Learner:
     def load_checkpoint(self, ckpt_dir: str | Path) -> dict[str, Any]:
         """Restore a checkpoint; the next ``train_round`` on the same round's data resumes where it stopped."""
         client = ckpt.load_checkpoint(self.engine, ckpt_dir)
+        if self.lora is not None:
+            self.lora.stepped()  # the loaded adapters are trained ones
         self.global_step = int(client.get("global_step", 0))
         self.rounds = int(client.get("rounds", 0))
         self._resume = client.get("round")
