@@ -122,8 +122,9 @@ class Learner:
         self.share_prefix = not cfg.gradient_checkpointing
         self.ref_model: torch.nn.Module | None = None  # tdpo only
 
-    def _lora_rebase(self) -> None:
-        """Merge the adapters into the base and start fresh ones (see ``lora.py``). Collective."""
+    def _rebuild(self, cfg: Any) -> None:
+        """Rebuild the engine under ``cfg`` from the current weights, LoRA adapters merged in (fresh ones
+        when ``cfg`` has LoRA on; see ``lora.py``). Collective."""
         import copy
 
         state = dict(lora.hf_params(self.engine, None, to_all=True))
@@ -131,7 +132,7 @@ class Learner:
         base = self.lora.export if self.lora is not None else None
         self.engine.destroy()
         self.engine = self.optimizer = None
-        self._setup(model, self.cfg, Path(base) if base else None)
+        self._setup(model, cfg, Path(base) if base else None)
 
     # ------------------------------------------------------------------------------------------ rounds
     def train_round(self, pairs: pa.Table | str | Path | list[dict], cfg: Any = None, *,
@@ -183,8 +184,17 @@ class Learner:
         n_tokens = np.asarray([len(c) for c in data.completions["completion"]], dtype=np.int64)
         denominator = lambda d, step: sum(int(n_tokens[i]) for m in step.micros
                                           for i, real in zip(m.indices, m.real) if real)
-        return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                           checkpoint_dir, on_step, cfg)
+        if self.lora is None:
+            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
+                               checkpoint_dir, on_step, cfg)
+        # LoRA: a warm start trains every weight (adapters on a randomly initialised policy barely learn),
+        # then becomes the base, i.e. the initial policy and the `initial` reference, with fresh adapters.
+        self._rebuild(base.model_copy(update={"lora": base.lora.model_copy(update={"r": 0})}))
+        try:
+            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
+                               checkpoint_dir, on_step, cfg)
+        finally:
+            self._rebuild(base)
 
     def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
                denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
@@ -207,7 +217,7 @@ class Learner:
             raise ValueError(f"{kind} round has no examples left (input {data.stats})")
         if (self.lora is not None and kind == "train" and not resuming and not self.lora.fresh
                 and getattr(cfg, "reference", self.cfg.reference) == "previous"):
-            self._lora_rebase()  # the base becomes the previous policy, the reference of this round
+            self._rebuild(self.cfg)  # the base becomes the previous policy, the reference of this round
         spec.apply(self.engine, self.optimizer)
         if not resuming:
             self.optimizer.state.clear()  # fresh AdamW moments for a new round
@@ -241,8 +251,6 @@ class Learner:
         if checkpoint_dir and self._saved_step != self.global_step:
             self.save_checkpoint(checkpoint_dir)
         self._round_state = None
-        if self.lora is not None and kind == "sft":
-            self._lora_rebase()  # a warm start becomes the base: the initial policy, the `initial` reference
         return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),
                 **self.param_counts}
 

@@ -177,3 +177,20 @@ def _full_named(learner) -> dict[str, torch.Tensor]:
     from selfplay.train.engine import iter_full_params
 
     return dict(iter_full_params(learner.engine))
+
+
+def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_model_dir):
+    from selfplay.config.schema import WarmStartConfig
+    from selfplay.train.engine import iter_full_params
+
+    learner.reload(tiny_model_dir, cfg())
+    before = weights(learner.export_weights())
+    rows = [{"prompt": r["prompt"], "reference": r["chosen"]} for r in toy_pairs(8).to_pylist()]
+    summary = learner.sft_round(rows, WarmStartConfig(examples=8, micro_batch_size=4, learning_rate=1e-2))
+    assert summary["trainable_params"] == summary["total_params"]  # full fine-tuning for the warm start
+    after = weights(learner.export_weights())
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert learner.lora is not None and learner.lora.fresh  # LoRA again, on the warm-started base
+    base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
+            for n, t in iter_full_params(learner.engine) if "lora_" not in n}
+    assert all(torch.equal(base[k], after[k]) for k in after)
