@@ -444,6 +444,32 @@ class IterationTrainOverrides(Section):
     """Passes over this iteration's pairs."""
 
 
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    """Train low-rank adapters (LoRA, through PEFT) instead of all weights; `r: 0` is full fine-tuning."""
+
+    r: Annotated[int, Field(ge=0)] = 0
+    """Adapter rank; 0 (the default) trains every weight, as without this section."""
+    alpha: Annotated[float, Field(gt=0.0)] = 16.0
+    """Scale of the adapter update (the update is multiplied by alpha / r)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Names (last path component) of the linear layers that get adapters; default: the attention and
+    MLP projections of Llama-style models. Checked against the model's own module names by the learner."""
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoraConfig:
+        if self.r > 0 and not self.target_modules:
+            raise ValueError("target_modules: name at least one linear layer for the adapters")
+        dupes = sorted({m for m in self.target_modules if self.target_modules.count(m) > 1})
+        if dupes:
+            raise ValueError(f"target_modules: {dupes} listed more than once")
+        return self
+
+
 class TrainConfig(Section):
     """One DPO-family round per iteration on DeepSpeed learners."""
 
@@ -503,6 +529,8 @@ class TrainConfig(Section):
     per_iteration: dict[Annotated[int, Field(ge=0)], IterationTrainOverrides] = {}
     """Values that differ by iteration (0-based), e.g. SPIN's `{2: {learning_rate: 1.0e-7},
     3: {learning_rate: 1.0e-7, loss_beta: 5.0}}`; unlisted iterations use the section's values."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters instead of full fine-tuning (see docs/lora.md); off unless `r` > 0."""
 
     @model_validator(mode="after")
     def _zero(self) -> TrainConfig:
@@ -511,6 +539,9 @@ class TrainConfig(Section):
         if self.max_length is not None and self.max_length <= self.max_prompt_length:
             raise ValueError(f"max_length: {self.max_length} leaves no room for a completion after "
                              f"max_prompt_length {self.max_prompt_length}")
+        if self.lora.r > 0 and self.loss.type == "tdpo":
+            raise ValueError("lora: not supported with loss tdpo yet (its frozen reference model is a full copy); "
+                             "set lora.r: 0 or use another loss")
         return self
 
     def for_iteration(self, k: int) -> TrainConfig:

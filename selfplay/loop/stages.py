@@ -23,7 +23,8 @@ from selfplay.loop.rundir import read_parquet, write_json, write_parquet
 
 
 def brief(info: dict[str, Any]) -> str:
-    keys = ("samples", "pairs", "mean_score", "loss", "reward_accuracy", "accuracy", "win_rate", "max_diff")
+    keys = ("samples", "pairs", "mean_score", "loss", "reward_accuracy", "accuracy", "win_rate", "max_diff",
+            "trainable_params")
     parts = [f"{k}={info[k]:.4g}" if isinstance(info[k], float) else f"{k}={info[k]}" for k in keys if k in info]
     return " ".join(parts)
 
@@ -223,7 +224,8 @@ def train(rt, k: int) -> dict[str, Any]:
                      watch_lines=it / "train_metrics.jsonl"):
         summary = learners.train_round(table, rt.cfg.train.for_iteration(k), checkpoint_dir=ckpt)
     rt.trained_iteration = k
-    info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step") if key in summary}
+    info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step",
+                                          "trainable_params", "total_params") if key in summary}
     info.update(round_metrics(it / "train_metrics.jsonl"))
     info.update(rejected_drift(learners, table, rt.cfg.train))
     return info

@@ -32,7 +32,7 @@ import torch
 
 from selfplay.atomic import replace_dir
 from selfplay.sync.buckets import pack_buckets
-from selfplay.train.engine import iter_full_params
+from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, write_adapter
 
 TAG_PREFIX = "step"
 
@@ -48,7 +48,7 @@ def _barrier() -> None:
 
 def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
     """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks."""
-    params = iter_full_params(engine, dtype)
+    params = hf_params(engine, dtype)  # LoRA adapters merged in
     if _rank() != 0:
         for _ in params:
             pass
@@ -56,12 +56,18 @@ def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dty
     return list(pack_buckets(params, bucket_mb=bucket_mb, version=version))
 
 
-def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype) -> Path | None:
-    """Write the current weights as a Hugging Face directory; returns the path on rank 0."""
+def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype, adapter_base: str | None = None
+            ) -> Path | None:
+    """Write the current weights as a Hugging Face directory; returns the path on rank 0.
+
+    A LoRA learner's weights are written merged, and its adapter as a PEFT directory ``adapter/`` inside
+    (whose config names ``adapter_base`` as the base model).
+    """
     from huggingface_hub import save_torch_state_dict
 
     out_dir = Path(out_dir)
-    state = dict(iter_full_params(engine, dtype))
+    state = dict(hf_params(engine, dtype))
+    adapter = adapter_state(engine)
     if _rank() != 0:
         _barrier()
         return None
@@ -76,6 +82,8 @@ def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype
             module.generation_config.save_pretrained(tmp)
         save_torch_state_dict(state, tmp, max_shard_size="5GB", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        if adapter:
+            write_adapter(tmp / ADAPTER_DIR, module, adapter, adapter_base)
 
     try:
         _refuse_nonfinite(state, out_dir)  # NaN/inf weights are never committed as a policy

@@ -21,8 +21,8 @@ the optimizer step, log, maybe checkpoint. Choices:
 * **Dropout off** by default (``train.disable_dropout``), and reference log-probs come from the same
   forward path as training (prefix sharing only where training uses it), so at step 0 the policy's
   log-probs equal the stored reference's and every implicit reward starts at exactly 0.
-* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing. Per round: everything
-  else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
+* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing, LoRA (``lora.py``). Per
+  round: everything else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import pyarrow as pa
 import torch
 
 from selfplay.train import checkpoint as ckpt
+from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
@@ -118,24 +120,43 @@ class Learner:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = self.optimizer = self.ref_model = None
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, local_files_only=True)
+        base, adapter = lora.base_source(model_path, cfg)  # LoRA: an export may name its base + adapter
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self._setup(model, cfg, base, adapter)
+        self._resume = None
+        self.rounds = 0
+
+    def _setup(self, model: torch.nn.Module, cfg: Any, base: Path | None, adapter: Path | None = None) -> None:
         if getattr(cfg, "disable_dropout", True):
             disable_dropout(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         self.cfg = cfg
+        model, self.lora = lora.wrap(model, cfg, base, adapter, seed=self.seed)
+        self.param_counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                             "total_params": sum(p.numel() for p in model.parameters())}
         self.engine, self.optimizer = build_engine(model, cfg, self.world_size)
         self.engine.train()
         self.dtype = compute_dtype(cfg)
         # Prompt KV-cache reuse needs use_cache in training, which gradient checkpointing forbids.
         self.share_prefix = not cfg.gradient_checkpointing
         self.ref_model: torch.nn.Module | None = None  # tdpo only
-        self._resume = None
-        self.rounds = 0
+
+    def _rebuild(self, cfg: Any) -> None:
+        """Rebuild the engine under ``cfg`` from the current weights, LoRA adapters merged in (fresh ones
+        when ``cfg`` has LoRA on; see ``lora.py``). Collective."""
+        import copy
+
+        state = dict(lora.hf_params(self.engine, None, to_all=True))
+        model = lora.model_from_state(copy.deepcopy(self.engine.module.config), state)
+        base = self.lora.export if self.lora is not None else None
+        self.engine.destroy()
+        self.engine = self.optimizer = None
+        self._setup(model, cfg, Path(base) if base else None)
 
     # ------------------------------------------------------------------------------------------ rounds
     def train_round(self, pairs: pa.Table | str | Path | list[dict], cfg: Any = None, *,
@@ -198,8 +219,17 @@ class Learner:
         n_tokens = np.asarray([len(c) for c in data.completions["completion"]], dtype=np.int64)
         denominator = lambda d, step: sum(int(n_tokens[i]) for m in step.micros
                                           for i, real in zip(m.indices, m.real) if real)
-        return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                           checkpoint_dir, on_step, cfg)
+        if self.lora is None:
+            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
+                               checkpoint_dir, on_step, cfg)
+        # LoRA: a warm start trains every weight (adapters on a randomly initialised policy barely learn),
+        # then becomes the base, i.e. the initial policy and the `initial` reference, with fresh adapters.
+        self._rebuild(base.model_copy(update={"lora": base.lora.model_copy(update={"r": 0})}))
+        try:
+            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
+                               checkpoint_dir, on_step, cfg)
+        finally:
+            self._rebuild(base)
 
     def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
                denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
@@ -220,6 +250,9 @@ class Learner:
                           spec.epochs, spec.length_grouping)
         if not plan:
             raise ValueError(f"{kind} round has no examples left (input {data.stats})")
+        if (self.lora is not None and kind == "train" and not resuming and not self.lora.fresh
+                and getattr(cfg, "reference", self.cfg.reference) == "previous"):
+            self._rebuild(self.cfg)  # the base becomes the previous policy, the reference of this round
         spec.apply(self.engine, self.optimizer)
         if not resuming:
             self.optimizer.state.clear()  # fresh AdamW moments for a new round
@@ -239,6 +272,8 @@ class Learner:
             self.scheduler.step()
             self.global_step += 1
             self._round_state["position"] = position + 1
+            if self.lora is not None:
+                self.lora.stepped()
             record = metrics_record(kind, stats, denom, time.perf_counter() - t0, lr=lr, grad_norm=norm,
                                     round_index=round_index, step=position + 1, global_step=self.global_step,
                                     epoch=epoch)
@@ -252,7 +287,8 @@ class Learner:
         if checkpoint_dir and self._saved_step != self.global_step:
             self.save_checkpoint(checkpoint_dir)
         self._round_state = None
-        return summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round)
+        return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),
+                **self.param_counts}
 
     # --------------------------------------------------------------------------------------- reference
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
@@ -270,13 +306,16 @@ class Learner:
         if cfg.loss.type == "kto":
             data = ref.kto_scoring_view(data, kl_partners(len(data), self.seed))
             keys = (*keys, "kl_chosen", "kl_rejected")
-        model = self.engine if model_path is None else ref.load_plain_model(str(model_path), self.dtype, self.device)
+        # LoRA: a reference that is the learner's base is the same network with the adapters disabled.
+        use_base = self.lora is not None and lora.same_dir(model_path, self.lora.base)
+        model = (self.engine if model_path is None or use_base
+                 else ref.load_plain_model(str(model_path), self.dtype, self.device))
         if cfg.loss.type == "tdpo":
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
-        # The same forward as training (prefix-shared or not), so that at step 0 policy == reference exactly.
-        values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size,
-                           share_prefix=self.share_prefix)
+        with lora.adapters_disabled(self.engine) if use_base else nullcontext():
+            values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size,
+                                 share_prefix=self.share_prefix)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}
@@ -312,7 +351,13 @@ class Learner:
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
-        path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype))
+        base = self.lora.base if self.lora is not None else None
+        path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype), adapter_base=base)
+        if self.lora is not None:  # remember what this directory holds (see LoraState)
+            if self.lora.fresh and self.lora.base is None:
+                self.lora.base = str(out_dir)
+            elif not self.lora.fresh:
+                self.lora.export = str(out_dir)
         return None if path is None else str(path)
 
     def save_checkpoint(self, ckpt_dir: str | Path) -> str:
@@ -325,6 +370,8 @@ class Learner:
     def load_checkpoint(self, ckpt_dir: str | Path) -> dict[str, Any]:
         """Restore a checkpoint; the next ``train_round`` on the same round's data resumes where it stopped."""
         client = ckpt.load_checkpoint(self.engine, ckpt_dir)
+        if self.lora is not None:
+            self.lora.stepped()  # the loaded adapters are trained ones
         self.global_step = int(client.get("global_step", 0))
         self.rounds = int(client.get("rounds", 0))
         self._resume = client.get("round")
