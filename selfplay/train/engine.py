@@ -31,7 +31,7 @@ import torch
 
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 _saved_env: dict[str, str | None] | None = None
-_store_listener: socket.socket | None = None  # rank 0's loopback store socket, kept open while the group lives
+_store_listener: socket.socket | None = None  # rank 0's loopback store socket until the TCPStore owns it
 
 
 def free_port() -> int:
@@ -100,6 +100,11 @@ def _loopback_group(backend: str, rank: int, world_size: int, timeout: timedelta
         _store_listener.listen(128)
         fd = _store_listener.fileno()
     store = torch.distributed.TCPStore(addr, port, world_size, rank == 0, timeout=timeout, master_listen_fd=fd)
+    if _store_listener is not None:
+        # The store owns the descriptor now and closes it itself: closing it here too could close whatever
+        # file later reuses the number (seen: EBADF at shutdown, then a dead rank in the next group).
+        _store_listener.detach()
+        _store_listener = None
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 

@@ -41,7 +41,10 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     start = [RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"]
+             "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats",
+             # Ray's fixed agent port (52365) is taken when another Ray runs here; the head then answers every
+             # job with "No available agent".
+             f"--dashboard-agent-listen-port={_free_port()}"]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     address = f"http://127.0.0.1:{dash}"
     try:

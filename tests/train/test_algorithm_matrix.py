@@ -75,7 +75,8 @@ def preference_round(group, model_dir, loss: LossConfig, table: pa.Table, **shap
     return summary
 
 
-PAIR_CASES = {name: LossConfig(type=name) for name in sorted(LOSS_PARAMS) if name != "odpo"}
+# odpo and soft sppo read per-pair columns from the judge (offsets, win probabilities): their own tests.
+PAIR_CASES = {name: LossConfig(type=name) for name in sorted(LOSS_PARAMS) if name not in ("odpo", "sppo")}
 PAIR_CASES.update({"kto": LossConfig(type="kto"),
                    "tdpo1": LossConfig(type="tdpo", params={"variant": 1}),
                    "tdpo2": LossConfig(type="tdpo", params={"variant": 2})})
@@ -114,6 +115,14 @@ def test_spin_recipe_settings(w1, tiny_model_dir):
 def test_sppo_recipe_settings(w1, tiny_model_dir):
     """SPPO (hard labels) as recipes/sppo_pairwise.yaml sets it: sppo_hard, beta 0.001, judged best/worst pairs."""
     preference_round(w1, tiny_model_dir, LossConfig(type="sppo_hard", beta=0.001), judged_pairs())
+
+
+def test_soft_sppo_on_the_judges_win_probabilities(w1, tiny_model_dir):
+    """Soft SPPO (recipes/sppo_pairwise.yaml's loss): each pair carries its samples' win probabilities."""
+    pairs = toy_pairs(N_PAIRS, seed=1)
+    pairs = pairs.append_column("chosen_score", pa.array([0.8, 0.7, 0.9, 0.6, 0.75]))
+    pairs = pairs.append_column("rejected_score", pa.array([0.3, 0.2, 0.4, 0.35, 0.1]))
+    preference_round(w1, tiny_model_dir, LossConfig(type="sppo", beta=0.1), pairs)
 
 
 def test_offline_pairs(w1, tiny_model_dir, tmp_path):
