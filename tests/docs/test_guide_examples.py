@@ -90,7 +90,13 @@ def test_guide_recipe_validates_and_reads_multi_turn_chat_rows(tmp_path):
     assert cfg.policy.warmstart is None and cfg.task.type == "dataset"
     task = build_task_from_config(cfg)
     train, held = task.train_examples(), task.eval_examples()
-    assert len(train) + len(held) == 48 and len(held) >= 1
+    from selfplay.tasks.base import prompt_key
+
+    # The split is by prompt: 48 rows hold 23 distinct prompts; every one is on exactly one side, and an
+    # eval prompt is kept once however many rows repeat it.
+    train_keys, held_keys = {prompt_key(e.prompt) for e in train}, [prompt_key(e.prompt) for e in held]
+    assert len(held_keys) == len(set(held_keys)) >= 4 and not train_keys & set(held_keys)
+    assert len(train_keys | set(held_keys)) == 23
     assert all(isinstance(e.prompt, list) and e.prompt[-1]["role"] == "user" for e in train)
     assert any(len(e.prompt) == 4 for e in train)  # multi-turn rows
     assert train[0].id.startswith("chat-")
