@@ -61,11 +61,13 @@ def preflight(cfg: RunConfig, source: str = "<recipe>", *, check_task: bool = Tr
     if cfg.judge is not None and cfg.judge.type in ("reward_model", "pairwise", "llm_judge"):
         kind = {"reward_model": "classifier", "llm_judge": "causal_lm"}.get(cfg.judge.type)
         need_model("judge.path", cfg.judge.path, kind)
-    if not problems and cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0:
-        problems += _eval_rows(cfg)
     if problems:
         raise ConfigError(source, problems)
-    return _check_task(cfg, source) if check_task else Preflight()
+    checked = _check_task(cfg, source) if check_task else Preflight()
+    wants_eval = cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0
+    if wants_eval and (too_few := _eval_rows(cfg, checked.task)):
+        raise ConfigError(source, too_few)
+    return checked
 
 
 def _check_task(cfg: RunConfig, source: str) -> Preflight:
@@ -84,13 +86,13 @@ def _check_task(cfg: RunConfig, source: str) -> Preflight:
     return Preflight(task=task, warnings=warnings)
 
 
-def _eval_rows(cfg: RunConfig) -> list[str]:
+def _eval_rows(cfg: RunConfig, task: Any = None) -> list[str]:
     """The held-out split must hold ``evaluation.num_prompts`` rows; otherwise evaluation fails only after
-    the warm start. Building the task reads the data file once more, which is the price of failing early."""
+    the warm start. ``task`` is the one the input checks built (built here only when they did not run)."""
     from selfplay.loop.factory import build_task_from_config
 
     try:
-        task = build_task_from_config(cfg)
+        task = task if task is not None else build_task_from_config(cfg)
         held_out = len(task.eval_examples(None, seed=cfg.seed))
     except (ValueError, OSError) as exc:
         return [f"task: {exc}"]
