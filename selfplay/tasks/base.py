@@ -98,6 +98,16 @@ def held_out_keys(keys: list[str], eval_fraction: float, split_seed: int) -> set
     return set(distinct[:n_eval])
 
 
+def first_of_each(keys: list[str], wanted: set[str]) -> list[int]:
+    """Indices of the first occurrence of each key in ``wanted``, in order: one eval prompt per held-out
+    prompt, however many rows repeat it (a repeated prompt would count twice in the score)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in wanted:
+            first.setdefault(key, i)
+    return sorted(first.values())
+
+
 def stable_hash(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()
 

@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
+from selfplay.tasks.base import Example, NoVerifierError, first_of_each, held_out_keys, prompt_key
 from selfplay.tasks.formats import split_conversation
 
 ROLES = ("system", "user", "assistant")
@@ -98,9 +98,10 @@ class DatasetTask:
             tag = f"{tag}.eval" if tag == _tag(self.path, split) else tag
             self._train, self._eval = train, self._load(eval_source, eval_name, tag)
         else:
-            held_out = held_out_keys([prompt_key(e.prompt) for e in train], eval_fraction, split_seed)
-            self._train = [e for e in train if prompt_key(e.prompt) not in held_out]
-            self._eval = _first_per_key([e for e in train if prompt_key(e.prompt) in held_out])
+            keys = [prompt_key(e.prompt) for e in train]
+            held_out = held_out_keys(keys, eval_fraction, split_seed)
+            self._train = [e for e, key in zip(train, keys) if key not in held_out]
+            self._eval = [train[i] for i in first_of_each(keys, held_out)]
         # Held out means unseen: a training row whose prompt (normalised) is an eval prompt is dropped.
         eval_keys = {prompt_key(e.prompt) for e in self._eval}
         kept = [e for e in self._train if prompt_key(e.prompt) not in eval_keys]
@@ -158,18 +159,6 @@ class DatasetTask:
         if ref_col and not has_ref:
             raise ValueError(f"{path}: column {ref_col!r} (reference_column) is in no row")
         return examples
-
-
-def _first_per_key(examples: list[Example]) -> list[Example]:
-    """One eval example per distinct prompt (a repeated prompt would count twice in the score)."""
-    seen: set[str] = set()
-    out = []
-    for e in examples:
-        key = prompt_key(e.prompt)
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out
 
 
 def _tag(path: Path, split: str) -> str:

@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from selfplay.tasks.base import Example, NoVerifierError, held_out_keys, prompt_key
+from selfplay.tasks.base import Example, NoVerifierError, first_of_each, held_out_keys, prompt_key
 from selfplay.tasks.dataset import read_rows
 from selfplay.tasks.formats import parse_preference_row
 
@@ -49,11 +49,7 @@ class PairsTask:
         keys = [prompt_key(r["prompt"]) for r in self.rows]
         held_out = held_out_keys(keys, eval_fraction, split_seed)
         self._train = [i for i, k in enumerate(keys) if k not in held_out]
-        first: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            if k in held_out:
-                first.setdefault(k, i)
-        self._eval = sorted(first.values())  # one eval prompt per held-out prompt, however many pairs it has
+        self._eval = first_of_each(keys, held_out)  # one eval prompt per held-out prompt, however many pairs
 
     def _examples(self, idx: list[int]) -> list[Example]:
         return [Example(self.rows[i]["id"], self.rows[i]["prompt"], self.rows[i]["chosen"]) for i in idx]
