@@ -365,16 +365,13 @@ def _link_tree(source: Path, target: Path) -> None:
     import os
     import shutil
 
-    for path in source.rglob("*"):
-        dest = target / path.relative_to(source)
-        if path.is_dir():
-            dest.mkdir(parents=True, exist_ok=True)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def link_or_copy(src: str, dst: str) -> None:
         try:
-            os.link(path, dest)
+            os.link(src, dst)
         except OSError:
-            shutil.copy2(path, dest)
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
 def finite(x: float | None) -> float | None:
