@@ -179,7 +179,10 @@ def _full_named(learner) -> dict[str, torch.Tensor]:
     return dict(iter_full_params(learner.engine))
 
 
-def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_model_dir):
+def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from selfplay.config.schema import WarmStartConfig
     from selfplay.train.engine import iter_full_params
 
@@ -194,3 +197,13 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert all(torch.equal(base[k], after[k]) for k in after)
+    # the exported warm start is the base its own adapter applies to (was: base_model_name_or_path null)
+    learner.save_hf(tmp_path / "initial")
+    adapter_cfg = json.loads((tmp_path / "initial" / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tmp_path / "initial")
+    assert learner.lora.base == str(tmp_path / "initial")
+    base_model = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base_model, tmp_path / "initial" / ADAPTER_DIR).eval()
+    probes = _probes(learner.tokenizer)
+    for a, b in zip(learner.probe_logps(probes), _hf_logps(peft_model, probes)):
+        assert torch.allclose(torch.tensor(a), b, atol=1e-5, rtol=0)
