@@ -7,11 +7,12 @@ process-wide torch settings touch nothing else. The preset is built offline once
 
 1. Learner, ``full`` and ``lora``: build the learner (ZeRO-0, world size 1, fp32, no Ray), compute
    reference log-probs, run one DPO round. Reported: peak resident memory of the process (``ru_maxrss``;
-   on CUDA also ``torch.cuda.max_memory_allocated``), median optimizer-step time, trainable parameters.
-   Peak RSS includes the weights, which both modes hold; the saving is in gradients and AdamW state (two
-   moments per trainable parameter). The LoRA run then times both ways out of the learner: the merged
-   weights as sync buckets (``export_weights``) and the adapter alone as a PEFT directory, and saves the
-   policy (merged + ``adapter/``) for step 2.
+   on CUDA also ``torch.cuda.max_memory_allocated``), median optimizer-step time, trainable parameters,
+   and ``grad_adam_mb``, the exact bytes of gradients and AdamW moments (one gradient and two moments
+   per trainable parameter). Peak RSS includes the weights, activations and libraries, which both modes
+   hold, and moves by about 100 MB from run to run; ``grad_adam_mb`` is where the saving is. The LoRA
+   run then times both ways out of the learner: the merged weights as sync buckets (``export_weights``)
+   and the adapter alone as a PEFT directory, and saves the policy (merged + ``adapter/``) for step 2.
 2. vLLM, ``merged``: an engine on the base loads the merged buckets through the verified path
    (``load_buckets``: sha256 of every bucket, then the worker's ``reload_weights``). ``adapter``: an
    engine started with ``enable_lora`` loads the PEFT directory (``add_lora``). Each is the median of
@@ -54,6 +55,11 @@ def learner_child(args) -> dict:
     out = {"mode": args.mode, "steps": summary["steps"], "trainable_params": summary["trainable_params"],
            "total_params": summary["total_params"], "step_s": statistics.median(times),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    # Exact, unlike peak RSS (whole process, allocator-dependent): AdamW moments held after the round,
+    # plus one fp32 gradient per trainable parameter (allocated in every backward).
+    moments = sum(t.numel() * t.element_size() for st in lrn.optimizer.state.values() for t in st.values()
+                  if torch.is_tensor(t) and t.dim() > 0)
+    out["grad_adam_mb"] = (moments + 4 * summary["trainable_params"]) / 2**20
     if torch.cuda.is_available():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.mode == "lora":
@@ -176,7 +182,8 @@ def main() -> None:
           f"{args.threads} thread(s), {full['steps']} steps")
     print(f"trainable parameters: {lora['trainable_params']:,} of {lora['total_params']:,} "
           f"({lora['trainable_params'] / lora['total_params']:.4f})")
-    rows = [(key, full[key], lora[key]) for key in ("peak_rss_mb", "peak_cuda_mb", "step_s") if key in full]
+    rows = [(key, full[key], lora[key]) for key in ("peak_rss_mb", "grad_adam_mb", "peak_cuda_mb", "step_s")
+            if key in full]
     merged_sync = lora["export_merged_s"] + merged["load_s"]
     adapter_sync = lora["export_adapter_s"] + adapter["load_s"]
     same = sum(a == b for a, b in zip(merged["tokens"], adapter["tokens"]))

