@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from selfplay.atomic import write_file
 from selfplay.generate.types import Completion, Sampling, prompt_of
 
 META_KEY = b"selfplay.shard"
@@ -144,14 +145,7 @@ def write_shard(directory: str | Path, shard: Shard, groups: list[list[Completio
     table = table.replace_schema_metadata({META_KEY: json.dumps(shard.meta).encode()})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = shard_path(directory, shard.index)
-    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return write_file(shard_path(directory, shard.index), lambda tmp: pq.write_table(table, tmp))
 
 
 def shard_meta(path: str | Path) -> dict[str, Any]:

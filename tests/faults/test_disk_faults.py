@@ -42,7 +42,7 @@ def test_failed_shard_write_keeps_the_shards_before_it(tmp_path, monkeypatch, fa
     if fault == "no_space":
         monkeypatch.setattr("selfplay.generate.shards.pq.write_table", half_then_fail)
     else:
-        monkeypatch.setattr("selfplay.generate.shards.os.replace", refuse)
+        monkeypatch.setattr("selfplay.atomic.os.replace", refuse)
     with pytest.raises(OSError, match="injected"):
         write_shard(tmp_path, shards[1], _groups(shards[1]))
     monkeypatch.undo()
