@@ -77,7 +77,7 @@ def prepare(rt) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if cfg.policy.warmstart is not None:
         ws = cfg.policy.warmstart
-        from selfplay.loop.records import encode_prompt
+        from selfplay.records import encode_prompt
 
         pool = rt.task.train_examples(None, seed=cfg.seed)
         rows = [{"prompt": encode_prompt(ex.prompt), "reference": ex.reference} for ex in pool[: ws.examples]
@@ -104,7 +104,7 @@ def prepare(rt) -> dict[str, Any]:
 
 
 def generate(rt, k: int, prompts: list) -> dict[str, Any]:
-    from selfplay.loop.records import generations_table
+    from selfplay.records import generations_table
 
     if rt.cfg.task.type == "pairs":
         return {"skipped": "offline pairs: nothing to generate"}

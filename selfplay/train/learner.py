@@ -39,13 +39,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from selfplay.records import KTO_REF_COLUMNS, REF_COLUMNS
 from selfplay.train import checkpoint as ckpt
 from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
-    KTO_REF_COLUMNS,
-    REF_COLUMNS,
     Encoded,
     encode_pairs,
     encode_sft,
