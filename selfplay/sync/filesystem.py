@@ -24,17 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.atomic import replace_dir
-from selfplay.sync.base import (
-    RemoteCallError,
-    SyncError,
-    SyncReport,
-    _remote,
-    call_all,
-    export,
-    ray_get,
-    summarize,
-    targets,
-)
+from selfplay.remote import RemoteCallError, call_all, ray_get, targets
+from selfplay.sync.base import SyncError, SyncReport, _remote, export, summarize
 from selfplay.sync.buckets import BucketError
 from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
