@@ -1,8 +1,9 @@
 """Generator actors: one engine per actor, and a pool that shards prompts over R replicas.
 
-``GeneratorActor`` is a thin adapter (STYLE 7): it sets its threads, owns one engine
-(:mod:`selfplay.generate`, vLLM or HF) and forwards calls. ``GeneratorPool`` places R of them in a
-placement group (``resources.placement``: pack or spread) and runs a generate call as a queue of
+``GeneratorActor`` is a thin adapter: it sets its threads, owns one engine (:mod:`selfplay.generate`,
+vLLM or HF) and forwards calls, so the engine code runs the same in-process (tests) and in an actor.
+``GeneratorPool`` places R of them in a placement group (:func:`place_generators`,
+``resources.placement``: pack or spread) and runs a generate call as a queue of
 shards (``generation.shard_size`` prompts): each replica pulls the next shard when it finishes one, so
 replicas of different speed stay busy, and each finished shard is written at once (atomically) when a
 shard directory is given. A crash loses at most the shards in flight; the next call on the same
@@ -41,7 +42,8 @@ import ray
 from actors.shard_run import run_shards
 from selfplay.generate import Completion, Sampling, make_engine
 from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path
-from selfplay.sync.base import RemoteCallError, SyncError, call_all, ray_get, targets
+from selfplay.remote import RemoteCallError, call_all, ray_get, targets
+from selfplay.sync.base import SyncError
 from selfplay.sync.verify import check_versions
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,27 @@ class PolicySource:
     checksum: str | None = None  # the sync checksum those buckets load with
 
 
+def place_generators(gen_cfg: Any, resources: Any, timeout_s: float) -> tuple[Any, list[dict[str, Any]]]:
+    """Reserve one placement group of ``gen_cfg.replicas`` bundles (``resources.placement``, custom
+    ``resources.generator_resources`` in each) and return it with each replica's actor options."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    cpus = getattr(resources, "generator_cpus", 1.0)
+    gpus = getattr(resources, "generator_gpus", 0.0) * gen_cfg.tensor_parallel_size
+    custom = dict(getattr(resources, "generator_resources", None) or {})
+    strategy = str(getattr(resources, "placement", "pack")).upper()
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
+    tag = uuid.uuid4().hex[:8]  # Ray names (`ray list actors`/`placement-groups`, fault tests)
+    pg = placement_group([bundle] * gen_cfg.replicas, strategy=strategy, name=f"selfplay-generators-{tag}")
+    ray_get(pg.ready(), f"placement group of {gen_cfg.replicas} generators {bundle} ({strategy})", timeout_s)
+    return pg, [
+        {"name": f"selfplay-generator-{tag}-{i}", "num_cpus": cpus, "num_gpus": gpus or None,
+         "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
+        for i in range(gen_cfg.replicas)
+    ]
+
+
 class GeneratorPool:
     """R generator actors in a placement group; ``generate`` shards prompts across them."""
 
@@ -200,49 +223,21 @@ class GeneratorPool:
         shard_retries: int = 2,
         engine_kwargs: dict[str, Any] | None = None,
     ):
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        cpus = getattr(resources, "generator_cpus", 1.0)
-        gpus = getattr(resources, "generator_gpus", 0.0) * gen_cfg.tensor_parallel_size
-        threads = getattr(resources, "threads_per_actor", 1)
-        custom = dict(getattr(resources, "generator_resources", None) or {})
-        strategy = str(getattr(resources, "placement", "pack")).upper()
         self.max_restarts = int(getattr(resources, "max_restarts", 3))
         self.gen_cfg = gen_cfg
         self.start_timeout_s, self.shard_timeout_s = start_timeout_s, shard_timeout_s
         self.call_timeout_s, self.shard_retries = call_timeout_s, shard_retries
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
-        tag = uuid.uuid4().hex[:8]  # Ray names (`ray list actors`/`placement-groups`, fault tests)
-        self._pg = placement_group([bundle] * gen_cfg.replicas, strategy=strategy, name=f"selfplay-generators-{tag}")
-        ray_get(
-            self._pg.ready(),
-            f"placement group of {gen_cfg.replicas} generators {bundle} ({strategy})",
-            start_timeout_s,
-        )
-        kwargs = {
-            "dtype": dtype,
-            "max_model_len": gen_cfg.max_model_len,
-            "seed": seed,
-            **(engine_kwargs or {}),
-        }
+        self.names = [f"generator-{i}" for i in range(gen_cfg.replicas)]
+        self._pg, placed = place_generators(gen_cfg, resources, start_timeout_s)
+        kwargs = {"dtype": dtype, "max_model_len": gen_cfg.max_model_len, "seed": seed, **(engine_kwargs or {})}
         if gen_cfg.backend == "vllm":
             kwargs["tensor_parallel_size"] = gen_cfg.tensor_parallel_size
+        threads = getattr(resources, "threads_per_actor", 1)
         cls = ray.remote(GeneratorActor)
-        self.names = [f"generator-{i}" for i in range(gen_cfg.replicas)]
         self.actors = [
-            cls.options(
-                name=f"selfplay-generator-{tag}-{i}",
-                num_cpus=cpus,
-                num_gpus=gpus or None,
-                max_restarts=self.max_restarts,
-                max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self._pg, placement_group_bundle_index=i
-                ),
-            ).remote(name, str(model_path), gen_cfg.backend, version, threads, kwargs)
-            for i, name in enumerate(self.names)
+            cls.options(**options, max_restarts=self.max_restarts, max_task_retries=0)
+            .remote(name, str(model_path), gen_cfg.backend, version, threads, kwargs)
+            for name, options in zip(self.names, placed)
         ]
         call_all(targets(self), "ready", (), start_timeout_s)
         self.policy = PolicySource(version, path=str(model_path))

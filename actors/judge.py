@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from selfplay.judges.base import PromptGroup, Scores
-from selfplay.sync.base import RemoteCallError, ray_get
+from selfplay.remote import RemoteCallError, ray_get
 
 CHUNK = 64  # prompt groups per remote call: what one death of the actor can cost
 
@@ -31,7 +31,7 @@ class JudgeActor:
         setup_env(threads=threads)
         from selfplay.judges.factory import build_judge
 
-        self.judge = build_judge(cfg, remote=False)
+        self.judge = build_judge(cfg)
 
     def name(self) -> str:
         return self.judge.name
@@ -65,19 +65,15 @@ class RemoteJudge:
         return out
 
     def _score_chunk(self, chunk: list[PromptGroup], start: int, total: int) -> Scores:
-        import ray
-
         what = f"judge.score(prompts {start}..{start + len(chunk) - 1} of {total})"
         deadline, failed = time.monotonic() + START_TIMEOUT_S, False
         while True:
             try:
                 return ray_get(self.handle.score.remote(chunk), what, SCORE_TIMEOUT_S)
             except RemoteCallError as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, ray.exceptions.RayActorError) or time.monotonic() > deadline:
+                if not exc.actor_lost or time.monotonic() > deadline:
                     raise
-                restarting = isinstance(cause, ray.exceptions.ActorUnavailableError)
-                if not failed or not restarting:  # a (new) death of the actor: Ray restarts it
+                if not failed or exc.kind != "restarting":  # a (new) death of the actor: Ray restarts it
                     if self.restarts >= self.max_restarts:
                         raise
                     self.restarts += 1

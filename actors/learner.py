@@ -5,7 +5,11 @@ calls to it. ``LearnerGroup`` reserves a placement group (one bundle per rank, P
 actors, lets rank 0 choose the rendezvous address (its node IP and a free port) and forms one DeepSpeed
 world. Its methods mirror the Learner's: each call goes to every rank (DeepSpeed collectives need all of
 them), waits with a timeout, and returns rank 0's result. A failure or a timeout raises
-:class:`LearnerGroupError` naming the method, the rank and the remote error's type and first line.
+:class:`LearnerGroupError` (a :class:`~selfplay.remote.RemoteCallError`) naming the method, the rank and
+the remote error's type and first line. Only the group holds the rank handles: a weight sync asks it
+for ``export_ref`` (rank 0's buckets, left in the object store) or ``broadcast_send``, so a rank that
+dies during a sync is caught by the same bookkeeping as during training. ``holds`` says which weights
+the ranks hold (the directory they were loaded from, or the checkpoint directory of the last round).
 
 Failures (no rank is ever restarted in place: a DeepSpeed world cannot take a new member mid-round):
 
@@ -39,6 +43,7 @@ import pyarrow as pa
 import ray
 
 from selfplay.config.schema import ResourcesConfig
+from selfplay.remote import RemoteCallError, all_ready, describe, first_ready, ray_get
 from selfplay.sync.nccl import BroadcastSenderMixin
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
@@ -47,7 +52,7 @@ QUICK_TIMEOUT_S = 600.0  # probe, export, save: no training inside
 SETTLE_S = 30.0  # after one rank raises, how long the others get to finish before the group counts as lost
 
 
-class LearnerGroupError(RuntimeError):
+class LearnerGroupError(RemoteCallError):
     """A learner rank failed or did not answer in time."""
 
 
@@ -59,9 +64,9 @@ class LearnerLostError(LearnerGroupError):
 class LearnerActor(BroadcastSenderMixin):
     """One learner rank in its own process.
 
-    ``export_weights`` and ``probe_logps`` are actor methods of their own (not only via ``call``) so that a
-    weight sync can address the ranks directly (``LearnerGroup.sync_handle``) and keep rank 0's buckets in
-    the object store; ``BroadcastSenderMixin`` adds the NCCL-broadcast side of a sync.
+    ``export_summarized`` and ``probe_logps`` are actor methods of their own (not only via ``call``) so
+    that the group can leave rank 0's buckets in the object store during a weight sync;
+    ``BroadcastSenderMixin`` adds the NCCL-broadcast side of a sync.
     """
 
     def __init__(self, threads: int) -> None:
@@ -92,6 +97,15 @@ class LearnerActor(BroadcastSenderMixin):
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[bytes]:
         return self.learner.export_weights(bucket_mb, version, dtype)
 
+    @ray.method(num_returns=2)
+    def export_summarized(self, bucket_mb: float, version: int) -> tuple[list[bytes], Any]:
+        """The buckets (collective: every rank exports; rank 0 has them) and their small summary, as two
+        objects: the group waits on the summary and leaves the buckets in the object store."""
+        from selfplay.sync.base import summarize
+
+        blobs = self.learner.export_weights(bucket_mb, version)
+        return blobs, summarize(blobs) if blobs else None
+
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.learner.probe_logps(sequences)
 
@@ -115,6 +129,7 @@ class LearnerGroup:
         self.actors: list[Any] = []
         self.placement_group = None
         self.lost: str | None = None  # why the group is unusable (a rank died or hung), else None
+        self.holds: str | None = str(model_path)  # where the ranks' weights are on disk (None: unsaved)
         self._local = None
         out = str(output_dir) if output_dir is not None else None
         if local:
@@ -158,21 +173,24 @@ class LearnerGroup:
         self._gather("setup", refs, setup_timeout_s)
 
     @property
-    def sync_handle(self) -> Any:
-        """What a weight sync (``selfplay.sync``) addresses: the rank actors, or the in-process Learner."""
-        return self._local if self._local is not None else list(self.actors)
+    def remote(self) -> bool:
+        """True when the ranks are Ray actors (False: one in-process learner)."""
+        return self._local is None
 
     # ------------------------------------------------------------------------------------- plumbing
     def _call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._local is not None:
             return getattr(self._local, method)(*args, **kwargs)
-        if self.lost is not None:
-            raise LearnerLostError(f"LearnerGroup.{method}: the group is unusable since {self.lost}; shut it down "
-                                   "and start a new group (load_checkpoint resumes the round)")
+        self._check_usable(method)
         # Large arguments (a pairs table) go to the object store once, not once per rank.
         args = tuple(ray.put(a) if isinstance(a, pa.Table | list) else a for a in args)
         refs = [actor.call.remote(method, *args, **kwargs) for actor in self.actors]
         return self._gather(method, refs, timeout or self.timeout_s)[0]
+
+    def _check_usable(self, method: str) -> None:
+        if self.lost is not None:
+            raise LearnerLostError(f"LearnerGroup.{method}: the group is unusable since {self.lost}; shut it down "
+                                   "and start a new group (load_checkpoint resumes the round)")
 
     def _gather(self, method: str, refs: list[Any], timeout: float) -> list[Any]:
         """Results of ``refs`` in rank order; the first failure or the deadline raises naming the rank."""
@@ -180,66 +198,100 @@ class LearnerGroup:
         results: list[Any] = [None] * len(refs)
         deadline = time.monotonic() + timeout
         while pending:
-            remaining = deadline - time.monotonic()
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, remaining))
-            if not ready:
+            ref = first_ready(list(pending), deadline - time.monotonic())
+            if ref is None:
                 ranks = sorted(pending.values())
                 raise self._lose(f"LearnerGroup.{method}: rank(s) {ranks} did not answer within {timeout:.0f}s")
-            for ref in ready:
-                rank = pending.pop(ref)
-                try:
-                    results[rank] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-                except ray.exceptions.RayActorError as exc:
-                    raise self._lose(f"LearnerGroup.{method} failed on rank {rank}: its actor died "
-                                     f"({_reason(exc)})") from exc
-                except ray.exceptions.GetTimeoutError:
-                    raise self._lose(f"LearnerGroup.{method}: rank {rank} did not answer within "
-                                     f"{timeout:.0f}s") from None
-                except ray.exceptions.RayError as exc:
-                    message = f"LearnerGroup.{method} failed on rank {rank}: {_reason(exc)}"
-                    if not self._settled(pending):
-                        raise self._lose(message + "; the other ranks did not finish") from exc
-                    raise LearnerGroupError(message) from exc
+            rank = pending.pop(ref)
+            try:
+                results[rank] = ray_get(ref, f"LearnerGroup.{method}", max(1.0, deadline - time.monotonic()))
+            except RemoteCallError as exc:
+                raise self._failed(method, rank, exc, pending, timeout) from exc.__cause__
         return results
+
+    def _failed(self, method: str, rank: int, exc: RemoteCallError, pending: dict[Any, int],
+                timeout: float) -> LearnerGroupError:
+        """The error for a rank's failed call; a rank that died or hung, or a failure the other ranks do
+        not finish after, marks the group lost."""
+        if exc.kind == "timeout":
+            return self._lose(f"LearnerGroup.{method}: rank {rank} did not answer within {timeout:.0f}s")
+        if exc.actor_lost:
+            return self._lose(f"LearnerGroup.{method} failed on rank {rank}: its actor died "
+                              f"({describe(exc.__cause__)})")
+        message = f"LearnerGroup.{method} failed on rank {rank}: {describe(exc.__cause__)}"
+        if not self._settled(pending):
+            return self._lose(message + "; the other ranks did not finish")
+        return LearnerGroupError(message)
 
     def _lose(self, message: str) -> LearnerLostError:
         self.lost = message
-        return LearnerLostError(message)
+        return LearnerLostError(message, "died")
 
     def _settled(self, pending: dict[Any, int]) -> bool:
         """After one rank raised: did every other rank finish (together, so the world is consistent)?"""
         if not pending:
             return True
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=SETTLE_S)
-        if len(ready) < len(pending):
+        if not all_ready(list(pending), SETTLE_S):
             return False
-        for ref in ready:
+        for ref in pending:
             try:
-                ray.get(ref, timeout=1.0)
-            except ray.exceptions.RayActorError:
-                return False
-            except ray.exceptions.RayError:
-                pass
+                ray_get(ref, "LearnerGroup (settling)", 1.0)
+            except RemoteCallError as exc:
+                if exc.actor_lost:
+                    return False
         return True
+
+    # ------------------------------------------------------------------------------------ weight sync
+    def export_ref(self, bucket_mb: float = 64.0, version: int = 0, *,
+                   timeout: float | None = None) -> tuple[Any, Any]:
+        """Every rank exports (collective); returns ``(rank 0's buckets as an ObjectRef, their summary)``,
+        the buckets never fetched here. In-process: ``(None, the buckets)``."""
+        if self._local is not None:
+            return None, self._local.export_weights(bucket_mb, version)
+        self._check_usable("export_weights")
+        pairs = [actor.export_summarized.remote(bucket_mb, version) for actor in self.actors]
+        summaries = self._gather("export_weights", [s for _, s in pairs], timeout or QUICK_TIMEOUT_S)
+        return pairs[0][0], summaries[0]
+
+    def broadcast_join(self, host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float,
+                       *, timeout: float | None = None) -> bool:
+        """Rank 0 joins a broadcast weight sync's process group (``selfplay.sync.nccl``) as its ``rank``."""
+        self._check_usable("broadcast_join")
+        ref = self.actors[0].broadcast_join.remote(host, port, world_size, rank, backend, timeout_s)
+        return self._gather("broadcast_join", [ref], timeout or QUICK_TIMEOUT_S)[0]
+
+    def broadcast_send(self, bucket_mb: float, version: int, *, timeout: float | None = None) -> Any:
+        """Every rank exports (collective) and rank 0 broadcasts; returns rank 0's bucket summary."""
+        self._check_usable("broadcast_send")
+        refs = [actor.broadcast_send.remote(bucket_mb, version) for actor in self.actors]
+        return self._gather("broadcast_send", refs, timeout or QUICK_TIMEOUT_S)[0]
 
     # ------------------------------------------------------------------------------- learner methods
     def reload(self, model_path: str | Path, cfg: Any = None, *, timeout: float | None = None) -> None:
         """Rebuild every rank's engine from a model directory (optionally another TrainConfig)."""
-        return self._call("reload", str(model_path), cfg, timeout=timeout or QUICK_TIMEOUT_S)
+        self._call("reload", str(model_path), cfg, timeout=timeout or QUICK_TIMEOUT_S)
+        self.holds = str(model_path)
 
     def train_round(self, pairs: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
                     on_step: Any = None, timeout: float | None = None) -> dict[str, Any]:
-        return self._call("train_round", pairs, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
-                          timeout=timeout)
+        self.holds = None  # until the round's checkpoint is written
+        summary = self._call("train_round", pairs, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
+                             timeout=timeout)
+        self.holds = _str(checkpoint_dir)
+        return summary
 
     def sft_round(self, examples: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
                   on_step: Any = None, timeout: float | None = None) -> dict[str, Any]:
-        return self._call("sft_round", examples, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
-                          timeout=timeout)
+        self.holds = None
+        summary = self._call("sft_round", examples, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
+                             timeout=timeout)
+        self.holds = _str(checkpoint_dir)
+        return summary
 
     def compute_reference(self, pairs: Any, model_path: str | Path | None = None, cfg: Any = None, *,
-                          timeout: float | None = None) -> pa.Table:
-        return self._call("compute_reference", pairs, _str(model_path), cfg, timeout=timeout)
+                          as_reference: bool = True, timeout: float | None = None) -> pa.Table:
+        return self._call("compute_reference", pairs, _str(model_path), cfg, as_reference=as_reference,
+                          timeout=timeout)
 
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
                        timeout: float | None = None) -> list[bytes]:
@@ -252,7 +304,9 @@ class LearnerGroup:
         return self._call("save_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)
 
     def load_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> dict[str, Any]:
-        return self._call("load_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)
+        info = self._call("load_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)
+        self.holds = str(ckpt_dir)
+        return info
 
     def probe_logps(self, sequences: list[list[int]], *, timeout: float | None = None) -> list[list[float]]:
         return self._call("probe_logps", sequences, timeout=timeout or QUICK_TIMEOUT_S)
@@ -293,14 +347,3 @@ class LearnerGroup:
 
 def _str(path: str | Path | None) -> str | None:
     return None if path is None else str(path)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for a remote failure: the learner's own exception (type and first line), or why the actor
-    died, instead of Ray's whole remote traceback."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and not isinstance(exc, ray.exceptions.RayActorError):
-        lines = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:800]
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:800]

@@ -18,7 +18,7 @@ idle replica, and collects them as they finish. Choices:
   replica is named with its method and shard, and is killed so that Ray restarts it (the next call
   restores it) instead of leaving the pool blocked behind it.
 * Errors raised inside ``generate`` itself (a bad prompt, an engine bug) are not retried: they would fail
-  again. They propagate as :class:`~selfplay.sync.base.RemoteCallError` naming the generator and shard.
+  again. They propagate as :class:`~selfplay.remote.RemoteCallError` naming the generator and shard.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from selfplay.generate import Completion, Sampling
 from selfplay.generate.shards import Shard, write_shard
-from selfplay.sync.base import RemoteCallError, ray_get
+from selfplay.remote import RemoteCallError, first_ready, ray_get
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ class _Call:
     replica: int
     shard: Shard | None  # None: a restore of the replica
     deadline: float
-
-
-def actor_died(exc: BaseException) -> bool:
-    """True when a remote call failed because its actor's process is gone (not because the call raised)."""
-    import ray
-
-    cause = exc.__cause__ if isinstance(exc, RemoteCallError) else exc
-    return isinstance(cause, ray.exceptions.RayActorError)
 
 
 def run_shards(
@@ -62,89 +54,116 @@ def run_shards(
     on_shard: Callable[[int], None] | None = None,
 ) -> tuple[dict[int, list[list[Completion]]], dict[str, Any]]:
     """Generate ``todo`` on ``pool``'s replicas; returns ``({shard index: groups}, facts about the run)``."""
-    queue: deque[Shard] = deque(todo)
-    idle: deque[int] = deque(range(len(pool.actors)))
-    running: dict[Any, _Call] = {}
-    attempts: Counter[int] = Counter()
-    restores: Counter[int] = Counter()
-    results: dict[int, list[list[Completion]]] = {}
-    by_replica: dict[str, list[int]] = {name: [] for name in pool.names}
+    return _ShardRun(pool, prompts, sampling, todo, version, shard_dir, on_shard).run()
 
-    def lose(a: int, s: Shard, why: str) -> None:
-        name = pool.names[a]
-        if attempts[s.index] > pool.shard_retries:
-            raise RemoteCallError(f"{name}.generate(shard {s.index}) failed {attempts[s.index]} times; last: {why}")
-        if restores[a] > pool.max_restarts:
-            raise RemoteCallError(f"{name} was lost {restores[a] + 1} times in one generate call; last: {why}")
-        log.warning("%s lost shard %d (%s); it is queued again and %s restored to version %d",
-                    name, s.index, why, name, version)
-        queue.appendleft(s)
-        restores[a] += 1
-        running[pool.submit_restore(a, version)] = _Call(a, None, time.monotonic() + pool.start_timeout_s)
 
-    while queue or running:
-        while idle and queue:
-            a, s = idle.popleft(), queue.popleft()
-            attempts[s.index] += 1
-            ref = pool.actors[a].generate.remote(list(prompts[s.start : s.stop]), sampling, s.start)
-            running[ref] = _Call(a, s, time.monotonic() + pool.shard_timeout_s)
-        ref = _next_ready(pool, running)
-        call = running.pop(ref)
-        a, s, name = call.replica, call.shard, pool.names[call.replica]
-        if s is None:  # a restore finished: verified, the replica takes shards again
-            try:
-                pool.check_restored(a, ref, version)
-            except RemoteCallError as exc:  # died again while restarting: Ray may still bring it back
-                if not actor_died(exc) or restores[a] > pool.max_restarts:
-                    raise
-                restores[a] += 1
-                running[pool.submit_restore(a, version)] = _Call(a, None, time.monotonic() + pool.start_timeout_s)
-                continue
-            idle.append(a)
-            continue
+class _ShardRun:
+    """One call's queue of shards, its replicas and calls in flight; one handler per event."""
+
+    def __init__(self, pool: Any, prompts: Sequence[Any], sampling: Sampling, todo: Sequence[Shard], version: int,
+                 shard_dir: Any, on_shard: Callable[[int], None] | None) -> None:
+        self.pool, self.prompts, self.sampling, self.version = pool, prompts, sampling, version
+        self.shard_dir, self.on_shard = shard_dir, on_shard
+        self.queue: deque[Shard] = deque(todo)
+        self.idle: deque[int] = deque(range(len(pool.actors)))
+        self.running: dict[Any, _Call] = {}
+        self.attempts: Counter[int] = Counter()
+        self.restores: Counter[int] = Counter()
+        self.results: dict[int, list[list[Completion]]] = {}
+        self.by_replica: dict[str, list[int]] = {name: [] for name in pool.names}
+
+    def run(self) -> tuple[dict[int, list[list[Completion]]], dict[str, Any]]:
+        while self.queue or self.running:
+            self.hand_out()
+            ref = self.next_ready()
+            call = self.running.pop(ref)
+            if call.shard is None:
+                self.restored(call.replica, ref)
+            else:
+                self.generated(call.replica, call.shard, ref)
+        facts = {
+            "attempts": {i: n for i, n in sorted(self.attempts.items()) if n > 1},
+            "by_replica": self.by_replica,
+            "restored": sorted(self.pool.names[a] for a in self.restores),
+        }
+        return self.results, facts
+
+    def hand_out(self) -> None:
+        """Give the next shard to each idle replica."""
+        while self.idle and self.queue:
+            a, s = self.idle.popleft(), self.queue.popleft()
+            self.attempts[s.index] += 1
+            ref = self.pool.actors[a].generate.remote(list(self.prompts[s.start : s.stop]), self.sampling, s.start)
+            self.running[ref] = _Call(a, s, time.monotonic() + self.pool.shard_timeout_s)
+
+    def restore(self, a: int) -> None:
+        """Start restoring replica ``a`` (restarted by Ray) to the call's version: one more call in flight."""
+        self.restores[a] += 1
+        ref = self.pool.submit_restore(a, self.version)
+        self.running[ref] = _Call(a, None, time.monotonic() + self.pool.start_timeout_s)
+
+    def restored(self, a: int, ref: Any) -> None:
+        """A restore finished: verified, the replica takes shards again."""
         try:
-            groups = ray_get(ref, f"{name}.generate(shard {s.index})", pool.call_timeout_s)
-        except RemoteCallError as exc:
-            if not actor_died(exc):
+            self.pool.check_restored(a, ref, self.version)
+        except RemoteCallError as exc:  # died again while restarting: Ray may still bring it back
+            if not exc.actor_lost or self.restores[a] > self.pool.max_restarts:
                 raise
-            lose(a, s, "its actor died")
-            continue
+            self.restore(a)
+            return
+        self.idle.append(a)
+
+    def generated(self, a: int, s: Shard, ref: Any) -> None:
+        """A shard's call finished: keep (and store) its groups, or queue it again if the replica was lost."""
+        name = self.pool.names[a]
+        try:
+            groups = ray_get(ref, f"{name}.generate(shard {s.index})", self.pool.call_timeout_s)
+        except RemoteCallError as exc:
+            if not exc.actor_lost:
+                raise
+            self.lose(a, s, "its actor died")
+            return
         held = sorted({c.policy_version for g in groups for c in g})
-        if held and held != [version]:
-            lose(a, s, f"generated with version {held}, expected {version} (restarted while idle)")
-            continue
-        if shard_dir is not None:
-            write_shard(shard_dir, s, groups)
-        results[s.index] = groups
-        by_replica[name].append(s.index)
-        idle.append(a)
-        if on_shard is not None:
-            on_shard(s.index)
-    facts = {
-        "attempts": {i: n for i, n in sorted(attempts.items()) if n > 1},
-        "by_replica": by_replica,
-        "restored": sorted(pool.names[a] for a in restores),
-    }
-    return results, facts
+        if held and held != [self.version]:
+            self.lose(a, s, f"generated with version {held}, expected {self.version} (restarted while idle)")
+            return
+        if self.shard_dir is not None:
+            write_shard(self.shard_dir, s, groups)
+        self.results[s.index] = groups
+        self.by_replica[name].append(s.index)
+        self.idle.append(a)
+        if self.on_shard is not None:
+            self.on_shard(s.index)
 
+    def lose(self, a: int, s: Shard, why: str) -> None:
+        """Replica ``a`` lost shard ``s``: the shard goes back to the front of the queue, the replica is restored."""
+        name = self.pool.names[a]
+        if self.attempts[s.index] > self.pool.shard_retries:
+            raise RemoteCallError(f"{name}.generate(shard {s.index}) failed {self.attempts[s.index]} times; "
+                                  f"last: {why}")
+        if self.restores[a] > self.pool.max_restarts:
+            raise RemoteCallError(f"{name} was lost {self.restores[a] + 1} times in one generate call; last: {why}")
+        log.warning("%s lost shard %d (%s); it is queued again and %s restored to version %d",
+                    name, s.index, why, name, self.version)
+        self.queue.appendleft(s)
+        self.restore(a)
 
-def _next_ready(pool: Any, running: dict[Any, _Call]) -> Any:
-    """The first call in flight to finish; past a call's deadline, kill its replica and raise naming it."""
-    import ray
-
-    while True:
-        first = min(c.deadline for c in running.values())
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, first - time.monotonic()))
-        if ready:
-            return ready[0]
-        late = [c for c in running.values() if c.deadline <= time.monotonic()]
-        if late:
-            c = late[0]
-            what = (f"{pool.names[c.replica]}.generate(shard {c.shard.index})" if c.shard is not None
-                    else f"{pool.names[c.replica]}.restore")
-            limit = pool.shard_timeout_s if c.shard is not None else pool.start_timeout_s
-            for hung in late:  # Ray restarts it; the next call on the pool restores it (heal)
-                pool.kill_replica(hung.replica)
-            raise RemoteCallError(f"{what} did not finish within {limit:.0f} s; {pool.names[c.replica]} was "
-                                  "killed so Ray restarts it (raise the pool's shard_timeout_s if shards are "
-                                  "just slow)")
+    def next_ready(self) -> Any:
+        """The first call in flight to finish; past a call's deadline, kill its replica and raise naming it."""
+        pool = self.pool
+        while True:
+            first = min(c.deadline for c in self.running.values())
+            ref = first_ready(list(self.running), first - time.monotonic())
+            if ref is not None:
+                return ref
+            late = [c for c in self.running.values() if c.deadline <= time.monotonic()]
+            if late:
+                c = late[0]
+                what = (f"{pool.names[c.replica]}.generate(shard {c.shard.index})" if c.shard is not None
+                        else f"{pool.names[c.replica]}.restore")
+                limit = pool.shard_timeout_s if c.shard is not None else pool.start_timeout_s
+                for hung in late:  # Ray restarts it; the next call on the pool restores it (heal)
+                    pool.kill_replica(hung.replica)
+                raise RemoteCallError(f"{what} did not finish within {limit:.0f} s; {pool.names[c.replica]} was "
+                                      "killed so Ray restarts it (raise the pool's shard_timeout_s if shards are "
+                                      "just slow)", "timeout")

@@ -32,6 +32,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread in this process while a module's tests run, restored after: a reference HF engine
+    runs here beside the actors (2 threads on a shared 2-core machine were measured 30x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama policy with a character tokenizer, built offline (no hub)."""

@@ -1,4 +1,5 @@
-"""The library imports without the heavy engines (STYLE: actors/ hold Ray, vLLM and DeepSpeed)."""
+"""The library imports without the heavy engines: `import selfplay` (and its packages) pulls no Ray, vLLM
+or DeepSpeed; those are imported only by `actors/` and inside the functions that start them."""
 
 import subprocess
 import sys

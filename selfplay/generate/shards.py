@@ -30,20 +30,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from selfplay.atomic import write_file
 from selfplay.generate.types import Completion, Sampling, prompt_of
+from selfplay.records import SHARD_SCHEMA
 
 META_KEY = b"selfplay.shard"
-SCHEMA = pa.schema(
-    [
-        ("prompt_index", pa.int64()),
-        ("sample_index", pa.int32()),
-        ("token_ids", pa.list_(pa.int32())),
-        ("text", pa.string()),
-        ("finish_reason", pa.string()),
-        ("logprobs", pa.list_(pa.float64())),  # float64: a reused shard reads back exactly what was generated
-        ("policy_version", pa.int32()),
-    ]
-)
 
 
 class ShardError(RuntimeError):
@@ -140,18 +131,11 @@ def write_shard(directory: str | Path, shard: Shard, groups: list[list[Completio
                          f"{sorted({len(g) for g in groups})} samples each; expected prompts "
                          f"{shard.start}..{shard.stop - 1} with {shard.meta['n']} samples")
     rows = [c.to_row() for group in groups for c in group]
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     table = table.replace_schema_metadata({META_KEY: json.dumps(shard.meta).encode()})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = shard_path(directory, shard.index)
-    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return write_file(shard_path(directory, shard.index), lambda tmp: pq.write_table(table, tmp))
 
 
 def shard_meta(path: str | Path) -> dict[str, Any]:

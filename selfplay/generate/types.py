@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-Prompt = str | list[dict[str, str]]
+from selfplay.records import Prompt  # noqa: F401  (one alias: text or chat messages)
 
 
 @dataclass(frozen=True)

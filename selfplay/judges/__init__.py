@@ -11,7 +11,6 @@ from selfplay.judges.base import (
     Judge,
     JudgeError,
     PromptGroup,
-    decode_prompt,
     groups_from_table,
     judge_table,
     run_judge,
@@ -21,6 +20,7 @@ from selfplay.judges.compare import win_rates
 from selfplay.judges.factory import build_judge
 from selfplay.judges.llm_judge import DEFAULT_TEMPLATE, LLMJudge, parse_verdict
 from selfplay.judges.rules import SFTJudge, VerifierJudge, normalize_whitespace
+from selfplay.records import decode_prompt  # the table encoding lives in selfplay.records
 
 __all__ = [
     "DEFAULT_TEMPLATE",

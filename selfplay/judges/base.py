@@ -15,22 +15,22 @@ Choices:
   at a time, stopping after three failures (only on failure; a judge with side effects sees those
   extra calls).
 * Prompts are ``str`` in the tables; chat-message prompts are JSON-encoded there and decoded back to
-  message lists here, so model judges can render them with a chat template.
+  message lists (``selfplay.records.decode_prompt``), so model judges can render them with a chat template.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from selfplay.records import JUDGMENT_COLUMNS, Prompt, decode_prompt
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Prompt = str | list[dict[str, Any]]
 Scores = list[list[float | None]]
 
 
@@ -56,21 +56,6 @@ class Judge(Protocol):
 
 class JudgeError(RuntimeError):
     """A judge failed or returned something malformed; the message names the judge and the prompt."""
-
-
-def decode_prompt(prompt: str) -> Prompt:
-    """A table's prompt string back to a chat-message list when it is a JSON-encoded one, else as is."""
-    if not prompt.startswith("["):
-        return prompt
-    try:
-        value = json.loads(prompt)
-    except ValueError:
-        return prompt
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in value
-    ):
-        return value
-    return prompt
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -168,8 +153,9 @@ def judge_table(
     groups, slots = _group_rows(generations, examples)
     scores = run_judge(judge, groups)
     column = [scores[g][k] for g, k in slots]
-    out = generations.append_column("score", pa.array(column, type=pa.float64()))
-    out = out.append_column("judge", pa.array([judge.name] * len(column), type=pa.string()))
+    score, name = JUDGMENT_COLUMNS
+    out = generations.append_column(score, pa.array(column, type=score.type))
+    out = out.append_column(name, pa.array([judge.name] * len(column), type=name.type))
     scored = [s for s in column if s is not None]
     stats = {
         "prompts": len(groups),

@@ -1,9 +1,11 @@
 """``build_judge``: the configured judge, built by one explicit if/elif over ``judge.type``.
 
-Model judges (``reward_model``, ``pairwise``) run in-process by default; ``remote=True`` hosts the same
-judge in a Ray actor (``actors/judge.py``) and returns a proxy with the same ``score`` method. The
-``llm_judge`` needs something that completes text: a ``complete(list[str]) -> list[str]`` callable, or
-an ``engine`` with the generator API (``generate(prompts, sampling)``) serving ``judge.path``.
+Every judge built here runs in this process; where it runs is not this package's choice. The run's
+factory (``selfplay.loop.factory``) hosts model judges (``reward_model``, ``pairwise``) in a Ray actor
+(``actors/judge.py``, which calls this function inside the actor) and gives the ``llm_judge`` a
+generator pool of its own. The ``llm_judge`` needs something that completes text: a
+``complete(list[str]) -> list[str]`` callable, or an ``engine`` with the generator API
+(``generate(prompts, sampling)``) serving ``judge.path``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ def build_judge(
     *,
     engine: Any = None,
     complete: Complete | None = None,
-    remote: bool = False,
-    num_cpus: float = 1.0,
-    num_gpus: float = 0.0,
 ) -> Judge:
     """The judge for ``cfg`` (a ``JudgeConfig``). ``task`` is needed by ``verifier`` only."""
     kind = cfg.type
@@ -36,10 +35,6 @@ def build_judge(
 
         return SFTJudge()
     if kind in ("reward_model", "pairwise"):
-        if remote:
-            from actors.judge import spawn_judge
-
-            return spawn_judge(cfg, num_cpus=num_cpus, num_gpus=num_gpus)
         if kind == "reward_model":
             from selfplay.judges.reward_model import RewardModelJudge
 

@@ -19,8 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from selfplay.judges.base import Prompt, PromptGroup, Scores, prompt_text
+from selfplay.judges.base import PromptGroup, Scores, prompt_text
 from selfplay.judges.compare import comparisons, win_rates
+from selfplay.records import Prompt
 
 TRIPLE_TEMPLATE = "{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}"
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfplay.judges.base import Prompt, PromptGroup, Scores, prompt_text
+from selfplay.judges.base import PromptGroup, Scores, prompt_text
+from selfplay.records import Prompt
 
 
 def render_response(tokenizer: Any, prompt: Prompt, response: str) -> str:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfplay.judges.base import decode_prompt
 from selfplay.judges.reward_model import load_model_and_tokenizer, render_response, save_model_dir
+from selfplay.records import decode_prompt
 
 METRICS_FILE = "selfplay_rm.json"
 

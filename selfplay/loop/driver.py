@@ -6,6 +6,11 @@
 that reads the previous stage's artifact from disk and writes its own atomically; the manifest records
 it as done only after that. Resuming is therefore just skipping the stages the manifest lists, and
 an interrupted run never mixes records from two attempts.
+
+The driver picks the stage list: offline pairs (``task.type: pairs``) read their pairs instead of
+generating and judging, and an iteration that built no pairs keeps its policy unchanged instead of
+training. Each stage gets its :class:`~selfplay.loop.stages.Iteration` and the parts it uses, built on
+first use inside the stage's call (a skipped stage starts nothing).
 """
 
 from __future__ import annotations
@@ -60,16 +65,48 @@ def _start(rt: Runtime, warnings: list[str]) -> None:
 
 def run_iteration(rt: Runtime, k: int) -> None:
     """One self-play iteration; stages already recorded in the manifest are skipped."""
+    it = stages.iteration(rt, k)
     rt.log(f"iteration {k}")
-    _stage(rt, "generate", lambda: stages.generate(rt, k, stages.sample_prompts(rt, k)), k)
-    _stage(rt, "judge", lambda: stages.judge(rt, k), k)
-    _stage(rt, "pairs", lambda: stages.build_pairs(rt, k), k)
-    _stage(rt, "reference", lambda: stages.reference_logps(rt, k), k)
-    _stage(rt, "train", lambda: stages.train(rt, k), k)
-    _stage(rt, "export", lambda: stages.export(rt, k), k)
-    _stage(rt, "sync", lambda: stages.sync(rt, k), k)
-    _stage(rt, "evaluate", lambda: stages.evaluate(rt, k), k)
-    rt.rd.mark_complete(k, policy_version=k + 1)
+    for name, call in _offline_pairs(rt, it) if rt.cfg.task.type == "pairs" else _self_play(rt, it):
+        _stage(rt, name, call, k)
+    for name, call in _unchanged(rt, it) if stages.no_pairs(rt, k) else _learn(rt, it):
+        _stage(rt, name, call, k)
+    _stage(rt, "evaluate", lambda: stages.evaluate(rt, it), k)
+    rt.rd.mark_complete(k, policy_version=it.version)
+
+
+Stages = list[tuple[str, Callable[[], dict[str, Any] | None]]]
+
+
+def _self_play(rt: Runtime, it: stages.Iteration) -> Stages:
+    """Prompts -> samples of the current policy -> judged samples -> pairs."""
+    return [("generate", lambda: stages.generate(rt, it, stages.sample_prompts(rt, it.k),
+                                                 rt.generators(it.policy_in, version=it.k))),
+            ("judge", lambda: stages.judge(rt, it, rt.judge)),
+            ("pairs", lambda: stages.build_pairs(rt, it))]
+
+
+def _offline_pairs(rt: Runtime, it: stages.Iteration) -> Stages:
+    """Pairs read from the task's dataset: nothing is generated or judged."""
+    return [("generate", lambda: {"skipped": "offline pairs: nothing to generate"}),
+            ("judge", lambda: {"skipped": "offline pairs: already judged"}),
+            ("pairs", lambda: stages.dataset_pairs(rt, it))]
+
+
+def _learn(rt: Runtime, it: stages.Iteration) -> Stages:
+    """Pairs -> reference log-probs -> a training round -> the exported policy -> the generators."""
+    return [("reference", lambda: stages.reference_logps(rt, it, rt.learners(it.policy_in))),
+            ("train", lambda: stages.train(rt, it, rt.learners(it.policy_in))),
+            ("export", lambda: stages.export(it, rt.learners(it.policy_in))),
+            ("sync", lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group))]
+
+
+def _unchanged(rt: Runtime, it: stages.Iteration) -> Stages:
+    """No pairs: nothing to learn from, the policy is kept as it is under the next version."""
+    return [("reference", lambda: stages.keep_reference(it)),
+            ("train", lambda: {"skipped": "no pairs", "steps": 0}),
+            ("export", lambda: stages.export_unchanged(it)),
+            ("sync", lambda: stages.sync_unchanged(rt, it, rt.generator_pool))]
 
 
 def stop_if_solved(rt: Runtime, k: int) -> None:

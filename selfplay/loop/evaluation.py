@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from selfplay.judges.base import PromptGroup, run_judge
-from selfplay.loop.records import encode_prompt
 from selfplay.loop.rundir import read_parquet
+from selfplay.records import encode_prompt
 
 _SOLO_JUDGES = {"verifier", "sft", "reward_model", "python"}
 

@@ -2,6 +2,10 @@
 
 This is the only module that maps config fields onto constructor arguments, so renaming a field
 touches one place, and the parts themselves stay free of the config classes where that is natural.
+It is also the one place that decides *where* a part runs: the library packages build in-process
+parts only (``selfplay.judges.build_judge``), and the actors (``actors/``: generator pools, learner
+groups, the model judge's actor, the LLM judge's own generator pool) are started here and nowhere
+below ``selfplay.loop``. Every builder that starts an actor gets a started Ray from the runtime.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig
+
+ACTOR_JUDGES = ("reward_model", "pairwise")  # model judges hosted in a Ray actor of their own
 
 
 def build_task_from_config(cfg: RunConfig):
@@ -40,20 +46,42 @@ def build_task_from_config(cfg: RunConfig):
     raise ValueError(f"task.type: unknown task {t.type!r}")
 
 
-def build_judge_from_config(rt) -> Any:
+def judge_needs_ray(cfg: RunConfig) -> bool:
+    """Whether the configured judge starts actors (a model judge's actor, or the LLM judge's generator)."""
+    return cfg.judge is not None and (cfg.judge.type in ACTOR_JUDGES or cfg.judge.type == "llm_judge")
+
+
+def build_judge_from_config(cfg: RunConfig, task: Any) -> tuple[Any, Any]:
+    """The configured judge and the generator pool it owns (the LLM judge's; else None).
+
+    Model judges run in a Ray actor (``actors/judge.py``), the LLM judge completes its prompts on a
+    one-replica generator pool of its own; the others run in-process. Ray must be started for the first two.
+    """
+    if cfg.judge is None:
+        return None, None
+    if cfg.judge.type in ACTOR_JUDGES:
+        from actors.judge import spawn_judge
+
+        cpus, gpus = judge_resources(cfg)
+        return spawn_judge(cfg.judge, num_cpus=cpus, num_gpus=gpus, threads=cfg.resources.threads_per_actor), None
     from selfplay.judges import build_judge
 
-    cfg = rt.cfg
-    if cfg.judge is None:
-        return None
-    remote = cfg.judge.type in ("reward_model", "pairwise")
-    engine = None
     if cfg.judge.type == "llm_judge":
-        engine = rt.judge_engine()
-    if remote:
-        rt.ensure_ray()
-    cpus, gpus = judge_resources(cfg)
-    return build_judge(cfg.judge, rt.task, engine=engine, remote=remote, num_cpus=cpus, num_gpus=gpus)
+        # Greedy, one replica, its own model: shares nothing with the policy pool.
+        judge_gen = cfg.generation.model_copy(update={"replicas": 1, "n": 1})
+        pool = build_generators(cfg, Path(cfg.judge.path), 0, gen_cfg=judge_gen, dtype="auto")
+        return build_judge(cfg.judge, task, engine=_CompletionsOnly(pool)), pool
+    return build_judge(cfg.judge, task), None
+
+
+class _CompletionsOnly:
+    """The pool returns (completions, seconds); judges want the engine API (completions only)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def generate(self, prompts, sampling):
+        return self.pool.generate(prompts, sampling)[0]
 
 
 def judge_resources(cfg: RunConfig) -> tuple[float, float]:
@@ -64,28 +92,26 @@ def judge_resources(cfg: RunConfig) -> tuple[float, float]:
     return cpus, gpus
 
 
-def build_generators(rt, policy_dir: Path, version: int):
-    """The generator pool (Ray actors, each owning a vLLM or HF engine) holding ``policy_dir``."""
+def build_generators(cfg: RunConfig, policy_dir: Path, version: int, *, gen_cfg: Any = None,
+                     dtype: str | None = None):
+    """A generator pool (Ray actors, each owning a vLLM or HF engine) holding ``policy_dir`` as ``version``:
+    the policy's (``generation`` section), or with ``gen_cfg``/``dtype`` another model's (the LLM judge)."""
     from actors.generator import GeneratorPool
 
-    rt.ensure_ray()
-    cfg = rt.cfg
-    return GeneratorPool(policy_dir, cfg.generation, cfg.resources, version=version, dtype=cfg.policy.dtype,
-                         seed=cfg.seed)
+    return GeneratorPool(policy_dir, gen_cfg or cfg.generation, cfg.resources, version=version,
+                         dtype=dtype or cfg.policy.dtype, seed=cfg.seed)
 
 
-def build_learners(rt, policy_dir: Path):
+def build_learners(cfg: RunConfig, policy_dir: Path, output_dir: Path):
     """The DeepSpeed learner group (Ray actors forming one world) starting from ``policy_dir``."""
     from actors.learner import LearnerGroup
 
-    rt.ensure_ray()
-    cfg = rt.cfg
     return LearnerGroup(policy_dir, cfg.train, cfg.resources.learners, cfg.resources, cfg.seed,
-                        output_dir=rt.rd.root / "tensorboard")
+                        output_dir=output_dir)
 
 
-def build_sync(rt):
+def build_sync(cfg: RunConfig, weights_dir: Path):
     from selfplay.sync import make_sync
 
-    sync_cfg = rt.cfg.sync.model_copy(update={"probe_tolerance": rt.cfg.probe_tolerance})
-    return make_sync(sync_cfg, rt.rd.root / "weights")
+    sync_cfg = cfg.sync.model_copy(update={"probe_tolerance": cfg.probe_tolerance})
+    return make_sync(sync_cfg, weights_dir)

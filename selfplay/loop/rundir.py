@@ -28,15 +28,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfplay.atomic import replace_dir, umask_mode  # noqa: F401  (replace_dir: part of the run-dir API)
+from selfplay.atomic import replace_dir, write_file  # noqa: F401  (replace_dir: part of the run-dir API)
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
 
@@ -45,23 +42,8 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (another recipe, a corrupt manifest, ...)."""
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        umask_mode(tmp_path)  # mkstemp's 0600 would hide the artifact from the user's group
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_text(path: Path, text: str) -> Path:
-    return _atomic(Path(path), lambda p: p.write_text(text))
+    return write_file(path, lambda p: p.write_text(text))
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -71,7 +53,7 @@ def write_json(path: Path, obj: Any) -> Path:
 def write_parquet(path: Path, table) -> Path:
     import pyarrow.parquet as pq
 
-    return _atomic(Path(path), lambda p: pq.write_table(table, p))
+    return write_file(path, lambda p: pq.write_table(table, p))
 
 
 def read_json(path: Path) -> Any:

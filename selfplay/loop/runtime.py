@@ -1,7 +1,10 @@
 """What a run holds while it runs: Ray, the task, the judge, the generator pool and the learner group.
 
-Everything heavy is built lazily on first use, so a resumed run that only has evaluation left never
-starts a learner, and ``import selfplay.loop`` imports no engine. With no ``RAY_ADDRESS`` an embedded
+Everything heavy is built lazily on first use (by :mod:`selfplay.loop.factory`, the one place that
+decides where a part runs), so a resumed run that only has evaluation left never starts a learner, and
+``import selfplay.loop`` imports no engine. The runtime holds the parts but remembers nothing a stage
+did: a stage that needs to know asks the part (``generator_pool``/``learner_group`` are None when none
+was started; ``LearnerGroup.holds`` says which weights the learners hold). With no ``RAY_ADDRESS`` an embedded
 local Ray is started (sized to the recipe's actors, listening on loopback only, with a per-process token: see
 :mod:`selfplay.env`); under ``ray job submit`` the driver joins the cluster it was submitted to and
 changes none of its settings. Every stage runs inside :meth:`Runtime.stage_context`, which turns any
@@ -18,7 +21,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from selfplay.config import RunConfig, dump_config
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError, write_text
@@ -120,16 +122,6 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-class _CompletionsOnly:
-    """The pool returns (completions, seconds); judges want the engine API (completions only)."""
-
-    def __init__(self, pool):
-        self.pool = pool
-
-    def generate(self, prompts, sampling):
-        return self.pool.generate(prompts, sampling)[0]
-
-
 class Runtime:
     def __init__(self, cfg: RunConfig, rd: RunDir, console=None, task=None):
         self.cfg = cfg
@@ -142,9 +134,7 @@ class Runtime:
         self._started_ray = False
         self._ray_env = contextlib.ExitStack()  # what the embedded Ray changed: undone when it stops
         self._sync = None
-        self._judge_pool = None
-        self.policy_version = 0
-        self.trained_iteration: int | None = None  # the iteration whose round the learners hold
+        self._judge_pool = None  # the LLM judge's own generator pool
 
     # --- lifecycle
     def __enter__(self) -> Runtime:
@@ -198,11 +188,11 @@ class Runtime:
             ray.init(address=address, log_to_driver=True)
         else:
             from selfplay.env import embedded_ray_environment
-            from selfplay.loop.factory import judge_resources
+            from selfplay.loop.factory import ACTOR_JUDGES, judge_resources
 
             res = self.cfg.resources
             cpus = res.learners * res.learner_cpus + self.cfg.generation.replicas * res.generator_cpus
-            if self.cfg.judge is not None and self.cfg.judge.type in ("reward_model", "pairwise"):
+            if self.cfg.judge is not None and self.cfg.judge.type in ACTOR_JUDGES:
                 cpus += judge_resources(self.cfg)[0]
             # Short and in /tmp: Ray's socket paths live under it (107 characters at most). The pid
             # in the name says whose it is; it is removed when this run's Ray stops.
@@ -277,7 +267,7 @@ class Runtime:
 
         status_table(self.rd.root, console=self.console)
 
-    # --- parts, built on first use
+    # --- parts, built on first use (the factory decides where each runs); what they hold is theirs to say
     @property
     def task(self):
         if self._task is None:
@@ -289,35 +279,50 @@ class Runtime:
     @property
     def judge(self):
         if self._judge is None:
-            from selfplay.loop.factory import build_judge_from_config
+            from selfplay.loop.factory import build_judge_from_config, judge_needs_ray
 
-            self._judge = build_judge_from_config(self)
+            if judge_needs_ray(self.cfg):
+                self.ensure_ray()
+            self._judge, self._judge_pool = build_judge_from_config(self.cfg, self.task)
         return self._judge
 
     def generators(self, policy_dir: Path, version: int):
-        """The generator pool, holding ``policy_dir`` as ``version`` (started on first use)."""
+        """The generator pool; started holding ``policy_dir`` as ``version`` when none runs yet."""
         if self._generators is None:
             from selfplay.loop.factory import build_generators
 
-            self._generators = build_generators(self, policy_dir, version)
-            self.policy_version = version
+            self.ensure_ray()
+            self._generators = build_generators(self.cfg, policy_dir, version)
         return self._generators
 
     def learners(self, policy_dir: Path):
-        """The learner group, started from ``policy_dir`` on first use."""
+        """The learner group; started from ``policy_dir`` when none runs yet (what a running group holds
+        is the group's to say: ``LearnerGroup.holds``)."""
         if self._learners is None:
             from selfplay.loop.factory import build_learners
 
-            self._learners = build_learners(self, policy_dir)
+            self.ensure_ray()
+            self._learners = build_learners(self.cfg, policy_dir, self.rd.root / "tensorboard")
         return self._learners
 
     @property
-    def has_learners(self) -> bool:
-        return self._learners is not None
+    def generator_pool(self):
+        """The running generator pool, or None (none was started in this process)."""
+        return self._generators
 
     @property
-    def has_generators(self) -> bool:
-        return self._generators is not None
+    def learner_group(self):
+        """The running learner group, or None (none was started in this process)."""
+        return self._learners
+
+    @property
+    def weight_sync(self):
+        """The configured learner -> generators weight sync (built on first use, then reused)."""
+        if self._sync is None:
+            from selfplay.loop.factory import build_sync
+
+            self._sync = build_sync(self.cfg, self.rd.root / "weights")
+        return self._sync
 
     def sampling(self, seed: int, eval_mode: bool = False):
         """Sampling for training generations, or for evaluation (one sample at the eval temperature)."""
@@ -327,28 +332,3 @@ class Runtime:
             return Sampling.from_config(self.cfg.generation, seed=seed, n=1,
                                         temperature=self.cfg.evaluation.temperature, logprobs=False)
         return Sampling.from_config(self.cfg.generation, seed=seed)
-
-    def push_weights(self, version: int, policy_dir: Path | None = None) -> dict[str, Any]:
-        """Learner -> generators through the configured sync method, verified on a probe batch.
-        ``policy_dir`` (this version, exported) is where a generator that Ray restarts reloads it from."""
-        from selfplay.loop.factory import build_sync
-
-        if self._sync is None:
-            self._sync = build_sync(self)
-        report = self._sync.push(self._learners.sync_handle, self._generators, version)
-        self.policy_version = version
-        if policy_dir is not None:
-            self._generators.remember_policy(policy_dir, version)
-        return report.as_dict()
-
-    def judge_engine(self):
-        """A generator serving the LLM judge's model (greedy; shares nothing with the policy pool)."""
-        from actors.generator import GeneratorPool
-
-        self.ensure_ray()
-        judge_gen = self.cfg.generation.model_copy(update={"replicas": 1, "n": 1})
-        self._judge_pool = GeneratorPool(self.cfg.judge.path, judge_gen, self.cfg.resources, seed=self.cfg.seed)
-        return _CompletionsOnly(self._judge_pool)
-
-    def info(self) -> dict[str, Any]:
-        return {"run_dir": str(self.rd.root), "policy_version": self.policy_version}

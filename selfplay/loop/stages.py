@@ -1,20 +1,23 @@
 """The stages of one iteration. Each reads its input artifact from the iteration directory, writes its
 output atomically and returns a small dict of facts that the manifest records (and status shows).
 
-Which weights each actor holds is derived from the run directory, never remembered: the policy that
-*generates* in iteration k is iteration k-1's ``policy/`` (or the initial one), and the policy that
-*trains* in iteration k starts from the same directory. That is what makes every stage resumable.
+A stage says what it needs: an :class:`Iteration` (k, its directory, the policy it starts from, its
+seeds), derived from the run directory by :func:`iteration`, plus the parts it uses (the generator
+pool, the judge, the learner group), which the driver passes in. ``rt`` gives the recipe, the run
+directory, the task and the progress display; no stage reads what another left on it. The policy that
+*generates* in iteration k is iteration k-1's ``policy/`` (or the initial one) and the policy that
+*trains* starts from the same directory; which weights a running learner group holds is the group's to
+say (``LearnerGroup.holds``). The driver picks the stage list (offline pairs, an iteration without
+pairs), so the stages themselves do not branch on those cases. That is what makes every stage resumable.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
 
 from selfplay.loop import faults
 from selfplay.loop.rundir import read_parquet, write_json, write_parquet
@@ -27,6 +30,37 @@ def brief(info: dict[str, Any]) -> str:
             "trainable_params")
     parts = [f"{k}={info[k]:.4g}" if isinstance(info[k], float) else f"{k}={info[k]}" for k in keys if k in info]
     return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """What a stage knows about its iteration, all derived from the run directory and the recipe."""
+
+    k: int
+    dir: Path  # the iteration directory
+    policy_in: Path  # the policy it generates with and starts training from
+    seed: int  # the run's seed
+
+    @property
+    def policy_out(self) -> Path:
+        return self.dir / "policy"
+
+    @property
+    def version(self) -> int:
+        """The policy version this iteration produces (the generators hold ``k`` while it generates)."""
+        return self.k + 1
+
+    @property
+    def sample_seed(self) -> int:
+        return self.seed * 100_003 + self.k
+
+    @property
+    def pair_seed(self) -> int:
+        return self.seed + self.k
+
+
+def iteration(rt, k: int) -> Iteration:
+    return Iteration(k, rt.rd.iter_dir(k), policy_before(rt, k), rt.cfg.seed)
 
 
 def initial_policy(rt) -> Path:
@@ -77,7 +111,7 @@ def prepare(rt) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if cfg.policy.warmstart is not None:
         ws = cfg.policy.warmstart
-        from selfplay.loop.records import encode_prompt
+        from selfplay.records import encode_prompt
 
         pool = rt.task.train_examples(None, seed=cfg.seed)
         rows = [{"prompt": encode_prompt(ex.prompt), "reference": ex.reference} for ex in pool[: ws.examples]
@@ -103,17 +137,11 @@ def prepare(rt) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- the stages
 
 
-def generate(rt, k: int, prompts: list) -> dict[str, Any]:
-    from selfplay.loop.records import generations_table
-
-    if rt.cfg.task.type == "pairs":
-        return {"skipped": "offline pairs: nothing to generate"}
-    it = rt.rd.iter_dir(k)
-    pool = rt.generators(policy_before(rt, k), version=k)
-    pool.expect_version(k)
-    sampling = rt.sampling(seed=rt.cfg.seed * 100_003 + k)
+def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
+    pool.expect_version(it.k)
+    sampling = rt.sampling(seed=it.sample_seed)
     shards = -(-len(prompts) // rt.cfg.generation.shard_size)
-    kill = faults.shard_hook("generate", k)
+    kill = faults.shard_hook("generate", it.k)
     with rt.progress(f"generate {len(prompts)} prompts x {sampling.n}", total=shards) as advance:
 
         def on_shard(index: int) -> None:
@@ -124,9 +152,11 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
         from selfplay.loop.prompt_source import generation_view
 
         completions, seconds = pool.generate(generation_view(prompts, rt.cfg.generation.prompt_template), sampling,
-                                             shard_dir=it / "generations", on_shard=on_shard)
-    table = generations_table(prompts, completions, iteration=k, policy_version=k)
-    write_parquet(it / "generations.parquet", table)
+                                             shard_dir=it.dir / "generations", on_shard=on_shard)
+    from selfplay.records import generations_table
+
+    table = generations_table(prompts, completions, iteration=it.k, policy_version=it.k)
+    write_parquet(it.dir / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
     info = {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
@@ -137,41 +167,43 @@ def generate(rt, k: int, prompts: list) -> dict[str, Any]:
     return info
 
 
-def judge(rt, k: int) -> dict[str, Any]:
+def judge(rt, it: Iteration, judge) -> dict[str, Any]:
     from selfplay.judges import judge_table
 
-    if rt.cfg.task.type == "pairs":
-        return {"skipped": "offline pairs: already judged"}
-    it = rt.rd.iter_dir(k)
-    generations = read_parquet(it / "generations.parquet")
-    examples = _examples_by_id(sample_prompts(rt, k))
+    generations = read_parquet(it.dir / "generations.parquet")
+    examples = _examples_by_id(sample_prompts(rt, it.k))
     with rt.progress(f"judge {generations.num_rows} samples ({rt.cfg.judge.type})"):
-        judgments, stats = judge_table(generations, rt.judge, examples)
-    write_parquet(it / "judgments.parquet", judgments)
+        judgments, stats = judge_table(generations, judge, examples)
+    write_parquet(it.dir / "judgments.parquet", judgments)
     return stats
 
 
-def build_pairs(rt, k: int) -> dict[str, Any]:
+def build_pairs(rt, it: Iteration) -> dict[str, Any]:
     from selfplay.pairs import build_pairs as make_pairs
     from selfplay.pairs import mix_previous
 
-    it = rt.rd.iter_dir(k)
-    if rt.cfg.task.type == "pairs":
-        pairs = rt.task.pairs_table(iteration=k)
-        stats = {"pairs": pairs.num_rows, "source": "dataset"}
-    else:
-        judgments = read_parquet(it / "judgments.parquet")
-        pairs, stats = make_pairs(judgments, rt.cfg.pairing, rt.cfg.pairing_strategy, seed=rt.cfg.seed + k)
-        if rt.cfg.pairing.mix_previous > 0 and k > 0:
-            previous = read_parquet(rt.rd.iter_dir(k - 1) / "pairs.parquet")
-            pairs = mix_previous(pairs, previous, rt.cfg.pairing.mix_previous, seed=rt.cfg.seed + k)
-            stats["mixed_in"] = pairs.num_rows - stats.get("pairs", 0)
-    write_parquet(it / "pairs.parquet", pairs)
+    judgments = read_parquet(it.dir / "judgments.parquet")
+    pairs, stats = make_pairs(judgments, rt.cfg.pairing, rt.cfg.pairing_strategy, seed=it.pair_seed)
+    if rt.cfg.pairing.mix_previous > 0 and it.k > 0:
+        previous = read_parquet(rt.rd.iter_dir(it.k - 1) / "pairs.parquet")
+        pairs = mix_previous(pairs, previous, rt.cfg.pairing.mix_previous, seed=it.pair_seed)
+        stats["mixed_in"] = pairs.num_rows - stats.get("pairs", 0)
+    return _write_pairs(rt, it, pairs, stats)
+
+
+def dataset_pairs(rt, it: Iteration) -> dict[str, Any]:
+    """Offline pairs: iteration k's chunk of the task's pairs dataset (nothing is generated or judged)."""
+    pairs = rt.task.pairs_table(iteration=it.k)
+    return _write_pairs(rt, it, pairs, {"pairs": pairs.num_rows, "source": "dataset"})
+
+
+def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> dict[str, Any]:
+    write_parquet(it.dir / "pairs.parquet", pairs)
     info = {**stats, "pairs": pairs.num_rows}
     if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
         info["no_pairs"] = True
         reasons = [f"{v} {key[8:]}" for key, v in stats.items() if key.startswith("no_pair_") and v]
-        rt.log(f"  iteration {k} has no preference pairs ({', '.join(reasons) or 'no prompts'}); "
+        rt.log(f"  iteration {it.k} has no preference pairs ({', '.join(reasons) or 'no prompts'}); "
                "the policy is kept unchanged")
     return info
 
@@ -188,45 +220,35 @@ def solved_share(rt, k: int) -> float | None:
     return info.get("no_pair_all_correct", 0) / prompts if prompts else None
 
 
-def reference_logps(rt, k: int) -> dict[str, Any]:
+def reference_logps(rt, it: Iteration, learners) -> dict[str, Any]:
     """Reference log-probs for every pair, computed once and stored beside the pairs."""
-    it = rt.rd.iter_dir(k)
-    pairs = read_parquet(it / "pairs.parquet")
-    if no_pairs(rt, k):
-        write_parquet(it / "reference.parquet", pairs)
-        return {"skipped": "no pairs"}
-    learners = rt.learners(policy_before(rt, k))
+    pairs = read_parquet(it.dir / "pairs.parquet")
     if rt.cfg.train.loss.reference_free:
-        write_parquet(it / "reference.parquet", pairs)
+        write_parquet(it.dir / "reference.parquet", pairs)
         return {"skipped": "reference-free loss"}
     # `previous`: the weights the learner holds now (iteration k-1's policy). `initial`: loaded from disk.
-    ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" and k > 0 else None
+    ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" and it.k > 0 else None
     table = learners.compute_reference(pairs, model_path=ref_dir)
-    write_parquet(it / "reference.parquet", table)
+    write_parquet(it.dir / "reference.parquet", table)
     return {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
 
 
-def train(rt, k: int) -> dict[str, Any]:
-    if no_pairs(rt, k):
-        return {"skipped": "no pairs", "steps": 0}
-    it = rt.rd.iter_dir(k)
-    table = read_parquet(it / "reference.parquet")
-    learners = rt.learners(policy_before(rt, k))
-    learners.set_counters(*rounds_before(rt, k))  # numbered by the run, not by this learner process's history
-    ckpt = it / "checkpoint"
+def train(rt, it: Iteration, learners) -> dict[str, Any]:
+    table = read_parquet(it.dir / "reference.parquet")
+    learners.set_counters(*rounds_before(rt, it.k))  # numbered by the run, not by this learner process's history
+    ckpt = it.dir / "checkpoint"
     if (ckpt / "latest").exists():  # a round interrupted after a checkpoint: continue it, don't restart
         learners.load_checkpoint(ckpt)
-    learners.set_metrics_dir(it)
-    faults.watch_lines("train", k, it / "train_metrics.jsonl")
+    learners.set_metrics_dir(it.dir)
+    faults.watch_lines("train", it.k, it.dir / "train_metrics.jsonl")
     steps = -(-table.num_rows // (rt.cfg.train.micro_batch_size * rt.cfg.train.gradient_accumulation_steps
                                   * rt.cfg.resources.learners)) * rt.cfg.train.epochs
     with rt.progress(f"train {rt.cfg.train.loss.type} on {table.num_rows} pairs", total=steps,
-                     watch_lines=it / "train_metrics.jsonl"):
-        summary = learners.train_round(table, rt.cfg.train.for_iteration(k), checkpoint_dir=ckpt)
-    rt.trained_iteration = k
+                     watch_lines=it.dir / "train_metrics.jsonl"):
+        summary = learners.train_round(table, rt.cfg.train.for_iteration(it.k), checkpoint_dir=ckpt)
     info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step",
                                           "trainable_params", "total_params") if key in summary}
-    info.update(round_metrics(it / "train_metrics.jsonl"))
+    info.update(round_metrics(it.dir / "train_metrics.jsonl"))
     info.update(rejected_drift(learners, table, rt.cfg.train))
     return info
 
@@ -280,42 +302,61 @@ def rejected_drift(learners, table, cfg) -> dict[str, Any]:
     sampled = [i for i, ids in enumerate(table.column("rejected_token_ids").to_pylist()) if ids is not None]
     if not sampled:
         return {}
-    after = learners.compute_reference(table.take(sampled))
+    after = learners.compute_reference(table.take(sampled), as_reference=False)  # TDPO keeps its reference
     before = table.take(sampled).column("ref_rejected_logps").to_pylist()
     now = after.column("ref_rejected_logps").to_pylist()
     diffs = [b - a for b, a in zip(before, now) if b is not None and a is not None]
     return {"rejected_drift": sum(diffs) / len(diffs)} if diffs else {}
 
 
-def export(rt, k: int) -> dict[str, Any]:
-    it = rt.rd.iter_dir(k)
-    if no_pairs(rt, k):  # the unchanged policy, as this iteration's (hard links: no bytes copied)
-        from selfplay.atomic import replace_dir
-
-        source = policy_before(rt, k)
-        replace_dir(it / "policy", lambda tmp: _link_tree(source, tmp))
-        return {"policy": str(it / "policy"), "unchanged_from": str(source)}
-    learners = rt.learners(policy_before(rt, k))
-    if rt.trained_iteration != k:  # resumed after a crash between train and export
-        learners.load_checkpoint(it / "checkpoint")
-        rt.trained_iteration = k
-    learners.save_hf(it / "policy")  # atomic: written beside, then renamed into place
-    return {"policy": str(it / "policy")}
+def export(it: Iteration, learners) -> dict[str, Any]:
+    ckpt = it.dir / "checkpoint"
+    if learners.holds != str(ckpt):  # resumed after a crash between train and export: the round's weights
+        learners.load_checkpoint(ckpt)
+    learners.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
+    return {"policy": str(it.policy_out)}
 
 
-def sync(rt, k: int) -> dict[str, Any]:
-    it = rt.rd.iter_dir(k)
-    version = k + 1
-    if not rt.has_generators:  # resumed: start the generators directly on the exported policy
-        rt.generators(it / "policy", version=version)
-        info = {"version": version, "method": "load from disk (resumed)"}
-    elif no_pairs(rt, k):  # same weights under the next version number, loaded through the verified path
-        rt.generators(it / "policy", version=version).load_dir(it / "policy", version)
-        info = {"version": version, "method": "unchanged policy reloaded from disk"}
-    else:
-        info = {"version": version, **rt.push_weights(version, it / "policy")}
-    faults.kill_point("sync", k)  # crash tests: generators hold the new weights, the manifest does not say so
-    return info
+def sync(rt, it: Iteration, pool, learners) -> dict[str, Any]:
+    """The exported policy into the generators: pushed through the configured sync, verified on a probe."""
+    if pool is None:
+        return _start_generators(rt, it)
+    report = rt.weight_sync.push(learners, pool, it.version)
+    pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
+    faults.kill_point("sync", it.k)  # crash tests: generators hold the new weights, the manifest does not say so
+    return {"version": it.version, **report.as_dict()}
+
+
+# -------------------------------------------------------------------- an iteration without pairs
+
+
+def keep_reference(it: Iteration) -> dict[str, Any]:
+    write_parquet(it.dir / "reference.parquet", read_parquet(it.dir / "pairs.parquet"))
+    return {"skipped": "no pairs"}
+
+
+def export_unchanged(it: Iteration) -> dict[str, Any]:
+    """The unchanged policy, as this iteration's (hard links: no bytes copied)."""
+    from selfplay.atomic import replace_dir
+
+    replace_dir(it.policy_out, lambda tmp: _link_tree(it.policy_in, tmp))
+    return {"policy": str(it.policy_out), "unchanged_from": str(it.policy_in)}
+
+
+def sync_unchanged(rt, it: Iteration, pool) -> dict[str, Any]:
+    """Same weights under the next version number, loaded through the verified path."""
+    if pool is None:
+        return _start_generators(rt, it)
+    pool.load_dir(it.policy_out, it.version)
+    faults.kill_point("sync", it.k)
+    return {"version": it.version, "method": "unchanged policy reloaded from disk"}
+
+
+def _start_generators(rt, it: Iteration) -> dict[str, Any]:
+    """No generators run in this process (resumed): start them directly on the exported policy."""
+    rt.generators(it.policy_out, version=it.version)
+    faults.kill_point("sync", it.k)
+    return {"version": it.version, "method": "load from disk (resumed)"}
 
 
 def eval_due(cfg, k: int) -> bool:
@@ -323,29 +364,27 @@ def eval_due(cfg, k: int) -> bool:
     return (k + 1) % cfg.evaluation.every == 0 or k == cfg.iterations - 1
 
 
-def evaluate(rt, k: int) -> dict[str, Any]:
-    it = rt.rd.iter_dir(k)
-    if not eval_due(rt.cfg, k):  # no eval.json: status, report and the summary show "-" for this iteration
+def evaluate(rt, it: Iteration) -> dict[str, Any]:
+    if not eval_due(rt.cfg, it.k):  # no eval.json: status, report and the summary show "-" for this iteration
         return {"skipped": f"evaluation.every={rt.cfg.evaluation.every}"}
-    info = evaluate_policy(rt, it / "policy", version=k + 1, out_dir=it)
-    train_info = rt.rd.stage_info(k, "train")
-    if "rejected_drift" in train_info:
-        info["rejected_drift"] = drift = train_info["rejected_drift"]
-        write_json(it / "eval.json", {**json.loads((it / "eval.json").read_text()), "rejected_drift": drift})
-    return info
+    train_info = rt.rd.stage_info(it.k, "train")
+    extra = {"rejected_drift": train_info["rejected_drift"]} if "rejected_drift" in train_info else {}
+    return evaluate_policy(rt, it.policy_out, version=it.version, out_dir=it.dir, extra=extra)
 
 
 # --------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path) -> dict[str, Any]:
-    """Held-out evaluation: task accuracy (verifier), win rate vs the initial policy, mean judge score."""
+def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Held-out evaluation: task accuracy (verifier), win rate vs the initial policy, mean judge score.
+    ``extra`` (this round's numbers, e.g. the rejected drift) is written into ``eval.json`` with it."""
     from selfplay.loop.evaluation import score_eval
 
     n = rt.cfg.evaluation.num_prompts
     if n == 0:
-        write_json(out_dir / "eval.json", {"version": version, "num_prompts": 0})
-        return {}
+        write_json(out_dir / "eval.json", {"version": version, "num_prompts": 0, **(extra or {})})
+        return dict(extra or {})
     examples = rt.task.eval_examples(n, seed=rt.cfg.seed)
     pool = rt.generators(policy_dir, version=version)
     pool.expect_version(version)
@@ -354,7 +393,7 @@ def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path) -> dict[s
     responses = [c[0].text for c in completions]
     baseline = rt.rd.initial_dir / "eval_generations.parquet"
     result, table = score_eval(rt, examples, responses, baseline if version > 0 else None)
-    result = {"version": version, "num_prompts": len(examples), **result}
+    result = {"version": version, "num_prompts": len(examples), **result, **(extra or {})}
     write_parquet(out_dir / "eval_generations.parquet", table)
     write_json(out_dir / "eval.json", result)
     return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -372,11 +411,3 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True)
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def as_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows)

@@ -9,7 +9,7 @@ from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json
 
 COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
            "seconds")
-HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "drift", "secs")  # fits 80 columns
+HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "drift", "secs")
 
 
 def _eval(path: Path) -> dict[str, Any]:
@@ -71,12 +71,15 @@ def status_table(run_dir: str | Path, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"selfplay run {Path(run_dir)}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    # Fits 80 columns: no outer edge, one space between columns. Only the state column may wrap (a long
+    # "failed at ..." state), so the numbers are never cut short.
+    table = Table(title=f"selfplay run {Path(run_dir)}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  show_edge=False, collapse_padding=True)
     for header in HEADERS:
-        table.add_column(header, justify="right", no_wrap=True)
+        table.add_column(header, justify="right", no_wrap=header != "state", overflow="fold")
     rows = status_rows(run_dir)
     for row in rows:
-        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))  # 80 columns
+        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))
     console = console or Console()
     console.print(table)
     for row in rows:

@@ -54,6 +54,23 @@ def kto_loss(
 
         ``rewards = β·r`` (detached) and ``kl = z₀``.
     """
+    _check_inputs(policy_logps, ref_logps, labels, kl_policy_logps, kl_ref_logps, beta, desirable_weight,
+                  undesirable_weight, kl_mean)
+    dtype = torch.promote_types(policy_logps.dtype, torch.float32)
+    logratios = policy_logps.to(dtype) - ref_logps.to(dtype)
+    if kl_mean is None:
+        kl_mean = (kl_policy_logps.to(dtype) - kl_ref_logps.to(dtype)).mean()  # type: ignore[union-attr]
+    kl = torch.as_tensor(kl_mean, dtype=dtype, device=logratios.device).clamp(min=0).detach()
+    desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - kl)))
+    undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - logratios)))
+    losses = torch.where(labels, desirable, undesirable)
+    return losses, beta * logratios.detach(), kl
+
+
+def _check_inputs(policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, kl_policy_logps: Tensor | None,
+                  kl_ref_logps: Tensor | None, beta: float, desirable_weight: float, undesirable_weight: float,
+                  kl_mean: float | Tensor | None) -> None:
+    """Refuse arguments :func:`kto_loss` cannot use, naming the argument and its shape or value."""
     if not (isinstance(beta, int | float) and beta > 0):
         raise ValueError(f"beta must be a number > 0, got {beta!r}")
     if desirable_weight < 0 or undesirable_weight < 0:
@@ -72,13 +89,3 @@ def kto_loss(
         )
     if labels.dtype != torch.bool:
         raise ValueError(f"labels must be a bool tensor (True = desirable), got {labels.dtype}")
-
-    dtype = torch.promote_types(policy_logps.dtype, torch.float32)
-    logratios = policy_logps.to(dtype) - ref_logps.to(dtype)
-    if kl_mean is None:
-        kl_mean = (kl_policy_logps.to(dtype) - kl_ref_logps.to(dtype)).mean()  # type: ignore[union-attr]
-    kl = torch.as_tensor(kl_mean, dtype=dtype, device=logratios.device).clamp(min=0).detach()
-    desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - kl)))
-    undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - logratios)))
-    losses = torch.where(labels, desirable, undesirable)
-    return losses, beta * logratios.detach(), kl

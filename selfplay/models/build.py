@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
+from selfplay.atomic import replace_dir
 from selfplay.models.presets import llama_config
 from selfplay.models.tokenizer import _read_corpus, build_tokenizer
 
@@ -72,27 +70,25 @@ def build_policy(
             "choose another directory or pass overwrite=True"
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tok = build_tokenizer(tokenizer, corpus, vocab_size=bpe_vocab_size)
-        config = llama_config(
-            preset,
-            vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            dtype=dtype,
-        )
-        model = _init_model(config, seed).to(getattr(torch, dtype))
-        model.generation_config = _generation_config(tok)
+    tok = build_tokenizer(tokenizer, corpus, vocab_size=bpe_vocab_size)
+    config = llama_config(
+        preset,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype=dtype,
+    )
+    model = _init_model(config, seed).to(getattr(torch, dtype))
+    model.generation_config = _generation_config(tok)
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        _move_into_place(tmp, out_dir, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+    # Without overwrite the final rename fails if a non-empty out_dir appeared meanwhile.
+    return replace_dir(out_dir, write, overwrite=overwrite)
 
 
 def load_policy(path: Path | str, dtype: Any = None) -> tuple[Any, Any]:
@@ -159,16 +155,6 @@ def _generation_config(tok: Any) -> Any:
     return GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
-
-
-def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and overwrite:
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)  # fails if a non-empty out_dir appeared meanwhile
 
 
 def _read_info(path: Path) -> dict | None:

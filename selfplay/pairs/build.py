@@ -44,7 +44,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from selfplay.pairs.schema import PAIRS_SCHEMA
+from selfplay.records import PAIRS_SCHEMA
 
 STRATEGIES = ("best_worst", "best_random", "all_pairs", "reference", "best")
 REFERENCE_SCORE = 1.0

@@ -16,7 +16,7 @@ import random
 
 import pyarrow as pa
 
-from selfplay.pairs.schema import PAIRS_SCHEMA
+from selfplay.records import PAIRS_SCHEMA
 
 
 def mix_previous(pairs: pa.Table, previous_pairs: pa.Table | None, fraction: float,

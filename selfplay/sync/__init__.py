@@ -2,7 +2,8 @@
 
 * :mod:`~selfplay.sync.buckets`: the wire format (size-bounded safetensors buckets with sha256).
 * :mod:`~selfplay.sync.base`: the ``WeightSync`` protocol (``push(learner, generators, version)``),
-  ``SyncReport``, ``SyncError`` and remote calls with timeouts.
+  ``SyncReport``, ``SyncError`` and the learner side (remote calls and their timeouts are
+  :mod:`selfplay.remote`'s).
 * Methods: :mod:`~selfplay.sync.object_store` (default), :mod:`~selfplay.sync.filesystem`,
   :mod:`~selfplay.sync.nccl` (bucketed broadcast; GPUs).
 * :mod:`~selfplay.sync.verify`: versions, checksums and probe log-probs after every sync.
@@ -15,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfplay.sync.base import RemoteCallError, SyncError, SyncReport, WeightSync
+from selfplay.remote import RemoteCallError
+from selfplay.sync.base import SyncError, SyncReport, WeightSync
 from selfplay.sync.verify import ProbeSpec
 
 

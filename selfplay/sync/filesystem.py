@@ -18,24 +18,14 @@ Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manife
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from selfplay.sync.base import (
-    RemoteCallError,
-    SyncError,
-    SyncReport,
-    _remote,
-    call_all,
-    export,
-    ray_get,
-    summarize,
-    targets,
-)
+from selfplay.atomic import replace_dir
+from selfplay.remote import RemoteCallError, call_all, ray_get, targets
+from selfplay.sync.base import SyncError, SyncReport, _remote, export, summarize
 from selfplay.sync.buckets import BucketError
 from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
@@ -46,22 +36,16 @@ def version_dir(root: str | Path, version: int) -> Path:
 
 def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str:
     """Write one sync's buckets atomically; returns the version directory."""
-    final = version_dir(root, version)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+
+    def build(tmp: Path) -> None:
         for i, blob in enumerate(blobs):
             (tmp / f"bucket_{i:05d}.safetensors").write_bytes(blob)
         checksum, nbytes, count = summarize(blobs)
         manifest = {"version": version, "buckets": count, "bytes": nbytes, "checksum": checksum}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if final.exists():  # a re-push of the same version replaces it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+
+    # A re-push of the same version replaces it whole, in one exchange of names (selfplay.atomic).
+    return str(replace_dir(version_dir(root, version), build))
 
 
 def read_weights_dir(path: str | Path, version: int) -> list[bytes]:

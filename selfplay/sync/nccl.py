@@ -18,8 +18,9 @@ Choices and limits:
   host for verification). A zero-copy GPU path would skip the host round trips; it is not written yet.
   On CPU (gloo) the sender broadcasts a view of its bucket bytes and a receiver hands the received
   tensor's memory on as a numpy array: no copies besides the transfer itself.
-* The learner side is either a local object with ``export_weights`` (the driver is rank 0) or learner
-  actors that include :class:`BroadcastSenderMixin` (rank 0 of the list joins the group).
+* The learner side is either a local object with ``export_weights`` (the driver is rank 0), one learner
+  actor that includes :class:`BroadcastSenderMixin`, or a learner group of such actors (its rank 0
+  joins the group; ``LearnerGroup.broadcast_join``/``broadcast_send``).
 
 NCCL needs one GPU per rank; the GPU test (``tests/sync/test_nccl_gpu.py``) was not run (see docs/gpu.md).
 """
@@ -30,17 +31,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from selfplay.sync.base import (
-    RemoteCallError,
-    SyncError,
-    SyncReport,
-    is_remote,
-    learner_result,
-    learner_submit,
-    ray_get,
-    summarize,
-    targets,
-)
+from selfplay.remote import RemoteCallError, is_remote, ray_get, targets
+from selfplay.sync.base import SyncError, SyncReport, summarize
 from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 STORE_PREFIX = "selfplay-weight-sync"
@@ -178,13 +170,14 @@ class BroadcastSync:
             (n, t.broadcast_join.remote(host, port, world, r + 1, self.backend, self.timeout_s))
             for r, (n, t) in enumerate(named)
         ]
-        rank0 = learner[0] if isinstance(learner, list | tuple) else learner
-        if is_remote(rank0, "broadcast_join"):
+        if is_remote(learner, "broadcast_join"):  # one learner actor
             ray_get(
-                rank0.broadcast_join.remote(host, port, world, 0, self.backend, self.timeout_s),
+                learner.broadcast_join.remote(host, port, world, 0, self.backend, self.timeout_s),
                 "learner.broadcast_join",
                 self.timeout_s,
             )
+        elif getattr(learner, "remote", False):  # a learner group of rank actors: its rank 0 joins
+            learner.broadcast_join(host, port, world, 0, self.backend, self.timeout_s, timeout=self.timeout_s)
         else:  # the driver itself is rank 0 (gloo connects every rank here, so the others were started first)
             self._local = BroadcastEndpoint(host, port, world, 0, self.backend, self.timeout_s)
         for name, ref in joins:
@@ -203,9 +196,11 @@ class BroadcastSync:
                 blobs = list(learner.export_weights(self.bucket_mb, version))
                 summary = summarize(blobs)
                 self._local.send(blobs)
-            else:
-                started = learner_submit(learner, "broadcast_send", (self.bucket_mb, version))
-                summary = learner_result(started, "broadcast_send", self.timeout_s)
+            elif is_remote(learner, "broadcast_send"):
+                summary = ray_get(learner.broadcast_send.remote(self.bucket_mb, version), "learner.broadcast_send",
+                                  self.timeout_s)
+            else:  # a learner group: every rank exports, rank 0 sends
+                summary = learner.broadcast_send(self.bucket_mb, version, timeout=self.timeout_s)
             checksums = [ray_get(ref, f"{n}.broadcast_receive", self.timeout_s) for n, ref in receives]
         except (RemoteCallError, TimeoutError, RuntimeError) as exc:
             self._store, self._local = None, None  # a failed collective leaves the group unusable

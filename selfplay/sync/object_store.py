@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from selfplay.sync.base import RemoteCallError, SyncError, SyncReport, call_all, export, is_remote, targets
+from selfplay.remote import RemoteCallError, call_all, is_remote, targets
+from selfplay.sync.base import SyncError, SyncReport, export
 from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 

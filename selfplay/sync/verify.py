@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from selfplay.sync.base import SyncError, SyncReport, call_all, learner_call, targets
+from selfplay.remote import call_all, targets
+from selfplay.sync.base import SyncError, SyncReport, learner_call
 
 
 def probe_sequences(vocab_size: int, count: int = 4, length: int = 32, seed: int = 0) -> list[list[int]]:

@@ -81,7 +81,7 @@ class PairsTask:
 
         import pyarrow as pa
 
-        from selfplay.pairs.schema import PAIRS_SCHEMA
+        from selfplay.records import PAIRS_SCHEMA
 
         out = []
         for i in self.chunk_rows(iteration):

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selfplay.atomic import replace_dir
+from selfplay.atomic import replace_dir, write_text
 from selfplay.sync.buckets import pack_buckets
 from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, write_adapter
 
@@ -125,9 +123,7 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
         save_file(state, str(ckpt_dir / tag / "reference.safetensors"))
     _barrier()
     if _rank() == 0:
-        tmp = ckpt_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt_dir / "latest")  # the new checkpoint becomes the one to resume from
+        write_text(ckpt_dir / "latest", tag)  # atomically: the new checkpoint becomes the one to resume from
         for old in ckpt_dir.glob(f"{TAG_PREFIX}*"):
             if old.is_dir() and old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)

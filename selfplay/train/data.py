@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-KTO_REF_COLUMNS = ("ref_kl_chosen_logps", "ref_kl_rejected_logps")
+from selfplay.records import KTO_REF_COLUMNS, REF_COLUMNS, decode_prompt
+
 SCORE_COLUMNS = ("chosen_score", "rejected_score")  # the judge's scores: SPPO's win probabilities
 
 
@@ -86,7 +86,6 @@ class PromptEncoder:
 
     def prompt(self, prompt: str | list[dict[str, str]]) -> list[int]:
         from selfplay.generate.types import encode_prompts
-        from selfplay.judges.base import decode_prompt
 
         key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
         ids = self._cache.get(key)

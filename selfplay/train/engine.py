@@ -40,16 +40,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_ip() -> str:
-    """This machine's address as other nodes see it (the default-route interface), else loopback."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.254.254.254", 1))  # no packet is sent for UDP connect
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-
-
 def device_for(local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -39,13 +39,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from selfplay.records import KTO_REF_COLUMNS, REF_COLUMNS
 from selfplay.train import checkpoint as ckpt
 from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
-    KTO_REF_COLUMNS,
-    REF_COLUMNS,
     Encoded,
     encode_pairs,
     encode_sft,
@@ -292,10 +291,12 @@ class Learner:
 
     # --------------------------------------------------------------------------------------- reference
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
-                          cfg: Any = None) -> pa.Table:
+                          cfg: Any = None, *, as_reference: bool = True) -> pa.Table:
         """``pairs`` with reference log-prob columns from the current weights (or from ``model_path``).
 
-        For ``tdpo`` this also (re)builds the frozen reference model used during training.
+        For ``tdpo`` this also (re)builds the frozen reference model used during training, unless
+        ``as_reference=False``: then the columns are only a measurement (the loop's drift after a round)
+        and the round's frozen reference is kept.
         """
         cfg = cfg or self.cfg
         table = read_table(pairs)
@@ -310,7 +311,7 @@ class Learner:
         use_base = self.lora is not None and lora.same_dir(model_path, self.lora.base)
         model = (self.engine if model_path is None or use_base
                  else ref.load_plain_model(str(model_path), self.dtype, self.device))
-        if cfg.loss.type == "tdpo":
+        if cfg.loss.type == "tdpo" and as_reference:
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
         with lora.adapters_disabled(self.engine) if use_base else nullcontext():

@@ -153,7 +153,7 @@ def test_runtime_preflight_refuses_before_any_actor(gpu_cluster, tmp_path, monke
         with Runtime(cfg, rd) as rt:
             with pytest.raises(ConfigError, match=r"GPU: the run needs 18 at once, the cluster has 16"):
                 rt.generators(rd.root / "policy", version=0)  # the first actor a run would start
-            assert ray.is_initialized() and not rt.has_generators and not rt.has_learners
+            assert ray.is_initialized() and rt.generator_pool is None and rt.learner_group is None
             pending = [p for p in ray.util.placement_group_table().values() if p["state"] != "REMOVED"]
             assert pending == []  # nothing was reserved
     finally:

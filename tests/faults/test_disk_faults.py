@@ -42,7 +42,7 @@ def test_failed_shard_write_keeps_the_shards_before_it(tmp_path, monkeypatch, fa
     if fault == "no_space":
         monkeypatch.setattr("selfplay.generate.shards.pq.write_table", half_then_fail)
     else:
-        monkeypatch.setattr("selfplay.generate.shards.os.replace", refuse)
+        monkeypatch.setattr("selfplay.atomic.os.replace", refuse)
     with pytest.raises(OSError, match="injected"):
         write_shard(tmp_path, shards[1], _groups(shards[1]))
     monkeypatch.undo()
@@ -91,7 +91,7 @@ def test_failed_checkpoint_keeps_the_last_good_one(learner, tmp_path, monkeypatc
     good = weights(learner.export_weights())
     tag = (ckpt / "latest").read_text()
 
-    engine = learner.sync_handle.engine
+    engine = learner._local.engine
     real_save = engine.save_checkpoint
 
     def partial_then_fail(save_dir, tag=None, **kwargs):
@@ -141,7 +141,7 @@ def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_
     learner.train_round(learner.compute_reference(toy_pairs(8, seed=3)), checkpoint_dir=ckpt)
     good = weights(learner.export_weights())
     tag = (ckpt / "latest").read_text()
-    engine = learner.sync_handle.engine
+    engine = learner._local.engine
     real_save = engine.save_checkpoint
     written = []
 

@@ -17,7 +17,7 @@ import ray
 
 from selfplay.generate import Sampling
 from selfplay.generate.shards import read_generations
-from selfplay.sync.base import RemoteCallError, call_all, targets
+from selfplay.remote import RemoteCallError, call_all, targets
 
 pytestmark = pytest.mark.slow
 

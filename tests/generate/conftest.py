@@ -1,19 +1,14 @@
-"""Fixtures of the generate tests: one torch thread here, and a two-replica vLLM pool on the nano policy."""
+"""Fixtures of the generate tests: one torch thread here (``one_thread``), and a two-replica vLLM pool on the
+nano policy."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The reference HF engine runs in the test process: 1 thread (2 threads on a shared 2-core machine
-    were measured 30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread_per_module(one_thread):
+    """Every test module here runs with one torch thread (the shared ``one_thread`` fixture)."""
 
 
 @pytest.fixture(scope="module")

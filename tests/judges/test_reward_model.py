@@ -55,7 +55,9 @@ def test_build_reward_model_and_render(tiny_rm):
 def test_reward_model_actor_matches_in_process(tiny_rm, ray_local):
     cfg = RewardModelJudgeConfig(type="reward_model", path=str(tiny_rm), batch_size=3)
     local = build_judge(cfg)
-    remote = build_judge(cfg, remote=True)
+    from actors.judge import spawn_judge
+
+    remote = spawn_judge(cfg)
     try:
         assert remote.name == local.name == "reward_model:rm"
         expected = local.score(GROUPS)

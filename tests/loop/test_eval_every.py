@@ -40,7 +40,7 @@ def test_a_skipped_evaluation_does_no_work_and_status_and_report_show_gaps(tmp_p
             write_json(rd.iter_dir(k) / "eval.json", {"version": k + 1, "accuracy": 0.5})
             info = {"accuracy": 0.5}
         else:
-            info = stages.evaluate(rt, k)
+            info = stages.evaluate(rt, stages.iteration(rt, k))
             assert info == {"skipped": "evaluation.every=2"}
             assert not (rd.iter_dir(k) / "eval.json").exists()
         rd.mark_stage(k, "evaluate", 1.0, info)

@@ -42,7 +42,7 @@ def test_read_only_filesystem_error_keeps_file(tmp_path, monkeypatch):
     def read_only(src, dst):
         raise OSError(30, "Read-only file system (injected)")
 
-    monkeypatch.setattr("selfplay.loop.rundir.os.replace", read_only)
+    monkeypatch.setattr("selfplay.atomic.os.replace", read_only)
     with pytest.raises(OSError, match="Read-only"):
         write_json(path, {"v": 2})
     monkeypatch.undo()

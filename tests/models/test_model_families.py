@@ -100,7 +100,7 @@ def test_family_dpo_round_sync_and_greedy(family, group, tmp_path):
     try:
         tolerance = TOLERANCE.get(family, 1e-4)
         sync = ObjectStoreSync(bucket_mb=0.05, probe=ProbeSpec(tolerance=tolerance, count=4, length=24))
-        report = sync.push(group.sync_handle, pool, version=1)
+        report = sync.push(group, pool, version=1)
         assert report.buckets > 1 and report.max_diff <= tolerance
         print(f"{family}: {report.buckets} buckets, probe max diff {report.max_diff:.3g}")
         got, _ = pool.generate(PROMPTS, GREEDY)

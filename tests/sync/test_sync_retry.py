@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from selfplay.sync.base import RemoteCallError, call_all
+from selfplay.remote import RemoteCallError, call_all
 
 
 def _actor_class(ray):

@@ -69,6 +69,33 @@ def test_filesystem_layout_is_atomic_checked_and_pruned(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000002", "v000003"]
 
 
+def test_filesystem_repush_never_leaves_the_version_missing(tmp_path):
+    """A re-push of the same version swaps the directory in whole: a reader polling it meanwhile always
+    finds a complete version directory (the old or the new), never a missing or half-deleted one."""
+    many = [list(pack_buckets(TENSORS.items(), 0.0005, 5)) * 8 for _ in range(2)]  # 32 files: a slow delete
+    write_weights_dir(tmp_path, 5, many[0])
+    stop, seen, failures = threading.Event(), [0], []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert len(read_weights_dir(version_dir(tmp_path, 5), 5)) == 32
+                seen[0] += 1
+            except (BucketError, OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(40):
+            write_weights_dir(tmp_path, 5, many[i % 2])
+    finally:
+        stop.set()
+        reader.join()
+    assert seen[0] > 0 and failures == []
+    assert [p.name for p in tmp_path.iterdir()] == ["v000005"]  # no temporaries left behind
+
+
 def test_probe_helpers():
     assert probe_sequences(50, 3, 5, seed=1) == probe_sequences(50, 3, 5, seed=1) != probe_sequences(50, 3, 5, 2)
     assert all(0 <= t < 50 for s in probe_sequences(50) for t in s)

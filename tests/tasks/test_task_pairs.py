@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from selfplay.pairs.schema import PAIRS_SCHEMA
+from selfplay.records import PAIRS_SCHEMA
 from selfplay.tasks.base import NoVerifierError
 from selfplay.tasks.pairs import PairsTask
 

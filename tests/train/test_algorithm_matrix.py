@@ -220,3 +220,24 @@ def test_the_logged_drift_is_named_for_what_it_measures(w1, tiny_model_dir):
     expected = sum(b - a for b, a in list(zip(before, now))[1:]) / (N_PAIRS - 1)
     assert set(got) == {"rejected_drift"} and got["rejected_drift"] == pytest.approx(expected, rel=1e-5)
     assert got["rejected_drift"] > 0  # the round pushed the rejected answers down
+
+
+def test_measuring_the_drift_after_a_tdpo_round_keeps_its_frozen_reference(w1, tiny_model_dir):
+    """The loop scores the rejected samples again after the round (``rejected_drift``); for TDPO that
+    must not replace the round's frozen reference with the trained weights."""
+    from selfplay.loop.stages import rejected_drift
+
+    cfg = TrainConfig(**SHAPE, loss=LossConfig(type="tdpo"))
+    w1.reload(tiny_model_dir, cfg)
+    table = toy_pairs(N_PAIRS, seed=4)
+    tok = w1._local.tokenizer
+    ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
+    table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
+    with_ref = w1.compute_reference(table, cfg=cfg)
+    frozen = {k: v.clone() for k, v in w1._local.ref_model.state_dict().items()}
+    w1.train_round(with_ref, cfg)
+    assert set(rejected_drift(w1, with_ref, cfg)) == {"rejected_drift"}
+    kept = w1._local.ref_model.state_dict()
+    assert kept.keys() == frozen.keys() and all(torch.equal(kept[k], v) for k, v in frozen.items())
+    trained = dict(w1._local.engine.module.named_parameters())
+    assert any(not torch.equal(trained[k].detach(), frozen[k]) for k in frozen if k in trained)  # the round moved

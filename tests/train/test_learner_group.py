@@ -127,17 +127,18 @@ def test_w2x1_equals_w1x2(group, tiny_model_dir, stage, n_pairs, accumulation):
         assert torch.allclose(w1[name], w2[name], atol=1e-6, rtol=0), (name, (w1[name] - w2[name]).abs().max())
 
 
-def test_sync_side_addresses_the_ranks(group, tiny_model_dir):
-    """A weight sync talks to the rank actors directly; rank 0's buckets stay in the object store."""
+def test_sync_side_goes_through_the_group(group, tiny_model_dir):
+    """A weight sync asks the group (never its rank handles) for the export; rank 0's buckets stay in the
+    object store, and their summary is rank 0's own."""
     from selfplay.sync.base import export, learner_call
     from selfplay.sync.buckets import sync_digest
 
     group.reload(tiny_model_dir, TrainConfig(**BASE, zero_stage=3))
-    exported = export(group.sync_handle, bucket_mb=0.25, version=7, timeout=120)
+    exported = export(group, bucket_mb=0.25, version=7, timeout=120)
     assert exported.blobs is None and exported.count > 1
     assert exported.checksum == sync_digest(group.export_weights(0.25, 7))
     probe = [[1, 5, 20, 30, 6, 40, 2]]
-    assert learner_call(group.sync_handle, "probe_logps", (probe,), 120) == group.probe_logps(probe)
+    assert learner_call(group, "probe_logps", (probe,), 120) == group.probe_logps(probe)
 
 
 def test_rank_killed_midway_then_a_new_group_resumes_from_checkpoint(group, tiny_model_dir, tmp_path):
@@ -170,6 +171,16 @@ def test_rank_killed_midway_then_a_new_group_resumes_from_checkpoint(group, tiny
         assert fresh.load_checkpoint(tmp_path / "ckpt")["round"]["position"] == 4
         resumed = fresh.train_round(pairs, checkpoint_dir=tmp_path / "ckpt", timeout=300)
         got = weights(fresh.export_weights())
+        # A rank that dies during a weight sync's export is the group's bookkeeping too: the group is lost.
+        import ray
+
+        from actors.learner import LearnerLostError
+        from selfplay.sync.base import export
+
+        ray.kill(fresh.actors[1])
+        with pytest.raises(LearnerLostError, match=r"export_weights failed on rank 1: its actor died"):
+            export(fresh, bucket_mb=0.25, version=8, timeout=120)
+        assert fresh.lost is not None
     finally:
         fresh.shutdown()
     assert resumed["resumed_at_step"] == 4 and resumed["losses"] == full["losses"][4:]
