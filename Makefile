@@ -1,6 +1,6 @@
 # Two commands for a newcomer:  `make demo` (quick start)  and  `make test` (the test suite).
-# `make test` skips the multi-node tests (marker `cluster`, several Ray nodes on this machine); `make test-all`
-# runs everything.
+# `make test` skips the multi-node tests (marker `cluster`, several Ray nodes on this machine) and the driver
+# iterations of the extra model families (marker `families`); `make test-all` runs everything.
 # Both create .venv with the CPU stack on first use; re-running is a no-op when pyproject.toml is unchanged.
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/selfplay run recipes/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not cluster and not soak" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster and not soak and not families" --durations=15 $(PYTEST_ARGS)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
 # The randomised fault harness (tests/faults/test_fault_harness.py, marker `soak`) runs 12 faults here and
@@ -41,7 +41,7 @@ test-soak: $(STAMP)
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not cluster and not soak" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not cluster and not soak and not families" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
