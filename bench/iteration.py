@@ -193,7 +193,8 @@ def _script(name: str, argv: list[str], env: dict[str, str], timings: Path) -> t
 
 def run_scripts(args: argparse.Namespace, work: Path, r: int, selfplay_run: Path, env: dict[str, str]
                 ) -> dict[str, Any]:
-    model = selfplay_run / "initial" / "policy"
+    manifest = json.loads((selfplay_run / "manifest.json").read_text())
+    model = Path(manifest.get("initial_policy") or selfplay_run / "initial" / "policy")  # selfplay's start
     base = work / f"scripts-{r}"
     base.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
