@@ -13,7 +13,8 @@ path (``ObjectStoreSync.push`` with the default probe), from a real DeepSpeed le
   store, plus the small summary task next to the data (``SyncReport.export_s``);
 * ``transfer``: every generator pulls the buckets, checks each sha256 (``checksum``, from the slowest
   generator's ``info()["last_load"]``) and reloads its engine (``load``; on CPU vLLM re-packs every
-  linear weight for oneDNN); the rest of ``transfer`` is the object store itself;
+  linear weight for oneDNN); the rest of ``transfer`` (``store``) is the object store itself. Each part
+  is a median on its own, so ``store`` can read slightly below zero when it is near nothing;
 * ``probe``: versions and checksums checked, then learner and generators score the probe batch.
 
 The bound is an in-process copy of the same bytes, once per generator (allocate + memcpy): delivering
