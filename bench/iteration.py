@@ -36,6 +36,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--repeats", type=int, default=1, help="rounds of (selfplay, scripts)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=None, help="where runs and checkpoints go (default: a new temp dir)")
+    ap.add_argument("--workdir", default=None,
+                    help="where runs and checkpoints go, kept (default: a temp dir, removed after)")
     ap.add_argument("--child-selfplay", nargs=3, metavar=("RECIPE", "RUN_DIR", "TIMINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("prompts", "n", "max_tokens", "batch", "repeats"):
@@ -252,6 +254,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_iteration_"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        compare(args, work)
+    finally:
+        if args.workdir is None:  # a temp dir of ours: its runs and checkpoints (~0.5 GB a round) go with it
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, work: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -29,6 +29,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -245,14 +246,21 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_env(args.threads)
     os.environ.setdefault("ACCELERATE_USE_CPU", "1")
-    import torch
-
-    from selfplay.models import build_policy, count_parameters
-
     peak = matmul_flops(args.threads)
     print(f"torch.mm fp32 2048x2048 at {args.threads} thread(s): {peak / 1e9:.1f} GFLOP/s (the MFU denominator; "
           "measured again at the end, the higher is used)")
     tmp = tempfile.mkdtemp(prefix="bench_learner_")
+    try:
+        compare(args, tmp, peak)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the built models and TRL's output dir
+
+
+def compare(args: argparse.Namespace, tmp: str, peak: float) -> None:
+    import torch
+
+    from selfplay.models import build_policy, count_parameters
+
     best: dict[str, dict[str, float]] = {}
     best_mfu: dict[str, dict[str, float]] = {}
     runners = {"ours": lambda path, pairs: run_ours(path, pairs, args),
