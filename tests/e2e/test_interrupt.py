@@ -30,10 +30,11 @@ from tests.e2e.test_local_ray_security import tagged_processes
 
 pytestmark = pytest.mark.slow  # one interrupted micro run (~30 s on 2 cores)
 
-# Four iterations, though the run is stopped in its first: under load (prepare took 89 s at load 20) a
-# one-iteration run finished its work inside the 2 s wait, and the presses then landed in the Ctrl-C-proof
-# final shutdown, so the run exited 0 and the test failed without testing anything.
-RECIPE = {**MICRO, "name": "interrupt", "iterations": 4, "evaluation": {"num_prompts": 16}}
+# Forty iterations, though the run is stopped early: a micro iteration takes 1-4 s, and with one (then
+# four) iterations the run finished its work before the presses (once at load 20, once in a clean-clone
+# suite), which then landed in the Ctrl-C-proof final shutdown: exit 0, nothing tested. The presses stop
+# the run, so the extra iterations cost nothing.
+RECIPE = {**MICRO, "name": "interrupt", "iterations": 40, "evaluation": {"num_prompts": 16}}
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
