@@ -28,7 +28,11 @@ import yaml
 from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
 from tests.e2e.test_local_ray_security import tagged_processes
 
-pytestmark = pytest.mark.slow  # one interrupted micro run (~30 s on 2 cores)
+# In `make test-soak` / `make test-all`, not `make test`: it fails about one run in three, two ways, both
+# open in issue #14. (1) The run can finish its work before the presses land (they then hit the
+# Ctrl-C-proof final shutdown: exit 0). (2) Presses during start-up left a C++ compiler (`c++`,
+# `cc1plus`, started by a worker) running 15 s after the run exited: a real orphan, not yet fixed.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]  # one interrupted micro run (~30 s on 2 cores)
 
 # Forty iterations, though the run is stopped early: a micro iteration takes 1-4 s, and with one (then
 # four) iterations the run finished its work before the presses (once at load 20, once in a clean-clone
