@@ -11,6 +11,12 @@ Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not 
   authors use, or SGD) is handed to DeepSpeed as the client optimizer, so no fused/CPU Adam extension is
   compiled; ``zero_force_ds_cpu_optimizer: false`` lets it run with offload. RMSprop keeps one state
   tensor per weight instead of AdamW's two.
+* **No extension is compiled on CPU.** DeepSpeed's CPU backend JIT-builds a shared-memory op
+  (``deepspeed_shm_comm``) at ``init_distributed``, used only by its inference all-reduce; training
+  collectives go through the gloo group either way. The build is turned off: it cost ~45 s on first
+  use, its lock file outlives a process killed mid-build and then every later learner waits on it
+  forever (seen: a run killed during start-up hung every run after it on that machine), and its
+  kernels need AVX2/AVX-512 that another CPU may lack.
 * **Gradient accumulation** is driven by the learner (``set_gradient_accumulation_boundary``), and losses
   are pre-normalised by the learner (``backward(..., scale_wrt_gas=False)``); DeepSpeed's
   ``gradient_accumulation_steps`` is only bookkeeping.
@@ -64,6 +70,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str | None, master
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module docstring
     if _is_loopback(os.environ["MASTER_ADDR"]) and not torch.distributed.is_initialized():
         _loopback_group(backend, rank, world_size, timedelta(seconds=timeout_s))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
