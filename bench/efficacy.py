@@ -1,7 +1,8 @@
 """Does self-play training beat what users would run instead? One start, one generation budget, 3 seeds.
 
-    python -m bench.efficacy                     # every arm, seeds 0 1 2 (the full table)
+    python -m bench.efficacy                     # every arm, seeds 0 1 2, at the full table's budget
     python -m bench.efficacy --quick             # seed 0, the six arms the three claims need
+    python -m bench.efficacy --budget recipe     # the full table at the recipe's own budget (~2 h here)
     python -m bench.efficacy --set evaluation.num_prompts=200 --arms sft spin --seeds 0 1
 
 Every arm is the real pipeline: ``selfplay run`` on the quick-start recipe (``--recipe``, default
@@ -24,6 +25,12 @@ Arms (overrides on the recipe; everything not named is the recipe's):
   reference ``previous``).
 * ``ipo``, ``dpop``, ``kto``: those losses with the recipe's beta; ``simpo`` with the SimPO paper's
   beta 2.0 and gamma/beta 0.5 (at beta 0.1 its margin term vanishes).
+
+Budget: ``--quick`` runs the recipe's own (the quick start: 5 iterations of 4096 prompts x 8 samples),
+so its ``dpop`` arm is the quick start itself. The full table is 30 runs, about two hours at that
+budget on two cores, so by default it runs at ``FULL_TABLE_BUDGET``: 3 iterations of 2048 prompts (the
+same samples per prompt), 30% of the samples, which fits the hour. ``--budget recipe`` keeps the
+recipe's. Every arm of a table has the same budget either way, and the header line says which it is.
 
 Measured per run: the last evaluated held-out accuracy; KL(start || final) estimated on iteration 0's
 samples (drawn from the start policy at the recipe's temperature, so at temperature 1 the estimate is
@@ -51,6 +58,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 _MEASURE = threading.Lock()
+FULL_TABLE_BUDGET = ("iterations=3", "generation.prompts_per_iteration=2048")
 ALL_ARMS = ("sft", "rft", "dpo_offline", "dpo_previous", "dpo_initial", "spin", "ipo", "dpop", "simpo", "kto")
 
 
@@ -159,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", choices=ALL_ARMS, help="default: all (the claims' six with --quick)")
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="override for every run, the start included (e.g. to shrink sizes)")
+    ap.add_argument("--budget", choices=("table", "recipe"), default=None,
+                    help="table: FULL_TABLE_BUDGET (the full table's default); recipe: the recipe's own "
+                         "(--quick's default)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core here)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "efficacy"), help="run directories and results")
     args = ap.parse_args(argv)
     recipe, out = Path(args.recipe).resolve(), Path(args.out).resolve()
+    budget = args.budget or ("recipe" if args.quick else "table")
+    if budget == "table":  # before the user's --set, so theirs win
+        args.common = [*FULL_TABLE_BUDGET, *args.common]
     base = load_config(recipe, args.common)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     arms = args.arms or (quick_arms(base.train.reference) if args.quick else ALL_ARMS)
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"efficacy: {recipe.name}, seeds {seeds}, arms {', '.join(arms)}, {args.jobs} at a time, out {out}",
           flush=True)
+    print(f"  budget ({budget}): {base.iterations} iterations x {base.generation.prompts_per_iteration} prompts"
+          f" x {base.generation.n} samples per arm", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         starts = {s["seed"]: s for s in pool.map(lambda s: prepare_start(recipe, out, s, args.common), seeds)}
         for s in starts.values():

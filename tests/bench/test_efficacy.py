@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.efficacy import ALL_ARMS, arm_overrides, quick_arms
+from bench.efficacy import ALL_ARMS, FULL_TABLE_BUDGET, arm_overrides, quick_arms
 from bench.efficacy_report import claims, summarise, table_lines
 from selfplay.config import load_config
 
@@ -35,6 +35,16 @@ def test_every_arm_is_a_valid_recipe_with_the_same_budget(recipe):
         assert cfg("dpo_offline").iterations == 1 and cfg("dpo_offline").train.reference == "initial"
         assert cfg("simpo").train.loss.resolved_params() == {"gamma": 1.0}
         assert set(quick_arms(base.train.reference)) <= set(ALL_ARMS)
+
+
+def test_the_full_tables_budget_is_the_same_for_every_arm_and_smaller_than_the_recipes():
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    own, base = load_config(recipe), load_config(recipe, list(FULL_TABLE_BUDGET))
+    samples = lambda c: c.iterations * c.generation.prompts_per_iteration * c.generation.n
+    assert samples(base) < samples(own) and base.generation.n == own.generation.n
+    for arm in ALL_ARMS:
+        cfg = load_config(recipe, [*FULL_TABLE_BUDGET, *START, *arm_overrides(arm, base)])
+        assert samples(cfg) == samples(base), arm
 
 
 def _run(arm: str, seed: int, acc: float, dchosen: float, rc: int = 0) -> dict:
