@@ -18,6 +18,7 @@ Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manife
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -48,21 +49,58 @@ def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str
     return str(replace_dir(version_dir(root, version), build))
 
 
-def read_weights_dir(path: str | Path, version: int) -> list[bytes]:
-    """The buckets of a version directory, checked against its manifest (contents are verified on load)."""
+def read_weights_dir(path: str | Path, version: int, attempts: int = 5) -> list[bytes]:
+    """The buckets of a version directory, checked against its manifest (contents are verified on load).
+
+    The manifest and the buckets are read through one open handle of the directory, so they come from
+    the same directory even when a re-push swaps a new one in meanwhile. The writer then deletes the
+    old one, and a reader half-way through it sees files vanish: when that happens and the path now
+    names another directory, the read starts again on that one (``attempts`` times in all).
+    """
     path = Path(path)
+    for attempt in range(attempts):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise BucketError(f"{path} has no readable manifest.json: {exc}") from None
+        try:
+            return _read_open_dir(path, fd, version)
+        except BucketError:
+            if attempt == attempts - 1 or not _swapped(path, fd):
+                raise
+        finally:
+            os.close(fd)
+    raise AssertionError("unreachable")
+
+
+def _read_open_dir(path: Path, fd: int, version: int) -> list[bytes]:
+    def read(name: str) -> bytes:
+        with open(os.open(name, os.O_RDONLY, dir_fd=fd), "rb") as f:
+            return f.read()
+
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads(read("manifest.json"))
     except (OSError, ValueError) as exc:
         raise BucketError(f"{path} has no readable manifest.json: {exc}") from None
     if manifest.get("version") != version:
         raise BucketError(f"{path} holds version {manifest.get('version')}, expected {version}")
-    files = sorted(path.glob("bucket_*.safetensors"))
-    if len(files) != manifest.get("buckets"):
-        raise BucketError(
-            f"{path} has {len(files)} bucket files, its manifest lists {manifest.get('buckets')}"
-        )
-    return [f.read_bytes() for f in files]
+    names = sorted(n for n in os.listdir(fd) if n.startswith("bucket_") and n.endswith(".safetensors"))
+    if len(names) != manifest.get("buckets"):
+        raise BucketError(f"{path} has {len(names)} bucket files, its manifest lists {manifest.get('buckets')}")
+    try:
+        return [read(n) for n in names]
+    except OSError as exc:
+        raise BucketError(f"{path}: a bucket file could not be read: {exc}") from None
+
+
+def _swapped(path: Path, fd: int) -> bool:
+    """True if ``path`` now names a different directory from the one open as ``fd``."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    was = os.fstat(fd)
+    return (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino)
 
 
 def prune(root: str | Path, keep: int) -> None:

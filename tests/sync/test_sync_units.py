@@ -96,6 +96,30 @@ def test_filesystem_repush_never_leaves_the_version_missing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v000005"]  # no temporaries left behind
 
 
+def test_a_reader_caught_by_a_repush_mid_read_rereads_the_new_directory(tmp_path, monkeypatch):
+    """The race the polling test above hits only under load, forced: the reader has the old directory
+    open when a re-push swaps the new one in and deletes the old one's files."""
+    import selfplay.sync.filesystem as fs
+
+    old, new = blobs(5), list(pack_buckets(TENSORS.items(), 0.001, 5))
+    assert len(old) != len(new)
+    write_weights_dir(tmp_path, 5, old)
+    calls, real = [], fs._read_open_dir
+
+    def read_after_a_repush(path, fd, version):
+        calls.append(fd)
+        if len(calls) == 1:
+            write_weights_dir(tmp_path, 5, new)  # swaps v000005, then removes what fd still points at
+        return real(path, fd, version)
+
+    monkeypatch.setattr(fs, "_read_open_dir", read_after_a_repush)
+    assert read_weights_dir(version_dir(tmp_path, 5), 5) == new and len(calls) == 2
+    monkeypatch.setattr(fs, "_read_open_dir", real)
+    (version_dir(tmp_path, 5) / "bucket_00000.safetensors").unlink()  # damaged, not swapped: no retry
+    with pytest.raises(BucketError, match="bucket files, its manifest lists"):
+        read_weights_dir(version_dir(tmp_path, 5), 5)
+
+
 def test_probe_helpers():
     assert probe_sequences(50, 3, 5, seed=1) == probe_sequences(50, 3, 5, seed=1) != probe_sequences(50, 3, 5, 2)
     assert all(0 <= t < 50 for s in probe_sequences(50) for t in s)
