@@ -1,27 +1,13 @@
 """The learner's exported directory, loaded by a real vLLM engine (CPU build), reproduces the learner's
-log-probs on a probe batch within 1e-4 (fp32). vLLM runs in a subprocess: it patches process-wide torch
-settings that other tests in this process rely on."""
+log-probs on a probe batch within 1e-4 (fp32)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from train_helpers import toy_pairs
+from train_helpers import assert_vllm_logps_match, toy_pairs
 
 from selfplay.config.schema import TrainConfig
 from selfplay.train import Learner
-
-VLLM_PROBE = """
-import json, sys
-from selfplay.env import setup_env
-setup_env(threads=1)
-from selfplay.generate.vllm_engine import VLLMEngine
-engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=128)
-print("PROBE" + json.dumps(engine.probe_logps(json.loads(sys.argv[2]))))
-"""
 
 
 @pytest.mark.slow
@@ -36,10 +22,4 @@ def test_trained_export_loads_in_vllm_with_the_learners_logps(tiny_model_dir, tm
         ours = learner.probe_logps(tok_ids)
     finally:
         learner.shutdown()
-    done = subprocess.run([sys.executable, "-c", VLLM_PROBE, out, json.dumps(tok_ids)], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = json.loads(done.stdout.split("PROBE", 1)[1])
-    assert [len(x) for x in theirs] == [len(x) for x in ours]
-    worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
-    assert worst <= 1e-4, worst
+    assert_vllm_logps_match(out, tok_ids, ours)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from pydantic import ValidationError
-from train_helpers import toy_pairs, weights
+from train_helpers import assert_vllm_logps_match, toy_pairs, weights
 
 from selfplay.config.schema import LossConfig, TrainConfig
 from selfplay.train import Learner
@@ -122,23 +122,10 @@ def test_lora_round_trains_only_adapters_and_export_matches(learner, tiny_model_
     assert all(torch.equal(exported[k], saved[k]) for k in exported)
 
 
-VLLM_PROBE = """
-import json, sys
-from selfplay.env import setup_env
-setup_env(threads=1)
-from selfplay.generate.vllm_engine import VLLMEngine
-engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=128)
-print("PROBE" + json.dumps(engine.probe_logps(json.loads(sys.argv[2]))))
-"""
-
-
 @pytest.mark.slow
 def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model_dir, tmp_path):
     """A real vLLM engine (CPU build, in a subprocess: it patches process-wide torch settings) on the merged
     export reproduces the LoRA learner's log-probs."""
-    import subprocess
-    import sys
-
     learner.reload(tiny_model_dir, cfg())
     learner.train_round(learner.compute_reference(toy_pairs(16)))
     out = learner.save_hf(tmp_path / "policy")
@@ -147,13 +134,7 @@ def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model
     base = learner.compute_reference(toy_pairs(4), model_path=tiny_model_dir)  # adapters off: the base
     moved = learner.compute_reference(toy_pairs(4))
     assert base.column("ref_chosen_logps").to_pylist() != moved.column("ref_chosen_logps").to_pylist()
-    done = subprocess.run([sys.executable, "-c", VLLM_PROBE, out, json.dumps(probes)], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = json.loads(done.stdout.split("PROBE", 1)[1])
-    assert [len(x) for x in theirs] == [len(x) for x in ours]
-    worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
-    assert worst <= 1e-4, worst
+    assert_vllm_logps_match(out, probes, ours)
 
 
 def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learner, tiny_model_dir, tmp_path):

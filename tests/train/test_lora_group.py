@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-from train_helpers import pair_accuracy, toy_pairs, weights
+from train_helpers import learner_groups, pair_accuracy, toy_pairs, weights
 
-from selfplay.config.schema import ResourcesConfig, TrainConfig
+from selfplay.config.schema import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -24,23 +24,8 @@ BASE = dict(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedul
 
 @pytest.fixture(scope="module")
 def groups(ray_local, tiny_model_dir, tmp_path_factory):
-    from actors.learner import LearnerGroup
-
-    resources = ResourcesConfig(learners=2, learner_cpus=1, threads_per_actor=1, placement="pack")
-    made: list = []
-
-    def live():
-        if made and made[-1].lost is not None:
-            made[-1].shutdown()
-        if not made or not made[-1].actors:
-            made.append(LearnerGroup(tiny_model_dir, TrainConfig(**BASE), num_learners=2, resources=resources,
-                                     run_seed=0, output_dir=tmp_path_factory.mktemp("lora_group_out"),
-                                     setup_timeout_s=300))
-        return made[-1]
-
-    yield live
-    for g in made:
-        g.shutdown()
+    """The module's group, started on first use and again after a test ended it."""
+    yield from learner_groups(tiny_model_dir, TrainConfig(**BASE), lambda: tmp_path_factory.mktemp("lora_group_out"))
 
 
 @pytest.fixture
