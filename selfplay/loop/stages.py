@@ -201,10 +201,14 @@ def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> dict[str, A
     write_parquet(it.dir / "pairs.parquet", pairs)
     info = {**stats, "pairs": pairs.num_rows}
     if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
+        from selfplay.pairs import no_pair_hint
+
         info["no_pairs"] = True
-        reasons = [f"{v} {key[8:]}" for key, v in stats.items() if key.startswith("no_pair_") and v]
-        rt.log(f"  iteration {it.k} has no preference pairs ({', '.join(reasons) or 'no prompts'}); "
-               "the policy is kept unchanged")
+        hint = no_pair_hint(stats)
+        if hint:
+            info["hint"] = hint
+        rt.log(f"  iteration {it.k} has no preference pairs, so the policy is kept unchanged: "
+               f"{hint or 'no prompts'}")
     return info
 
 
