@@ -141,6 +141,7 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     pool.expect_version(it.k)
     sampling = rt.sampling(seed=it.sample_seed)
     shards = -(-len(prompts) // rt.cfg.generation.shard_size)
+    faults.hang_point("generate", it.k)
     kill = faults.shard_hook("generate", it.k)
     with rt.progress(f"generate {len(prompts)} prompts x {sampling.n}", total=shards) as advance:
 
