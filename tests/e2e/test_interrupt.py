@@ -36,7 +36,8 @@ from tests.e2e.test_local_ray_security import tagged_processes
 
 # Both reasons it was moved out of `make test` are gone: the presses now land at an observed moment, and
 # no worker compiles a DeepSpeed op any more (the orphaned `c++`/`cc1plus`). It stays in the soak tier
-# only for its cost: 31-46 s a run at load 14-16 on 2 cores, 68-95 s at load 20-43 (10 of 10 passed).
+# only for its cost on the shared 2-core machine: 46-95 s a run at load 18-43 (13 of 13 passed); three
+# runs at load 14-16, with a warm start still in the recipe, took 31-46 s.
 pytestmark = [pytest.mark.slow, pytest.mark.soak]  # one interrupted micro run
 
 # Forty iterations, though the run is stopped in its first: however fast an iteration is (1-4 s), the
