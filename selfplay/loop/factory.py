@@ -97,9 +97,12 @@ def build_generators(cfg: RunConfig, policy_dir: Path, version: int, *, gen_cfg:
     """A generator pool (Ray actors, each owning a vLLM or HF engine) holding ``policy_dir`` as ``version``:
     the policy's (``generation`` section), or with ``gen_cfg``/``dtype`` another model's (the LLM judge)."""
     from actors.generator import GeneratorPool
+    from selfplay.loop import faults
 
-    return GeneratorPool(policy_dir, gen_cfg or cfg.generation, cfg.resources, version=version,
+    pool = GeneratorPool(policy_dir, gen_cfg or cfg.generation, cfg.resources, version=version,
                          dtype=dtype or cfg.policy.dtype, seed=cfg.seed)
+    faults.hang_deadline(pool)  # crash tests (``hang@k``) only: a short shard deadline
+    return pool
 
 
 def build_learners(cfg: RunConfig, policy_dir: Path, output_dir: Path):

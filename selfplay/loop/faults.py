@@ -9,7 +9,13 @@ What dies, and when (several comma-separated specs may be given):
 * ``generator@0:1``: one generator replica (a Ray kill; Ray restarts it), after the first shard of
   iteration 0 is stored; the driver carries on (the pool restores the replica, see ``actors.shard_run``);
 * ``learner@0:2``: the highest learner rank (a Ray kill, no restart), once iteration 0's round logged
-  2 steps; the train stage then fails cleanly and a rerun resumes the round from its checkpoint.
+  2 steps; the train stage then fails cleanly and a rerun resumes the round from its checkpoint;
+* ``hang@1``: one generator replica hangs in its next ``generate`` call, told so as iteration 1's
+  generate stage starts (``GeneratorActor.inject_fault``). The pool's shard deadline is then
+  ``HANG_DEADLINE_S`` instead of its default (half an hour), so the hang is noticed in test time: the
+  replica is killed (Ray restarts it), the stage fails naming it, and a rerun resumes;
+* ``write@1:2``: the driver, during its 2nd artifact write into ``iter_001/`` (``rundir.write_parquet``
+  / ``write_json``): the temporary file is written, the rename onto the artifact's name is not done.
 
 SIGKILL for the driver, not an exception: nothing in it gets to clean up, exactly like a node loss or an
 OOM kill. Actors are found by their Ray names (``selfplay-generator-*``, ``selfplay-learner-*-rank<r>``).
@@ -27,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ENV = "SELFPLAY_KILL_AT"
+HANG_DEADLINE_S = 30.0  # the generator pool's shard deadline while a ``hang@`` fault is configured
+_writes: dict[int, int] = {}  # artifact writes so far into each iteration's directory (``write@``)
 
 
 def _target(what: str, k: int) -> int | None:
@@ -103,3 +111,39 @@ def watch_lines(stage: str, k: int, path: Path) -> None:
             time.sleep(0.02)
 
     threading.Thread(target=watch, daemon=True, name="selfplay-kill-watch").start()
+
+
+def hang_deadline(pool: object) -> None:
+    """Shorten ``pool``'s shard deadline to ``HANG_DEADLINE_S`` when a ``hang@`` fault is configured."""
+    if any(spec.strip().startswith("hang@") for spec in os.environ.get(ENV, "").split(",")):
+        pool.shard_timeout_s = HANG_DEADLINE_S  # type: ignore[attr-defined]
+
+
+def hang_point(stage: str, k: int) -> None:
+    """Make the highest generator replica hang in its next ``generate`` call if ``hang@k`` is configured
+    (``stage`` is where it is called from: only ``generate``)."""
+    if stage != "generate" or _target("hang", k) is None:
+        return
+    import ray
+
+    names = [n for n in ray.util.list_named_actors() if n.startswith("selfplay-generator-")]
+    if not names:
+        raise RuntimeError(f"{ENV}: no live actor named selfplay-generator-*")
+    victim = max(names, key=_index)
+    ray.get(ray.get_actor(victim).inject_fault.remote("generate", "hang"), timeout=120)
+    print(f"[{ENV}] {victim} will hang in its next generate call", file=sys.stderr, flush=True)
+
+
+def write_point(path: Path) -> None:
+    """SIGKILL the driver in its n-th artifact write into ``iter_<k>/`` if ``write@k:n`` is configured;
+    called once the temporary file is written, before it is renamed onto ``path``."""
+    if ENV not in os.environ:
+        return
+    k = next((int(p[5:]) for p in Path(path).parts if p.startswith("iter_") and p[5:].isdigit()), None)
+    target = None if k is None else _target("write", k)
+    if target is None:
+        return
+    _writes[k] = _writes.get(k, 0) + 1
+    if _writes[k] == target:
+        print(f"[{ENV}] killed during the write of {path}", file=sys.stderr, flush=True)
+        _kill()

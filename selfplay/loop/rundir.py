@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.atomic import replace_dir, write_file  # noqa: F401  (replace_dir: part of the run-dir API)
+from selfplay.loop import faults
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
 
@@ -43,7 +44,11 @@ class RunDirError(RuntimeError):
 
 
 def write_text(path: Path, text: str) -> Path:
-    return write_file(path, lambda p: p.write_text(text))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+        faults.write_point(path)  # crash tests (``write@k:n``): killed before the rename
+
+    return write_file(path, write)
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -53,7 +58,11 @@ def write_json(path: Path, obj: Any) -> Path:
 def write_parquet(path: Path, table) -> Path:
     import pyarrow.parquet as pq
 
-    return write_file(path, lambda p: pq.write_table(table, p))
+    def write(tmp: Path) -> None:
+        pq.write_table(table, tmp)
+        faults.write_point(path)  # crash tests (``write@k:n``): killed before the rename
+
+    return write_file(path, write)
 
 
 def read_json(path: Path) -> Any:

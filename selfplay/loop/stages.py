@@ -141,6 +141,7 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     pool.expect_version(it.k)
     sampling = rt.sampling(seed=it.sample_seed)
     shards = -(-len(prompts) // rt.cfg.generation.shard_size)
+    faults.hang_point("generate", it.k)
     kill = faults.shard_hook("generate", it.k)
     with rt.progress(f"generate {len(prompts)} prompts x {sampling.n}", total=shards) as advance:
 
@@ -201,10 +202,14 @@ def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> dict[str, A
     write_parquet(it.dir / "pairs.parquet", pairs)
     info = {**stats, "pairs": pairs.num_rows}
     if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
+        from selfplay.pairs import no_pair_hint
+
         info["no_pairs"] = True
-        reasons = [f"{v} {key[8:]}" for key, v in stats.items() if key.startswith("no_pair_") and v]
-        rt.log(f"  iteration {it.k} has no preference pairs ({', '.join(reasons) or 'no prompts'}); "
-               "the policy is kept unchanged")
+        hint = no_pair_hint(stats)
+        if hint:
+            info["hint"] = hint
+        rt.log(f"  iteration {it.k} has no preference pairs, so the policy is kept unchanged: "
+               f"{hint or 'no prompts'}")
     return info
 
 

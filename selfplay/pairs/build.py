@@ -29,9 +29,16 @@ with ``drop_ties: false``) is floored at ``MIN_SCORE_GAP``, so the pair asks for
 scores (``partial_credit``, a reward model) are what give ODPO something to work with.
 
 Stats (flat, for the manifest): prompts, prompts_with_pairs, prompts_without_pair, the reason each
-pairless prompt had (``no_pair_all_correct`` / ``all_wrong`` / ``all_tied`` / ``below_margin`` /
-``too_few_scored`` / ``no_reference`` / ``below_min_score``), pairs, mean_margin, samples, unscored_samples and the
-candidate pairs dropped by each filter (``dropped_*``).
+pairless prompt had (``no_pair_<reason>``, one of ``NO_PAIR_REASONS``), pairs, mean_margin, samples,
+unscored_samples, empty_responses and the candidate pairs dropped by each filter (``dropped_*``).
+
+A pairless prompt gets the first reason that applies, checked from the earliest cause in the pipeline
+to the latest, so the reason names what to change: ``too_few_samples`` (fewer samples than the strategy
+needs: ``generation.n``), ``all_empty`` (every response empty: the model ended at once), ``too_few_scored``
+(the judge returned ``None`` for too many), ``all_correct`` / ``all_wrong`` (a verifier's 1 or 0 for
+all), ``all_identical`` (one text sampled every time), ``all_tied`` (one score for different texts),
+``below_margin``, ``no_reference``, ``below_min_score``. ``no_pair_hint`` turns the counts into one
+line naming the recipe field to change.
 """
 
 from __future__ import annotations
@@ -49,7 +56,29 @@ from selfplay.records import PAIRS_SCHEMA
 STRATEGIES = ("best_worst", "best_random", "all_pairs", "reference", "best")
 REFERENCE_SCORE = 1.0
 NO_PAIR_REASONS = ("all_correct", "all_wrong", "all_tied", "below_margin", "too_few_scored", "no_reference",
-                   "below_min_score")
+                   "below_min_score", "too_few_samples", "all_empty", "all_identical")
+# What each reason asks the user to change (recipe fields), for ``no_pair_hint``.
+NO_PAIR_HINTS = {
+    "too_few_samples": "a prompt needs at least 2 samples to make a pair: raise generation.n to 2 or more "
+                       "(pairing.strategy reference or best work with 1)",
+    "all_empty": "every response was empty (the policy ended at once): check generation.max_tokens, "
+                 "generation.stop / stop_token_ids and generation.prompt_template",
+    "too_few_scored": "the judge gave no score (None) to {unscored} of {samples} samples: check the judge "
+                      "(an llm_judge verdict cut short by judge.max_tokens, a judge.template that asks "
+                      "for no A/B letter, or a verifier that cannot read the answer format)",
+    "all_identical": "every sample of a prompt was the same text: raise generation.temperature "
+                     "(or generation.top_p / top_k)",
+    "all_tied": "the judge gave every sample of a prompt the same score: raise generation.n or "
+                "generation.temperature, or set pairing.drop_ties: false",
+    "all_correct": "every sample was correct: the prompts are solved (harder prompts, or stop_when_solved "
+                   "to end such a run)",
+    "all_wrong": "every sample was wrong: the task is too hard for the policy (add policy.warmstart, "
+                 "or raise generation.n)",
+    "below_margin": "no pair reached pairing.min_margin: lower it",
+    "no_reference": "pairing.strategy reference needs the task's reference answers, and there are none: "
+                    "choose another pairing.strategy",
+    "below_min_score": "no sample reached pairing.min_score: lower it",
+}
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "reference", "sample_index", "response", "score", "iteration")
 DROP_REASONS = ("ties", "below_margin", "identical", "duplicate", "over_cap")
 MIN_SCORE_GAP = 1e-3  # floor of the score difference in the ODPO offset: log(1e-3) = -6.9
@@ -90,11 +119,12 @@ def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
     records: list[dict[str, Any]] = []
     no_pair: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
-    unscored = 0
+    unscored = empty = 0
     for pid, items in groups.items():
         items.sort(key=lambda r: r["sample_index"])
         sides = [_side(r, cfg.length_penalty) for r in items if r["score"] is not None]
         unscored += len(items) - len(sides)
+        empty += sum(not (r["response"] or "").strip() for r in items)
         first = items[0]
         if strategy == "best":
             kept = _best_alone(sides, getattr(cfg, "min_score", 1.0))
@@ -106,7 +136,7 @@ def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
             dropped["over_cap"] += len(kept) - cfg.max_pairs_per_prompt
             kept = kept[: cfg.max_pairs_per_prompt]
         if not kept:
-            no_pair[_no_pair_reason(strategy, sides, first["reference"])] += 1
+            no_pair[_no_pair_reason(strategy, items, sides, first["reference"])] += 1
         records += [_record(first, chosen, rejected) for chosen, rejected in kept]
     margins = [r["margin"] for r in records if r["margin"] is not None]
     stats: dict[str, Any] = {
@@ -119,6 +149,7 @@ def build_pairs(judgments: pa.Table, cfg: Any, strategy: str | None = None,
         "mean_margin": sum(margins) / len(margins) if margins else None,
         "samples": len(rows),
         "unscored_samples": unscored,
+        "empty_responses": empty,
         **{f"dropped_{k}": dropped[k] for k in DROP_REASONS},
     }
     return pa.Table.from_pylist(records, schema=PAIRS_SCHEMA), stats
@@ -180,9 +211,14 @@ def _filter(candidates: list[tuple[Side, Side]], cfg: Any, dropped: Counter[str]
     return kept
 
 
-def _no_pair_reason(strategy: str, sides: list[Side], reference: str | None) -> str:
+def _no_pair_reason(strategy: str, items: list[dict[str, Any]], sides: list[Side], reference: str | None) -> str:
+    """Why a prompt has no pair: the earliest cause in generate -> judge -> pair order (see the module doc)."""
     if strategy == "reference" and reference is None:
         return "no_reference"
+    if len(items) < (1 if strategy in ("reference", "best") else 2):
+        return "too_few_samples"
+    if all(not (r["response"] or "").strip() for r in items):
+        return "all_empty"
     if strategy == "best":
         if not sides:
             return "too_few_scored"
@@ -194,10 +230,26 @@ def _no_pair_reason(strategy: str, sides: list[Side], reference: str | None) -> 
         if min(raw) >= REFERENCE_SCORE:
             return "all_correct"
         return "below_margin"
+    if raw == {1.0}:
+        return "all_correct"
+    if len({s.text for s in sides}) == 1:
+        return "all_identical"
     if len(raw) == 1:
-        value = raw.pop()
-        return "all_correct" if value == 1.0 else "all_wrong" if value == 0.0 else "all_tied"
+        return "all_wrong" if raw == {0.0} else "all_tied"
     return "below_margin"
+
+
+def no_pair_hint(stats: dict[str, Any]) -> str:
+    """One line from ``build_pairs`` stats: the causes of pairless prompts, most frequent first, each with
+    the recipe field to change; ``""`` when every prompt had a pair."""
+    counts = sorted(((stats.get(f"no_pair_{r}", 0), r) for r in NO_PAIR_REASONS), key=lambda c: -c[0])
+    parts = []
+    for count, reason in counts:
+        if count:
+            hint = NO_PAIR_HINTS[reason].format(unscored=stats.get("unscored_samples", "?"),
+                                                samples=stats.get("samples", "?"))
+            parts.append(f"{count} prompt{'s' if count != 1 else ''} {reason}: {hint}")
+    return "; ".join(parts)
 
 
 def _record(row: dict[str, Any], chosen: Side, rejected: Side | None) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 One uninterrupted run is the known-good history. A second run directory is driven through a seeded
 random schedule of faults drawn from every kind :mod:`selfplay.loop.faults` injects, each a real kill:
 
-* SIGKILL of the driver after a generation shard is stored, after a training step is logged, or during
-  the weight sync (after the generators loaded the new weights, before the manifest says so);
+* SIGKILL of the driver after a generation shard is stored, during an artifact write (the temporary
+  file written, not yet renamed onto the artifact), after a training step is logged, or during the
+  weight sync (after the generators loaded the new weights, before the manifest says so);
 * a killed learner rank (the train stage fails; a rerun resumes the round from its checkpoint);
-* a killed generator replica (Ray restarts it; the driver carries on).
+* a killed generator replica (Ray restarts it; the driver carries on);
+* a generator replica that hangs past its deadline as the generate stage starts (the pool kills it
+  and the stage fails naming it; a rerun resumes).
 
 After each fault the same command is run again. At the end every artifact must equal the reference's:
 each parquet's content, the training metrics (a resumed round appends; a step logged twice counts
@@ -40,9 +43,14 @@ RECIPE["train"] = {**MICRO["train"], "checkpoint_every": 1}
 RECIPE["evaluation"] = {"num_prompts": 8}
 
 # (kind, stage order within an iteration): where each fault strikes. "generator" kills a replica and
-# the driver goes on; every other kind ends the launch it is in.
-SLOTS = {"generator": 0, "generate": 1, "train": 2, "learner": 3, "sync": 4}
-STOPS = {"generate", "train", "learner", "sync"}
+# the driver goes on; every other kind ends the launch it is in. "hang" strikes as the generate stage
+# starts, so it always finds its shard to hang in; "write" counts the artifact writes into the iteration's
+# directory (generations, judgments, pairs, reference, ...) from the launch's start, and with nothing
+# but a generate-stage fault before it in its iteration, its 1st-4th write is always reached.
+SLOTS = {"hang": 0, "generator": 1, "generate": 2, "write": 3, "train": 4, "learner": 5, "sync": 6}
+STOPS = {"hang", "generate", "write", "train", "learner", "sync"}
+FAILS = {"learner": "LearnerLostError", "hang": "did not finish within"}  # exit 1 with this in the log
+COUNTS = {"generate": (1, 2), "write": (1, 4)}  # the count after "@k:" is drawn from this range
 TIMING = ("seconds", "time", "tokens_per_s", "elapsed", "created", "at")
 
 
@@ -51,7 +59,7 @@ def schedule(seed: int, count: int) -> list[str]:
     slots = [(k, kind) for k in range(ITERATIONS) for kind in SLOTS]
     rng = random.Random(seed)
     chosen = sorted(rng.sample(slots, min(count, len(slots))), key=lambda s: (s[0], SLOTS[s[1]]))
-    return [f"{kind}@{k}:{rng.randint(1, 2) if kind == 'generate' else 1}" for k, kind in chosen]
+    return [f"{kind}@{k}:{rng.randint(*COUNTS.get(kind, (1, 1)))}" for k, kind in chosen]
 
 
 def launches(faults: list[str]) -> list[list[str]]:
@@ -144,14 +152,16 @@ def test_random_faults_lose_nothing(reference, tmp_path):
         last = group[-1].split("@")[0] if group else None
         if i > 0:
             assert "resuming at iteration" in log, f"{where}\nlaunch {i} {group}: no resume line\n{log[-3000:]}"
-        if last in STOPS and last != "learner":
+        if last in STOPS and last not in FAILS:
             assert result.returncode == -signal.SIGKILL, f"{where}\nlaunch {i} {group} was not killed\n{log[-3000:]}"
-        elif last == "learner":
-            assert result.returncode == 1 and "LearnerLostError" in log, f"{where}\nlaunch {i} {group}\n{log[-3000:]}"
+        elif last in FAILS:
+            assert result.returncode == 1 and FAILS[last] in log, f"{where}\nlaunch {i} {group}\n{log[-3000:]}"
         else:
             assert result.returncode == 0, f"{where}\nfinal launch {group}\n{log[-4000:]}"
         if "generator" in {f.split("@")[0] for f in group}:
             assert "killed selfplay-generator-" in log, f"{where}\nlaunch {i}: the generator kill did not fire"
+        if last == "write":
+            assert "killed during the write of" in log, f"{where}\nlaunch {i}: the write kill did not fire"
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["iterations"][str(k)]["complete"] for k in range(ITERATIONS)), where
     diffs = _compare(ref, run, where)
