@@ -57,6 +57,10 @@ def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: s
 
 def _start(rt: Runtime, warnings: list[str]) -> None:
     rt.rd.clear_failure()
+    leftovers = rt.rd.remove_leftovers()
+    if leftovers:
+        rt.log(f"removed {len(leftovers)} temporary file(s) of writes an earlier run did not finish: "
+               + ", ".join(str(p.relative_to(rt.rd.root)) for p in leftovers[:5]))
     for warning in warnings:
         rt.log(f"warning: {warning}")
     for line in rt.rd.resume_notes():

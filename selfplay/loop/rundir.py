@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfplay.atomic import replace_dir, write_file  # noqa: F401  (replace_dir: part of the run-dir API)
+from selfplay.atomic import TMP_INFIX, replace_dir, write_file  # noqa: F401  (replace_dir: part of the run-dir API)
 from selfplay.loop import faults
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
@@ -217,6 +217,21 @@ class RunDir:
         if "train" not in kept and latest.is_file():
             parts.append(f"train: continues from checkpoint {latest.read_text().strip()}")
         return [*self.notes, f"resuming at iteration {k}: " + "; ".join(parts)]
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temporaries of writes that never finished (``.<name>.tmp-*``: a driver killed between
+        writing one and renaming it). Nothing reads them; called by the driver when it takes the run."""
+        found = sorted(self.root.rglob(f".*{TMP_INFIX}*")) if self.root.is_dir() else []
+        removed: list[Path] = []
+        for path in found:
+            if any(parent in removed for parent in path.parents):
+                continue  # inside a temporary directory already removed
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
 
     # --- failures (``selfplay status`` shows them; the next run clears them)
     def record_failure(self, k: int | None, stage: str, error: str) -> None:

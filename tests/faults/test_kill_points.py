@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from selfplay.atomic import TMP_INFIX
 from selfplay.loop import faults
-from selfplay.loop.rundir import read_json, read_parquet, write_json
+from selfplay.loop.rundir import RunDir, read_json, read_parquet, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,8 @@ def test_a_kill_during_an_artifact_write_leaves_the_old_state_and_a_rerun_writes
     assert _writer(run, None).returncode == 0
     assert read_parquet(it / "second.parquet").column("x").to_pylist() == list(range(1000))
     assert read_json(it / "third.json") == {"n": 3}
+    # a driver taking the run removes the leftover (RunDir.remove_leftovers, called at its start)
+    assert RunDir(run).remove_leftovers() == [tmp] and not tmp.exists() and (it / "second.parquet").exists()
 
 
 def test_write_points_count_per_iteration_and_do_nothing_unset(tmp_path, monkeypatch):

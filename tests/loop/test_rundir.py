@@ -92,3 +92,26 @@ def test_corrupt_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(RunDirError, match="manifest.json is not valid JSON"):
         RunDir(tmp_path)
+
+
+def test_leftover_temporaries_of_unfinished_writes_are_removed_and_nothing_else(tmp_path):
+    import os
+
+    from selfplay.atomic import TMP_INFIX
+
+    rd = RunDir(tmp_path / "run")
+    rd.create({"name": "t"}, "name: t\n", {})
+    write_json(rd.iter_dir(0) / "eval.json", {"accuracy": 0.5})
+    # what write_file and replace_dir leave when the process dies before the rename
+    (rd.iter_dir(0) / f".pairs.parquet{TMP_INFIX}abc123").write_bytes(b"PAR1 half")
+    half = rd.iter_dir(0) / f".policy{TMP_INFIX}x9"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+    (rd.root / f".manifest.json{TMP_INFIX}q").write_text("{")
+    before = {p for p in rd.root.rglob("*") if TMP_INFIX not in str(p)}
+    removed = rd.remove_leftovers()
+    assert sorted(p.name for p in removed) == sorted(
+        [f".pairs.parquet{TMP_INFIX}abc123", f".policy{TMP_INFIX}x9", f".manifest.json{TMP_INFIX}q"])
+    assert {p for p in rd.root.rglob("*")} == before  # the real artifacts are untouched
+    assert json.loads((rd.iter_dir(0) / "eval.json").read_text()) == {"accuracy": 0.5}
+    assert rd.remove_leftovers() == [] and os.path.isdir(rd.root)
