@@ -126,11 +126,11 @@ def bench_preset(preset: str, args: argparse.Namespace, rows: list[dict[str, Any
                     sync = ObjectStoreSync(args.bucket_mb, probe=DEFAULT_PROBE, timeout_s=900)
                     for _ in range(args.warmup):
                         version += 1
-                        sync.push(group.sync_handle, named, version)
+                        sync.push(group, named, version)
                     reports, parts = [], []
                     for _ in range(args.repeats):
                         version += 1
-                        reports.append(sync.push(group.sync_handle, named, version))
+                        reports.append(sync.push(group, named, version))
                         parts.append(last_load(named.actors))
                     row = summarize_reports(preset, params, zero, k, reports, parts)
                     row["bound_s"] = copy_bound(row["bytes"], int(args.bucket_mb * 1024 * 1024), k)
