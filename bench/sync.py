@@ -9,9 +9,9 @@ path (``ObjectStoreSync.push`` with the default probe), from a real DeepSpeed le
 (``GeneratorPool``, fp32). Each update is printed in its parts:
 
 * ``export``: gather the full weights out of DeepSpeed (per-parameter ``GatheredParameters`` under
-  ZeRO-3), pack them into safetensors buckets with a sha256 each, and return them into the object
+  ZeRO-3), pack them into safetensors buckets with a blake3 checksum each, and return them into the object
   store, plus the small summary task next to the data (``SyncReport.export_s``);
-* ``transfer``: every generator pulls the buckets, checks each sha256 (``checksum``, from the slowest
+* ``transfer``: every generator pulls the buckets, checks each checksum (``checksum``, from the slowest
   generator's ``info()["last_load"]``) and reloads its engine (``load``; on CPU vLLM re-packs every
   linear weight for oneDNN); the rest of ``transfer`` (``store``) is the object store itself. Each part
   is a median on its own, so ``store`` can read slightly below zero when it is near nothing;
