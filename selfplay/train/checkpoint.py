@@ -45,8 +45,11 @@ def _barrier() -> None:
 
 
 def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
-    """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks."""
-    params = hf_params(engine, dtype)  # LoRA adapters merged in
+    """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks.
+
+    Below ZeRO-3 the parameters are packed straight from their own memory (``copy=False``): packing is
+    the one copy, and nothing steps the optimizer while this runs. ZeRO-3 gathers are copies."""
+    params = hf_params(engine, dtype, copy=False)  # LoRA adapters merged in
     if _rank() != 0:
         for _ in params:
             pass
