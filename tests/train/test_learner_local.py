@@ -265,3 +265,12 @@ def test_sync_export_packs_from_the_parameters_below_zero3_and_keeps_its_bytes(l
     learner.train_round(learner.compute_reference(toy_pairs(8)))
     assert all(torch.equal(t, exported[n]) for n, t in weights(blobs).items())  # unchanged by the step
     assert any(not torch.equal(t, exported[n]) for n, t in weights(learner.export_weights()).items())
+
+
+def test_probe_logps_of_equal_lengths_share_a_forward_and_keep_their_order(learner, tiny_model_dir):
+    learner.reload(tiny_model_dir, TrainConfig(**BASE))
+    seqs = [[1, 5, 20, 30, 6, 40, 2], [1, 5, 12, 13, 2], [3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3]]
+    alone = [learner.probe_logps([s])[0] for s in seqs]
+    together = learner.probe_logps(seqs)
+    assert [len(x) for x in together] == [len(s) - 1 for s in seqs]
+    assert max(abs(a - b) for x, y in zip(alone, together) for a, b in zip(x, y, strict=True)) <= 1e-5
