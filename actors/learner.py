@@ -94,17 +94,26 @@ class LearnerActor(BroadcastSenderMixin):
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.learner, method)(*args, **kwargs)
 
-    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[bytes]:
-        return self.learner.export_weights(bucket_mb, version, dtype)
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[Any]:
+        """The buckets as numpy ``uint8`` views (see ``export_summarized``)."""
+        from selfplay.sync.object_store import as_arrays
+
+        return as_arrays(self.learner.export_weights(bucket_mb, version, dtype))
 
     @ray.method(num_returns=2)
-    def export_summarized(self, bucket_mb: float, version: int) -> tuple[list[bytes], Any]:
+    def export_summarized(self, bucket_mb: float, version: int) -> tuple[list[Any], Any]:
         """The buckets (collective: every rank exports; rank 0 has them) and their small summary, as two
-        objects: the group waits on the summary and leaves the buckets in the object store."""
+        objects: the group waits on the summary and leaves the buckets in the object store.
+
+        The buckets are returned as numpy ``uint8`` views of the packed bytes: Ray stores numpy arrays
+        out of band (one copy into the store, none on the way out to a reader), where ``bytes`` would be
+        pickled in band and copied again by every generator (measured on 403 MB: 0.52 s against 0.04 s
+        to store)."""
         from selfplay.sync.base import summarize
+        from selfplay.sync.object_store import as_arrays
 
         blobs = self.learner.export_weights(bucket_mb, version)
-        return blobs, summarize(blobs) if blobs else None
+        return as_arrays(blobs), summarize(blobs) if blobs else None
 
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.learner.probe_logps(sequences)

@@ -1,6 +1,6 @@
 """The sync stage: push the trained weights into the running generators, then check them.
 
-* :mod:`~selfplay.sync.buckets`: the wire format (size-bounded safetensors buckets with sha256).
+* :mod:`~selfplay.sync.buckets`: the wire format (size-bounded safetensors buckets, blake3 each).
 * :mod:`~selfplay.sync.base`: the ``WeightSync`` protocol (``push(learner, generators, version)``),
   ``SyncReport``, ``SyncError`` and the learner side (remote calls and their timeouts are
   :mod:`selfplay.remote`'s).

@@ -3,7 +3,8 @@
 A sync moves the learner's weights (buckets from :mod:`selfplay.sync.buckets`) into every generator,
 then (optionally) verifies them (:mod:`selfplay.sync.verify`). Sides:
 
-* the *learner side* has ``export_weights(bucket_mb, version) -> list[bytes]`` and
+* the *learner side* has ``export_weights(bucket_mb, version)`` (a list of byte buffers: ``bytes``, or
+  numpy ``uint8`` arrays from a learner actor, which Ray stores without pickling them) and
   ``probe_logps(sequences) -> list[list[float]]``. It is a local object (a ``Learner``), one Ray actor
   handle, or a learner group (:class:`~actors.learner.LearnerGroup`, recognised by ``export_ref``).
   A sync never holds a group's rank handles: the group calls every rank (a ZeRO-3 gather is

@@ -4,15 +4,21 @@ Why buckets: sending one parameter per message is the known bottleneck of weight
 measured it above 40% of step time); one giant blob needs the whole model twice in memory. A bucket
 is a plain ``safetensors`` byte string (Hugging Face checkpoint names, full unsharded tensors), so
 every transport (Ray object store, a file, an NCCL broadcast of a byte tensor) carries the same thing
-and every receiver loads it with the same code. A bucket carries its own sha256 in its metadata and
-the whole sync is summarised by a digest over the bucket hashes, which generators report back.
+and every receiver loads it with the same code. A bucket carries its own checksum in its metadata and
+the whole sync is summarised by a digest over the bucket checksums, which generators report back.
 
 Choices (copies are the main cost of a sync, so each one is counted):
 
 * Packing writes the safetensors layout itself: the header, then every tensor's bytes joined into one
   ``bytes`` object (exactly one copy of the data). Tensors are laid out by element size, largest
   first, then by name (as ``safetensors`` does), so every tensor starts at a multiple of its element
-  size. The sha256 is computed from the source tensors' memory, not from a copy.
+  size. The checksum is computed from the source tensors' memory, not from a copy.
+* The checksum is BLAKE3 (the ``blake3`` package, one thread), recorded under the metadata key
+  ``"blake3"``: it runs 4-5x faster than sha256 on one core here (403 MB: 0.07 s against 0.31 s), and a
+  sync hashes every byte twice (learner and generator). Any accidental change is still detected (a
+  256-bit digest), and it is not a keyed MAC either way: the object store is trusted not to forge.
+  Buckets recorded with ``"sha256"`` (written by earlier versions, e.g. a filesystem sync's directory)
+  are still verified with sha256; a bucket with neither key is refused.
 * Unpacking accepts any byte buffer (``bytes``, ``bytearray``, ``memoryview``, a numpy ``uint8``
   array such as Ray's zero-copy read of the object store) and returns ``torch.frombuffer`` views of
   it: no copy. The header is parsed and checked here (known dtypes, sizes that match shapes, tensors
@@ -20,8 +26,9 @@ Choices (copies are the main cost of a sync, so each one is counted):
   hashed in place. The views share the caller's buffer, which may be read-only (Ray, ``bytes``):
   receivers must copy them into memory they own (``load_state_dict`` and vLLM's reload both do) and
   never write to them.
-* The digest is byte-identical to the one of earlier versions: sha256 over, per tensor in name order,
-  the name, ``str(dtype)``, ``str(tuple(shape))`` and the raw bytes.
+* What is hashed is unchanged from earlier versions (only the hash function is new): per tensor in
+  name order, the name, ``str(dtype)``, ``str(tuple(shape))`` and the raw bytes. The sync digest is
+  sha256 over the bucket checksums in order (a few hundred bytes; its function does not matter).
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import blake3
 import torch
 
 META_KEY = "selfplay"
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+CHECKSUM = "blake3"  # the metadata key (and hash) of the checksum new buckets carry
+_HASHES = {"blake3": lambda: blake3.blake3(max_threads=1), "sha256": hashlib.sha256}  # checked in this order
 
 # safetensors dtype names <-> torch dtypes (only those this torch has)
 _DTYPE_NAMES = {
@@ -77,16 +87,17 @@ def _raw(t: torch.Tensor) -> Any:
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order; tensors must be contiguous CPU."""
-    h = hashlib.sha256()
+def _tensor_digest(tensors: Mapping[str, torch.Tensor], algorithm: str = CHECKSUM) -> str:
+    """``algorithm`` (blake3 or sha256) over names, dtypes, shapes and bytes, in name order; tensors
+    must be contiguous CPU."""
+    h = _HASHES[algorithm]()
     for name in sorted(tensors):
         t = tensors[name]
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(_raw(t))  # hashlib reads the buffer in place
+            h.update(_raw(t))  # both hashers read the buffer in place
     return h.hexdigest()
 
 
@@ -126,7 +137,7 @@ def _header(tensors: Mapping[str, torch.Tensor], order: list[str], meta: dict[st
 
 def pack_bucket(tensors: Mapping[str, torch.Tensor], version: int, index: int) -> bytes:
     """One bucket of contiguous CPU tensors: header, then their bytes (one copy, into the result)."""
-    meta = {"version": version, "index": index, "sha256": _tensor_digest(tensors)}
+    meta = {"version": version, "index": index, CHECKSUM: _tensor_digest(tensors)}
     order = _layout(tensors)
     parts = [_header(tensors, order, meta)]
     parts.extend(_raw(tensors[n]) for n in order if tensors[n].numel())
@@ -138,7 +149,7 @@ def pack_buckets(
 ) -> Iterator[bytes]:
     """Group tensors into safetensors blobs of at most ``bucket_mb`` (a larger single tensor gets its own).
 
-    Each blob's metadata holds ``{"version", "index", "sha256"}``; the hash covers names, dtypes, shapes
+    Each blob's metadata holds ``{"version", "index", "blake3"}``; the hash covers names, dtypes, shapes
     and bytes of the tensors, so a flipped byte anywhere is detected by :func:`unpack_bucket`.
     """
     limit = int(bucket_mb * 1024 * 1024)
@@ -277,11 +288,25 @@ def open_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[s
     return tensors, meta
 
 
+def checksum_of(meta: dict) -> tuple[str, str]:
+    """``(algorithm, hex digest)`` a bucket's metadata records (blake3, or sha256 from earlier versions)."""
+    for algorithm in _HASHES:
+        value = meta.get(algorithm)
+        if value is not None:
+            if not isinstance(value, str):
+                raise BucketError(f"bucket {meta.get('index')}: its {algorithm} checksum is not a string")
+            return algorithm, value
+    raise BucketError(f"bucket {meta.get('index')} carries no checksum (neither blake3 nor sha256 in its metadata)")
+
+
 def check_bucket(tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
-    """Raise :class:`BucketError` unless the tensors hash to the bucket's recorded sha256. Safe to run on
-    several threads at once (``hashlib`` releases the GIL while hashing)."""
-    if _tensor_digest(tensors) != meta.get("sha256"):
-        raise BucketError(f"bucket {meta.get('index')} checksum mismatch: data was corrupted in transit")
+    """Raise :class:`BucketError` unless the tensors hash to the bucket's recorded checksum. Safe to run on
+    several threads at once (both hashers release the GIL while hashing)."""
+    algorithm, expected = checksum_of(meta)
+    got = _tensor_digest(tensors, algorithm)
+    if got != expected:
+        raise BucketError(f"bucket {meta.get('index')} checksum mismatch ({algorithm} {got[:12]}, recorded "
+                          f"{expected[:12]}): data was corrupted in transit")
 
 
 def unpack_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -296,8 +321,8 @@ def unpack_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict
 
 
 def sync_digest(blobs: Iterable[Buffer]) -> str:
-    """One checksum for a whole sync: sha256 over the bucket hashes in order."""
+    """One checksum for a whole sync: sha256 over the bucket checksums in order."""
     h = hashlib.sha256()
     for blob in blobs:
-        h.update(bucket_meta(blob)["sha256"].encode())
+        h.update(checksum_of(bucket_meta(blob))[1].encode())
     return h.hexdigest()

@@ -6,7 +6,7 @@ Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manife
 
 * Atomic: a version directory is written under a temporary name and renamed, so a directory that
   exists is complete; a generator never reads a half-written sync.
-* Generators read the files and go through the same verified load as every other method (sha256 per
+* Generators read the files and go through the same verified load as every other method (checksum per
   bucket, version, complete names), rather than vLLM's own reload-from-path, which would skip checks.
 * Only the newest ``keep`` versions are kept.
 * A generator reads each file into memory it owns (one copy) rather than mapping it: the bytes it

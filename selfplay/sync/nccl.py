@@ -4,7 +4,7 @@ Protocol, per sync, from rank 0 (the learner) to ranks 1..R (the generators): th
 int64), the bucket sizes (int64[count]), then each bucket as one uint8 tensor: ``count + 2``
 collectives however many parameters the model has (OpenRLHF broadcast one parameter at a time, #533).
 Receivers hand the bytes to the engine's verified ``load_buckets``, exactly like the other methods, so
-a corrupt transfer is caught by the same sha256 check.
+a corrupt transfer is caught by the same blake3 check.
 
 Choices and limits:
 

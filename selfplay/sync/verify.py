@@ -6,8 +6,23 @@ stale version, a checksum mismatch or a log-prob mismatch raises :class:`SyncErr
 generator, the version and the difference, so the run stops instead of generating with wrong weights
 (a silently failed reload, a dtype mix-up, a wrong tensor mapping all show up here).
 
-Random token sequences are used because they need no tokenizer or task and spread over the whole
-vocabulary (every embedding row and the full output head are exercised).
+Random token sequences are used because they need no tokenizer or task and are drawn from the whole
+vocabulary.
+
+What the probe costs and what it still detects. It is a forward pass on the learner and on every
+generator, so its cost grows with the tokens scored: the default is 2 sequences of 16 tokens (30 scored
+positions; it was 4 x 32), scored by the learner in one batched forward, concurrently with the
+generators' (which run concurrently with each other). It still detects everything it is there for,
+because every scored position's log-prob depends on every layer's weights and, through the
+log-softmax, on the whole output head: a reload that silently did not happen or reached only some
+layers, a dtype or precision mix-up, weights loaded under the wrong names (swapped or transposed
+projections), a stale packed copy (a tied head that kept the old embedding), a wrong positional
+(rotary) setup, at positions up to 15 and through attention over up to 15 earlier tokens. What the
+shorter probe touches less: input-embedding rows (at most 32 distinct tokens' rows are read, out of
+the vocabulary; the 4 x 32 probe read at most 128). Those rows' bytes are covered by the checksum
+either way; a fault in how an engine maps rows it is given (e.g. a vocabulary shard of a
+tensor-parallel engine) shows as soon as one probe token falls in it, as it does for almost every
+draw unless the fault concerns only a few rows. ``ProbeSpec(count=..., length=...)`` buys a wider probe.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +78,8 @@ class ProbeSpec:
     """The probe batch and the tolerance of a verified sync."""
 
     tolerance: float = 1e-3
-    count: int = 4
-    length: int = 32
+    count: int = 2
+    length: int = 16
     seed: int = 0
 
 
@@ -76,15 +92,19 @@ def verify_sync(
     """Check versions/checksums, then probe log-probs on every generator. Returns the largest difference.
 
     Raises :class:`SyncError` naming the first generator that is stale, holds other bytes, or computes
-    log-probs further than ``spec.tolerance`` from the learner's.
+    log-probs further than ``spec.tolerance`` from the learner's. The learner scores the probe on a
+    thread of its own while the generators score it (they are independent processes once remote).
     """
     infos = check_versions(generators, version, checksum, timeout)
     vocab = min(int(info.get("vocab_size") or 2) for info in infos)
     sequences = probe_sequences(vocab, spec.count, spec.length, spec.seed)
-    expected = learner_call(learner, "probe_logps", (sequences,), timeout)
     named = targets(generators)
+    with ThreadPoolExecutor(1, thread_name_prefix="probe-learner") as pool:
+        learner_side = pool.submit(learner_call, learner, "probe_logps", (sequences,), timeout)
+        generated = call_all(named, "probe_logps", (sequences,), timeout)
+        expected = learner_side.result()
     worst = 0.0
-    for (name, _), got in zip(named, call_all(named, "probe_logps", (sequences,), timeout)):
+    for (name, _), got in zip(named, generated):
         diff = max_abs_diff(expected, got)
         if not diff <= spec.tolerance:
             raise SyncError(

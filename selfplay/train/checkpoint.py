@@ -1,7 +1,10 @@
 """What leaves the learner: weight buckets for a sync, a Hugging Face directory, a resumable checkpoint.
 
 * ``export_buckets``: full tensors under their Hugging Face names, packed with the project's wire format
-  (:func:`selfplay.sync.buckets.pack_buckets`); gathered one parameter at a time from ZeRO-3 shards.
+  (:func:`selfplay.sync.buckets.pack_buckets`). Below ZeRO-3 the parameters are packed from their own
+  memory; under ZeRO-3 one bucket's parameters are gathered together and packed from the gathered
+  memory before it is released (no per-parameter gather and copy); a LoRA model's merged weights are
+  gathered one parameter at a time.
 * ``save_hf``: an ordinary HF directory (``config.json``, ``model.safetensors`` sharded above 5 GB,
   ``generation_config.json``, tokenizer files) that transformers and vLLM load with ``from_pretrained``.
   Written by rank 0 under a temporary sibling name and renamed into place, so a crash never leaves a
@@ -29,8 +32,8 @@ from typing import Any
 import torch
 
 from selfplay.atomic import replace_dir, write_text
-from selfplay.sync.buckets import pack_buckets
-from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, write_adapter
+from selfplay.sync.buckets import pack_bucket, pack_buckets
+from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, is_peft, write_adapter
 
 TAG_PREFIX = "step"
 
@@ -45,13 +48,58 @@ def _barrier() -> None:
 
 
 def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
-    """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks."""
-    params = hf_params(engine, dtype)  # LoRA adapters merged in
+    """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks.
+
+    Below ZeRO-3 the parameters are packed straight from their own memory (``copy=False``): packing is
+    the one copy, and nothing steps the optimizer while this runs. ZeRO-3: see :func:`_zero3_buckets`."""
+    if engine.zero_optimization_stage() == 3 and not is_peft(engine.module):
+        return _zero3_buckets(engine, bucket_mb, version, dtype)
+    params = hf_params(engine, dtype, copy=False)  # LoRA adapters merged in
     if _rank() != 0:
         for _ in params:
             pass
         return []
     return list(pack_buckets(params, bucket_mb=bucket_mb, version=version))
+
+
+def _zero3_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
+    """ZeRO-3 buckets: the parameters grouped as :func:`~selfplay.sync.buckets.pack_buckets` groups
+    tensors (by their full sizes), each group gathered in one ``GatheredParameters`` (collective, the same
+    groups on every rank) and packed on rank 0 from the gathered memory while it is held; persistent
+    buffers (whole on every rank) go in the same stream."""
+    import deepspeed
+
+    module = engine.module
+    persistent = set(module.state_dict().keys())
+    items = [(n, p, True) for n, p in module.named_parameters()]
+    items += [(n, b, False) for n, b in module.named_buffers() if n in persistent]
+    limit = int(bucket_mb * 1024 * 1024)
+    groups: list[list[tuple[str, torch.Tensor, bool]]] = []
+    size = 0
+    for item in items:
+        t, is_param = item[1], item[2]
+        numel = t.ds_numel if is_param and hasattr(t, "ds_numel") else t.numel()
+        itemsize = dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size()
+        if not groups or (groups[-1] and size + numel * itemsize > limit):
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += numel * itemsize
+    keep = _rank() == 0
+    blobs: list[bytes] = []
+    for group in groups:
+        with deepspeed.zero.GatheredParameters([t for _, t, is_param in group if is_param], modifier_rank=None):
+            if keep:
+                blobs.append(pack_bucket({n: _packable(t, dtype) for n, t, _ in group}, version, len(blobs)))
+    return blobs
+
+
+def _packable(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` as a contiguous CPU tensor in ``dtype``, without a copy when it already is one."""
+    t = t.detach()
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.cpu().contiguous()
 
 
 def save_hf(engine: Any, tokenizer: Any, out_dir: str | Path, dtype: torch.dtype, adapter_base: str | None = None

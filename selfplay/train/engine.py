@@ -179,12 +179,15 @@ def build_engine(model: torch.nn.Module, cfg: Any, world_size: int) -> tuple[Any
     return engine, optimizer
 
 
-def iter_full_params(engine: Any, dtype: torch.dtype | None = None, to_all: bool = False
+def iter_full_params(engine: Any, dtype: torch.dtype | None = None, to_all: bool = False, copy: bool = True
                      ) -> Iterator[tuple[str, torch.Tensor | None]]:
     """``(hf_name, full_tensor)`` for every parameter and persistent buffer; collective under ZeRO-3.
 
     Every rank must exhaust the iterator. Tensors are CPU copies on rank 0 (on every rank with
-    ``to_all``); other ranks get ``None``.
+    ``to_all``); other ranks get ``None``. ``copy=False`` yields the live parameters themselves (detached;
+    cast when ``dtype`` differs) wherever they are whole, i.e. below ZeRO-3, for a caller that copies
+    them before the next optimizer step (packing a sync bucket); a ZeRO-3 gather is always copied,
+    because the gathered memory is released when the next parameter is gathered.
     """
     import deepspeed
 
@@ -197,12 +200,18 @@ def iter_full_params(engine: Any, dtype: torch.dtype | None = None, to_all: bool
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 tensor = _copy(param, dtype) if keep else None
         else:
-            tensor = _copy(param, dtype) if keep else None
+            tensor = (_copy(param, dtype) if copy else _cast(param, dtype)) if keep else None
         yield name, tensor
     persistent = set(module.state_dict().keys())
     for name, buf in module.named_buffers():
         if name in persistent:
             yield name, (_copy(buf, dtype) if keep else None)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` detached, in ``dtype`` (no copy when it already is: the parameter's own memory)."""
+    t = t.detach()
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
 def _copy(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -331,17 +331,22 @@ class Learner:
         return ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
 
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
-        """fp32 log-prob of each token ``t >= 1`` of each sequence given its prefix (no grad)."""
+        """fp32 log-prob of each token ``t >= 1`` of each sequence given its prefix (no grad). Sequences of
+        the same length share one forward pass (no padding, so nothing else changes)."""
         from selfplay.losses import token_logps
 
-        out: list[list[float]] = []
+        out: list[list[float]] = [[] for _ in sequences]
+        by_length: dict[int, list[int]] = {}
+        for i, seq in enumerate(sequences):
+            by_length.setdefault(len(seq), []).append(i)
         self.engine.eval()
         with torch.no_grad():
-            for seq in sequences:
-                ids = torch.tensor([seq], dtype=torch.long, device=self.device)
+            for rows in by_length.values():
+                ids = torch.tensor([sequences[i] for i in rows], dtype=torch.long, device=self.device)
                 logits = self.engine(input_ids=ids, use_cache=False).logits
                 mask = torch.ones_like(ids[:, 1:], dtype=torch.bool)
-                out.append(token_logps(logits[:, :-1], ids[:, 1:], mask)[0].float().cpu().tolist())
+                for i, lp in zip(rows, token_logps(logits[:, :-1], ids[:, 1:], mask).float().cpu().tolist()):
+                    out[i] = lp
         self.engine.train()
         return out
 

@@ -201,13 +201,14 @@ def scaling(module: Any) -> float:
     return float(peft_cfg.lora_alpha) / float(peft_cfg.r)
 
 
-def hf_params(engine: Any, dtype: torch.dtype | None, to_all: bool = False
+def hf_params(engine: Any, dtype: torch.dtype | None, to_all: bool = False, copy: bool = True
               ) -> Iterator[tuple[str, torch.Tensor | None]]:
-    """Full HF-named weights of the engine's model, adapters merged when it is a PEFT model. Collective."""
+    """Full HF-named weights of the engine's model, adapters merged when it is a PEFT model. Collective.
+    ``copy=False``: see :func:`~selfplay.train.engine.iter_full_params` (a PEFT model's are always copies)."""
     from selfplay.train.engine import iter_full_params
 
     if not is_peft(engine.module):
-        yield from iter_full_params(engine, dtype, to_all=to_all)
+        yield from iter_full_params(engine, dtype, to_all=to_all, copy=copy)
         return
     yield from merge_stream(iter_full_params(engine, None, to_all=to_all), scaling(engine.module), dtype)
 

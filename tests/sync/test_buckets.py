@@ -1,11 +1,13 @@
 """The bucket wire format: safetensors-compatible packing, zero-copy unpacking from any byte buffer, and
-corruption detection (every flipped byte, every truncation), with digests unchanged from earlier versions."""
+corruption detection (every flipped byte, every truncation), with blake3 checksums over the same fields
+as earlier versions' sha256 ones, whose buckets are still verified."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
+import blake3
 import numpy as np
 import pytest
 import torch
@@ -38,9 +40,10 @@ def mixed() -> dict[str, torch.Tensor]:
     }
 
 
-def reference_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """The digest exactly as the first version of the format computed it (through ``.tobytes()``)."""
-    h = hashlib.sha256()
+def reference_digest(tensors: dict[str, torch.Tensor], algorithm: str = "sha256") -> str:
+    """The digest exactly as the first version of the format computed it (through ``.tobytes()``), with
+    ``algorithm``: sha256 (earlier versions) or blake3 (now)."""
+    h = hashlib.sha256() if algorithm == "sha256" else blake3.blake3()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(name.encode())
@@ -68,22 +71,39 @@ def test_unpack_matches_safetensors_own_loader_on_a_mixed_dtype_bucket():
         assert torch.equal(ours[name], theirs[name]) and torch.equal(ours[name], t), name
 
 
-def test_buckets_written_by_safetensors_are_read_too():
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_buckets_written_by_safetensors_are_read_too(algorithm):
+    """Also those of earlier versions (sha256): they are verified with the hash they record."""
     tensors = {k: v.contiguous() for k, v in mixed().items()}
-    meta = json.dumps({"version": 1, "index": 0, "sha256": reference_digest(tensors)})
+    meta = json.dumps({"version": 1, "index": 0, algorithm: reference_digest(tensors, algorithm)})
     blob = st_save(tensors, metadata={"selfplay": meta})
     ours, _ = unpack_bucket(blob, expect_version=1)
     assert all(torch.equal(ours[n], t) for n, t in tensors.items())
+    assert sync_digest([blob]) == hashlib.sha256(reference_digest(tensors, algorithm).encode()).hexdigest()
+    bad = bytearray(blob)
+    bad[-1] ^= 0x01  # the last data byte
+    with pytest.raises(BucketError, match=f"bucket 0 checksum mismatch [(]{algorithm} "):
+        decode_sync([bytes(bad)], 1, tensors)
 
 
-def test_digests_are_byte_identical_to_the_first_format():
+def test_a_bucket_without_a_checksum_is_refused():
+    tensors = {"a": torch.arange(6, dtype=torch.float32)}
+    blob = st_save(tensors, metadata={"selfplay": json.dumps({"version": 1, "index": 0})})
+    with pytest.raises(BucketError, match="bucket 0 carries no checksum"):
+        decode_sync([blob], 1, tensors)
+    with pytest.raises(BucketError, match="carries no checksum"):
+        sync_digest([blob])
+
+
+def test_digests_hash_the_fields_of_the_first_format_with_blake3():
     tensors = mixed()
     blobs = list(pack_buckets(tensors.items(), 0.0, 2))  # one tensor per bucket
     assert len(blobs) == len(tensors)
     for blob, (name, t) in zip(blobs, tensors.items()):
-        assert bucket_meta(blob)["sha256"] == reference_digest({name: t})
+        meta = bucket_meta(blob)
+        assert "sha256" not in meta and meta["blake3"] == reference_digest({name: t}, "blake3")
     assert sync_digest(blobs) == hashlib.sha256(
-        b"".join(reference_digest({n: t}).encode() for n, t in tensors.items())
+        b"".join(reference_digest({n: t}, "blake3").encode() for n, t in tensors.items())
     ).hexdigest()
 
 

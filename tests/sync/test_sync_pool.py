@@ -22,7 +22,7 @@ from selfplay.sync import ProbeSpec, SyncError
 from selfplay.sync.filesystem import FilesystemSync, version_dir
 from selfplay.sync.nccl import BroadcastSync
 from selfplay.sync.object_store import ObjectStoreSync
-from selfplay.sync.verify import verify_sync
+from selfplay.sync.verify import DEFAULT_PROBE, verify_sync
 
 pytestmark = pytest.mark.slow  # a vLLM pool starts in 20-50 s on 2 shared cores
 
@@ -133,6 +133,9 @@ def test_verification_stops_on_stale_or_wrong_weights(sync_pool, learner, tiny_m
     other = make_engine("hf", tiny_model_dir, dtype="float32")  # the original weights, not version 7's
     with pytest.raises(SyncError, match=r"generator-0 at version 7: probe log-probs differ .* by \d"):
         verify_sync(other, sync_pool, 7, None, PROBE, timeout=120)
+    verify_sync(learner, sync_pool, 7, None, DEFAULT_PROBE, timeout=120)  # the (shorter) default probe too
+    with pytest.raises(SyncError, match=r"generator-0 at version 7: probe log-probs differ"):
+        verify_sync(other, sync_pool, 7, None, DEFAULT_PROBE, timeout=120)
 
 
 def test_broadcast_sync_on_gloo(sync_pool, learner):

@@ -8,7 +8,9 @@ group (the rank-kill test) leaves the next one a new group, so any subset runs i
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import ray
 import torch
 from train_helpers import learner_groups, pair_accuracy, toy_pairs, weights
 
@@ -121,6 +123,10 @@ def test_sync_side_goes_through_the_group(group, tiny_model_dir):
     exported = export(group, bucket_mb=0.25, version=7, timeout=120)
     assert exported.blobs is None and exported.count > 1
     assert exported.checksum == sync_digest(group.export_weights(0.25, 7))
+    # stored as numpy arrays (out of band: a reader maps them instead of copying them out of the store)
+    stored = ray.get(exported.ref, timeout=120)
+    assert len(stored) == exported.count and all(isinstance(b, np.ndarray) and b.dtype == np.uint8 for b in stored)
+    assert sync_digest(stored) == exported.checksum
     probe = [[1, 5, 20, 30, 6, 40, 2]]
     assert learner_call(group, "probe_logps", (probe,), 120) == group.probe_logps(probe)
 

@@ -240,3 +240,37 @@ def test_rmsprop_and_warmup_steps_under_deepspeed(learner, tiny_model_dir, tmp_p
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]
     assert lrs[:4] == pytest.approx([3e-4 * s / 4 for s in (1, 2, 3)] + [3e-4])  # (step + 1) / (3 + 1), then 1
     assert summary["loss_last"] < summary["loss_first"] and summary["reward_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_sync_export_packs_from_the_parameters_below_zero3_and_keeps_its_bytes(learner, tiny_model_dir,
+                                                                                zero_stage):
+    """Below ZeRO-3 the export reads the parameters themselves (packing is the only copy); ZeRO-3 gathers
+    are copies. Either way the buckets own their bytes: a later optimizer step does not change them."""
+    from selfplay.train.engine import iter_full_params
+
+    learner.reload(tiny_model_dir, TrainConfig(**BASE, zero_stage=zero_stage))
+    params = dict(learner.engine.module.named_parameters())
+    live = dict(iter_full_params(learner.engine, None, copy=False))
+    assert live.keys() >= params.keys()
+    shared = {n for n, p in params.items() if live[n].data_ptr() == p.data_ptr()}
+    assert shared == (set(params) if zero_stage == 0 else set())
+    assert all(torch.equal(live[n], t) for n, t in iter_full_params(learner.engine, None))
+    assert not any(t.data_ptr() == params[n].data_ptr() for n, t in iter_full_params(learner.engine, None)
+                   if n in params)  # the default still copies
+
+    blobs = learner.export_weights(bucket_mb=0.5, version=1)
+    exported = {k: v.clone() for k, v in weights(blobs).items()}
+    assert all(torch.equal(exported[n], live[n]) for n in exported)
+    learner.train_round(learner.compute_reference(toy_pairs(8)))
+    assert all(torch.equal(t, exported[n]) for n, t in weights(blobs).items())  # unchanged by the step
+    assert any(not torch.equal(t, exported[n]) for n, t in weights(learner.export_weights()).items())
+
+
+def test_probe_logps_of_equal_lengths_share_a_forward_and_keep_their_order(learner, tiny_model_dir):
+    learner.reload(tiny_model_dir, TrainConfig(**BASE))
+    seqs = [[1, 5, 20, 30, 6, 40, 2], [1, 5, 12, 13, 2], [3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3]]
+    alone = [learner.probe_logps([s])[0] for s in seqs]
+    together = learner.probe_logps(seqs)
+    assert [len(x) for x in together] == [len(s) - 1 for s in seqs]
+    assert max(abs(a - b) for x, y in zip(alone, together) for a, b in zip(x, y, strict=True)) <= 1e-5
