@@ -16,8 +16,8 @@ each parquet's content, the training metrics (a resumed round appends; a step lo
 once), every eval.json and the exported weights, bitwise.
 
 The schedule's seed is printed and named in every failure; ``SELFPLAY_FAULT_SEED=<n>`` replays it.
-``SELFPLAY_FAULTS`` sets the number of faults (4 by default, `make test-soak`; ``make test-all``
-runs 12).
+``SELFPLAY_FAULTS`` sets the number of faults: 4 by default, in ``make test`` (about 100 s on a quiet
+2-core machine, 7-9 min at load 15-35); ``make test-soak`` and ``make test-all`` run 12.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def reference(tmp_path_factory):
     return recipe, d / "run"
 
 
-@pytest.mark.soak
+@pytest.mark.slow
 @pytest.mark.timeout(3600)  # with the reference run: 6 launches of 1-3 min each on 2 shared cores
 def test_random_faults_lose_nothing(reference, tmp_path):
     recipe, ref = reference
