@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from judge_helpers import train_to_answer_b
 
 from selfplay.config.schema import LLMJudgeConfig
 from selfplay.judges import DEFAULT_TEMPLATE, LLMJudge, PromptGroup, build_judge, judge_table, parse_verdict
@@ -112,28 +113,13 @@ def test_engine_adapter_drives_a_real_generator(tiny_model_dir):
     scores are written out, not recomputed with the library: a judge that always prefers the second-shown
     response is position-biased, so with both orders every sample scores 0.5; asked in one order only,
     (0,1), (0,2), (1,2), the later sample always wins."""
-    import torch
-
     from selfplay.generate import make_engine
-    from selfplay.generate.types import encode_prompts
     from selfplay.judges.llm_judge import engine_complete, fill_template
 
     engine = make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=512)
     tok, model = engine.tokenizer, engine.model
-    answer = tok("Verdict: B", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     train = [fill_template(DEFAULT_TEMPLATE, f"{i}+{i}=", str(2 * i), str(i)) for i in range(6)]
-    seqs = [x + answer for x in encode_prompts(tok, [[{"role": "user", "content": t}] for t in train])]
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        ids = torch.tensor([seqs[step % len(seqs)]])
-        logits = model(input_ids=ids).logits[0, -len(answer) - 1:-1]
-        loss = torch.nn.functional.cross_entropy(logits, ids[0, -len(answer):])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    train_to_answer_b(model, tok, train, steps=40)
 
     complete = engine_complete(engine, max_tokens=16)
     texts = [fill_template(DEFAULT_TEMPLATE, "7+5=", "12", "75"), fill_template(DEFAULT_TEMPLATE, "7+5=", "75", "12")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 import ray
+from judge_helpers import train_to_answer_b
 
 from selfplay.config.schema import LLMJudgeConfig
 from selfplay.judges import DEFAULT_TEMPLATE, build_judge, judge_table
@@ -52,25 +53,12 @@ def judge_dir(tiny_model_dir, tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfplay.generate.types import encode_prompts
-
     out = tmp_path_factory.mktemp("judge") / "nano-judge"
     shutil.copytree(tiny_model_dir, out)
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    answer = tok("Verdict: B", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     train = [fill_template(DEFAULT_TEMPLATE, f"What is {i} + {2 * i}?", str(3 * i), str(i)) for i in range(8)]
-    seqs = [x + answer for x in encode_prompts(tok, [[{"role": "user", "content": t}] for t in train])]
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(48):
-        ids = torch.tensor([seqs[step % len(seqs)]])
-        logits = model(input_ids=ids).logits[0, -len(answer) - 1:-1]
-        loss = torch.nn.functional.cross_entropy(logits, ids[0, -len(answer):])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_to_answer_b(model, tok, train, steps=48)
     model.save_pretrained(out, safe_serialization=True)
     return out
 
