@@ -36,11 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import blake3
 import torch
+
+T = TypeVar("T")
 
 META_KEY = "selfplay"
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
@@ -152,21 +154,28 @@ def pack_buckets(
     Each blob's metadata holds ``{"version", "index", "blake3"}``; the hash covers names, dtypes, shapes
     and bytes of the tensors, so a flipped byte anywhere is detected by :func:`unpack_bucket`.
     """
+    hosted = ((name, _host(tensor)) for name, tensor in named_tensors)
+    groups = size_groups(hosted, lambda item: item[1].numel() * item[1].element_size(), bucket_mb)
+    for index, group in enumerate(groups):
+        yield pack_bucket(dict(group), version, index)
+
+
+def size_groups(items: Iterable[T], nbytes: Callable[[T], int], bucket_mb: float) -> Iterator[list[T]]:
+    """Consecutive ``items`` in groups of at most ``bucket_mb`` by ``nbytes`` (an item larger than that
+    gets a group of its own): the bucket boundaries of :func:`pack_buckets`, also used where the tensors
+    must be gathered group by group before they can be packed (ZeRO-3 export)."""
     limit = int(bucket_mb * 1024 * 1024)
-    current: dict[str, torch.Tensor] = {}
+    group: list[T] = []
     size = 0
-    index = 0
-    for name, tensor in named_tensors:
-        t = _host(tensor)
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > limit:
-            yield pack_bucket(current, version, index)
-            index += 1
-            current, size = {}, 0
-        current[name] = t
-        size += nbytes
-    if current:
-        yield pack_bucket(current, version, index)
+    for item in items:
+        n = nbytes(item)
+        if group and size + n > limit:
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += n
+    if group:
+        yield group
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from selfplay.atomic import replace_dir, write_text
-from selfplay.sync.buckets import pack_bucket, pack_buckets
+from selfplay.sync.buckets import pack_bucket, pack_buckets, size_groups
 from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, is_peft, write_adapter
 
 TAG_PREFIX = "step"
@@ -73,21 +73,15 @@ def _zero3_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dty
     persistent = set(module.state_dict().keys())
     items = [(n, p, True) for n, p in module.named_parameters()]
     items += [(n, b, False) for n, b in module.named_buffers() if n in persistent]
-    limit = int(bucket_mb * 1024 * 1024)
-    groups: list[list[tuple[str, torch.Tensor, bool]]] = []
-    size = 0
-    for item in items:
-        t, is_param = item[1], item[2]
+
+    def nbytes(item: tuple[str, torch.Tensor, bool]) -> int:  # the full size, not the local shard's
+        _, t, is_param = item
         numel = t.ds_numel if is_param and hasattr(t, "ds_numel") else t.numel()
-        itemsize = dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size()
-        if not groups or (groups[-1] and size + numel * itemsize > limit):
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += numel * itemsize
+        return numel * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+
     keep = _rank() == 0
     blobs: list[bytes] = []
-    for group in groups:
+    for group in size_groups(items, nbytes, bucket_mb):
         with deepspeed.zero.GatheredParameters([t for _, t, is_param in group if is_param], modifier_rank=None):
             if keep:
                 blobs.append(pack_bucket({n: _packable(t, dtype) for n, t, _ in group}, version, len(blobs)))
