@@ -298,9 +298,10 @@ class LearnerGroup:
         return summary
 
     def compute_reference(self, pairs: Any, model_path: str | Path | None = None, cfg: Any = None, *,
-                          as_reference: bool = True, timeout: float | None = None) -> pa.Table:
+                          as_reference: bool = True, only_rejected: bool = False, timeout: float | None = None
+                          ) -> pa.Table:
         return self._call("compute_reference", pairs, _str(model_path), cfg, as_reference=as_reference,
-                          timeout=timeout)
+                          only_rejected=only_rejected, timeout=timeout)
 
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
                        timeout: float | None = None) -> list[bytes]:

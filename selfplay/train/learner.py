@@ -61,7 +61,7 @@ from selfplay.train.engine import (
     init_distributed,
 )
 from selfplay.train.metrics import MetricsWriter
-from selfplay.train.objective import kto_objective, kto_step_kl, pair_objective, sft_objective
+from selfplay.train.objective import kto_objective, kto_step_kl, pair_objective, sft_objective, shares_prefix
 from selfplay.train.rounds import RoundSpec, metrics_record, round_fingerprint, summary
 from selfplay.train.step import optimizer_step, step_rows
 
@@ -143,6 +143,9 @@ class Learner:
         self.dtype = compute_dtype(cfg)
         # Prompt KV-cache reuse needs use_cache in training, which gradient checkpointing forbids.
         self.share_prefix = not cfg.gradient_checkpointing
+        # A forward per completion key when their lengths differ: not under ZeRO-3, whose ranks must run
+        # the same forwards (see objective.run_model).
+        self.split_keys = int(cfg.zero_stage) != 3
         self.ref_model: torch.nn.Module | None = None  # tdpo only
 
     def _rebuild(self, cfg: Any) -> None:
@@ -185,15 +188,18 @@ class Learner:
             def prepare(micros: tuple) -> None:  # z0 from the whole step, all ranks, before any backward
                 step_kl["mean"] = kto_step_kl(self.engine, data, micros, self.pad_id, self.device, self.world_size)
 
+            share = shares_prefix(self.engine, data, self.share_prefix)
             objective = lambda d, m: kto_objective(self.engine, d, m, loss, self.pad_id, self.device,
-                                                   step_kl["mean"], share_prefix=self.share_prefix)
+                                                   step_kl["mean"], share_prefix=share)
         else:
             if loss.type == "tdpo" and self.ref_model is None:
                 self.ref_model = self._tdpo_reference(table)
             if not loss.reference_free and loss.type != "tdpo":
                 ref.require_columns(table, REF_COLUMNS, cfg)
+            share = shares_prefix(self.engine, data, self.share_prefix)
             objective = lambda d, m: pair_objective(self.engine, d, m, loss, self.pad_id, self.device,
-                                                    ref_model=self.ref_model, share_prefix=self.share_prefix)
+                                                    ref_model=self.ref_model, share_prefix=share,
+                                                    split=self.split_keys)
         spec = RoundSpec.of(cfg, self.cfg)
         return self._round("train", table, data, spec, objective, lambda d, step: step.count, checkpoint_dir,
                            on_step, cfg, prepare)
@@ -291,20 +297,21 @@ class Learner:
 
     # --------------------------------------------------------------------------------------- reference
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
-                          cfg: Any = None, *, as_reference: bool = True) -> pa.Table:
+                          cfg: Any = None, *, as_reference: bool = True, only_rejected: bool = False) -> pa.Table:
         """``pairs`` with reference log-prob columns from the current weights (or from ``model_path``).
 
         For ``tdpo`` this also (re)builds the frozen reference model used during training, unless
         ``as_reference=False``: then the columns are only a measurement (the loop's drift after a round)
-        and the round's frozen reference is kept.
+        and the round's frozen reference is kept. ``only_rejected`` scores the rejected completions alone
+        (a measurement: only ``ref_rejected_logps`` is written).
         """
         cfg = cfg or self.cfg
         table = read_table(pairs)
         if cfg.loss.reference_free:
             return table
         data = encode_pairs(table, self.tokenizer, cfg)
-        keys: tuple[str, ...] = ("chosen", "rejected")
-        if cfg.loss.type == "kto":
+        keys: tuple[str, ...] = ("rejected",) if only_rejected else ("chosen", "rejected")
+        if cfg.loss.type == "kto" and not only_rejected:
             data = ref.kto_scoring_view(data, kl_partners(len(data), self.seed))
             keys = (*keys, "kl_chosen", "kl_rejected")
         # LoRA: a reference that is the learner's base is the same network with the adapters disabled.
@@ -316,7 +323,7 @@ class Learner:
                               if model_path is None else model)
         with lora.adapters_disabled(self.engine) if use_base else nullcontext():
             values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size,
-                                 share_prefix=self.share_prefix)
+                                 share_prefix=shares_prefix(model, data, self.share_prefix), split=self.split_keys)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}

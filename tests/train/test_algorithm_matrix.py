@@ -222,6 +222,30 @@ def test_the_logged_drift_is_named_for_what_it_measures(w1, tiny_model_dir):
     assert got["rejected_drift"] > 0  # the round pushed the rejected answers down
 
 
+def test_the_drift_scores_an_even_subsample_of_rejected_samples_alone(w1, tiny_model_dir, monkeypatch):
+    """Past ``DRIFT_SAMPLES`` sampled pairs the drift is the mean over an evenly spread subsample, and
+    only the rejected side is scored again (the chosen column comes back as it went in)."""
+    import selfplay.loop.stages as stages
+
+    monkeypatch.setattr(stages, "DRIFT_SAMPLES", 2)
+    cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
+    w1.reload(tiny_model_dir, cfg)
+    table = toy_pairs(N_PAIRS, seed=5)
+    tok = w1._local.tokenizer
+    ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
+    table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
+    with_ref = w1.compute_reference(table, cfg=cfg)
+    w1.train_round(with_ref, cfg)
+    alone = w1.compute_reference(with_ref, cfg=cfg, as_reference=False, only_rejected=True)
+    assert alone.column("ref_chosen_logps").to_pylist() == with_ref.column("ref_chosen_logps").to_pylist()
+    now = alone.column("ref_rejected_logps").to_pylist()
+    before = with_ref.column("ref_rejected_logps").to_pylist()
+    picked = [0, N_PAIRS // 2]  # 2 of 5, evenly spread
+    expected = sum(before[i] - now[i] for i in picked) / len(picked)
+    got = stages.rejected_drift(w1, with_ref, cfg)
+    assert got["rejected_drift"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_measuring_the_drift_after_a_tdpo_round_keeps_its_frozen_reference(w1, tiny_model_dir):
     """The loop scores the rejected samples again after the round (``rejected_drift``); for TDPO that
     must not replace the round's frozen reference with the trained weights."""
