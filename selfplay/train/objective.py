@@ -21,6 +21,8 @@ step); the loss formulas themselves are the pure functions of :mod:`selfplay.los
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +60,26 @@ class Scored:
     """Real tokens run through the model per example, [B] (a shared prompt counts once)."""
 
 
+@dataclass
+class ScoredByKey:
+    """One :class:`Scored` per completion key, in key order, each padded to its own longest completion
+    (what :func:`run_model` returns when that runs markedly fewer tokens than one shared padding)."""
+
+    parts: tuple[Scored, ...]
+    tokens: Tensor
+    """As :attr:`Scored.tokens`."""
+
+
+SPLIT_BELOW = 0.8
+"""A prefix-shared micro-batch runs one completion forward per key when that pads to at most this share
+of the tokens one forward over all keys would run. In self-play the keys' lengths often differ by kind
+(SPIN: short reference answers against samples that run to ``max_tokens``): on ``bench.iteration``'s
+pairs the split runs 8.1k tokens an epoch against 10.7k padded together (6.7k real)."""
+
+
 def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], keys: tuple[str, ...],
-              pad_id: int, device: torch.device, share_prefix: bool = True) -> Scored:
+              pad_id: int, device: torch.device, share_prefix: bool = True, split: bool = True
+              ) -> Scored | ScoredByKey:
     """One micro-batch of ``len(keys)`` completions per example through ``model``.
 
     With ``share_prefix`` (and more than one completion per example) the prompt runs once and its KV cache
@@ -67,21 +87,44 @@ def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], k
     the prompt, so this skips a third to a half of the tokens of a typical self-play pair. The logits are
     the same as a full forward up to float rounding. Without it (gradient checkpointing, one completion)
     the K full sequences go through one ordinary forward.
+
+    With ``split`` (and prefix sharing), keys whose completions differ much in length run one forward
+    each on the prompt's cache (see :data:`SPLIT_BELOW`), and a :class:`ScoredByKey` comes back: only
+    :func:`sequence_sums` reads it. Callers that compare per-token logits (TDPO) pass ``split=False``, and
+    so do ZeRO-3 ranks: the decision is per micro-batch, and ranks that ran different numbers of forwards
+    would fall out of step in ZeRO-3's collective parameter gathers. For the same reason a learner decides
+    the sliding-window fallback below once per round (:func:`shares_prefix`), so it never triggers here.
     """
     k, b = len(keys), len(indices)
+    if share_prefix and k > 1 and (window := sliding_window(model)) is not None:
+        longest = max(len(data.prompts[i]) for i in indices) + max(len(data.completions[key][i])
+                                                                   for i in indices for key in keys)
+        share_prefix = longest <= window  # past it, a short prompt's padding pushes the prompt out of the window
     if not share_prefix or k == 1:
         batch = {n: v.to(device) for n, v in collate(data, indices, pad_id, keys).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         labels, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
+        scored_from = int(mask.any(0).nonzero()[0]) if mask.any() else 0  # no logit before it scores a token
+        out = _forward(model, mask.shape[1] - scored_from, input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"], use_cache=False)
         tokens = batch["attention_mask"].sum(-1).view(k, b).sum(0)
-        return Scored(logits, labels, mask, torch.arange(k * b, device=device), tokens)
+        return Scored(out.logits, labels[:, scored_from:], mask[:, scored_from:], torch.arange(k * b, device=device),
+                      tokens)
     batch = {n: v.to(device) for n, v in collate_shared(data, indices, pad_id, keys).items()}
     prompt_len = batch["prompt_lengths"]
-    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
+    ends = torch.unique(prompt_len - 1)  # sorted: the prompt's logits are needed at its last token only
+    out = _forward(model, ends, input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
     cache = out.past_key_values
-    cache.batch_repeat_interleave(k)  # differentiable: gradients reach the prompt through the cache
-    last = out.logits[torch.arange(b, device=device), prompt_len - 1]  # predicts each first completion token
+    last = out.logits[torch.arange(b, device=device), torch.searchsorted(ends, prompt_len - 1)]
     ids, cmask = batch["completion_ids"], batch["completion_mask"]
+    per_key = cmask.view(b, k, -1).sum(-1).amax(0).tolist()  # each key's longest completion
+    if split and b * sum(per_key) <= SPLIT_BELOW * k * b * ids.shape[1]:
+        parts = []
+        for j, width in enumerate(per_key):
+            rows = torch.arange(j, k * b, k, device=device)
+            parts.append(_continue(model, _fork(cache) if j < k - 1 else cache, batch["prompt_mask"], prompt_len,
+                                   last, ids[rows, :width], cmask[rows, :width], torch.arange(b, device=device)))
+        return ScoredByKey(tuple(parts), prompt_len + cmask.sum(-1).view(b, k).sum(-1))
+    cache.batch_repeat_interleave(k)  # differentiable: gradients reach the prompt through the cache
     positions = prompt_len.repeat_interleave(k)[:, None] + torch.arange(ids.shape[1], device=device)[None]
     attention = torch.cat([batch["prompt_mask"].repeat_interleave(k, 0), cmask], dim=1)
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
@@ -92,8 +135,77 @@ def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], k
     return Scored(logits, ids, cmask.bool(), order, tokens)
 
 
-def sequence_sums(scored: Scored) -> tuple[Tensor, Tensor]:
+def shares_prefix(model: Any, data: Encoded, wanted: bool = True) -> bool:
+    """Whether a whole round on ``data`` may share prompts (the same answer on every rank, which all hold
+    ``data``): not past a sliding window (see :func:`sliding_window`)."""
+    window = sliding_window(model) if wanted else None
+    if window is None or not len(data):
+        return wanted
+    longest = max(len(p) for p in data.prompts) + max(len(c) for cs in data.completions.values() for c in cs)
+    return longest <= window
+
+
+def sliding_window(model: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma-2/3, Mistral, Phi-3, Qwen2 with
+    ``use_sliding_window``), else None. A prefix-shared forward right-pads the prompts, so the completion
+    of a short prompt starts after the padding: once padded prompt plus completion pass the window, the
+    cache's window slides over the padding and that prompt drops out of its completion's view."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
+
+
+def _forward(model: Any, keep: int | Tensor, **inputs: Any) -> Any:
+    """``model(**inputs)`` with logits at the sequence positions ``keep`` only (an int n: the last n; a
+    sorted 1-D tensor: those positions). The rest are never computed where the model takes HF's
+    ``logits_to_keep``: with a real vocabulary the unscored prompt positions would otherwise dominate
+    the step's memory (a 300-token prompt at 152k vocabulary is 182 MB of fp32 logits per sequence)."""
+    if _takes_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=keep)
+    out = model(**inputs)
+    out.logits = out.logits[:, -keep:] if isinstance(keep, int) else out.logits[:, keep]
+    return out
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the HF model under a DeepSpeed engine or PEFT wrapper declares ``logits_to_keep``."""
+    inner = getattr(model, "module", model)  # DeepSpeedEngine
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
+    cls = type(inner)
+    if cls not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return _LOGITS_TO_KEEP[cls]
+
+
+def _continue(model: Any, cache: Any, prompt_mask: Tensor, prompt_len: Tensor, last: Tensor, ids: Tensor,
+              cmask: Tensor, order: Tensor) -> Scored:
+    """One key's completions [B, T] through ``model`` on the prompts' KV ``cache`` (consumed)."""
+    positions = prompt_len[:, None] + torch.arange(ids.shape[1], device=ids.device)[None]
+    out = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, cmask], dim=1), position_ids=positions,
+                past_key_values=cache, use_cache=True)
+    logits = torch.cat([last[:, None], out.logits[:, :-1]], dim=1)
+    return Scored(logits, ids, cmask.bool(), order, prompt_len + cmask.sum(-1))
+
+
+def _fork(cache: Any) -> Any:
+    """A copy of a KV cache that a forward can extend without touching ``cache``: the layers are copied,
+    the tensors shared (an update concatenates into a new tensor), so gradients still reach the prompt."""
+    twin = copy.copy(cache)
+    twin.layers = [copy.copy(layer) for layer in cache.layers]
+    return twin
+
+
+def sequence_sums(scored: Scored | ScoredByKey) -> tuple[Tensor, Tensor]:
     """Summed completion log-probs and completion lengths, [K*B] in key-major order, fp32."""
+    if isinstance(scored, ScoredByKey):
+        sums, lengths = zip(*(sequence_sums(part) for part in scored.parts))
+        return torch.cat(sums), torch.cat(lengths)
     per_token = token_logps(scored.logits, scored.labels, scored.mask)
     return per_token.sum(-1)[scored.order], scored.mask.sum(-1)[scored.order]
 
@@ -160,16 +272,20 @@ def _stats(weights: Tensor, losses: Tensor, chosen: Tensor, rejected: Tensor, ch
     }
 
 
-def _tokens(scored: Scored, weights: Tensor) -> Tensor:
+def _tokens(scored: Scored | ScoredByKey, weights: Tensor) -> Tensor:
     """Tokens run through the model for the real examples of a micro-batch."""
     return (scored.tokens * (weights > 0)).sum()
 
 
 def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
-                   ref_model: Any = None, share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-    """Summed weighted preference loss (DPO family or TDPO) of one micro-batch, and its statistics."""
+                   ref_model: Any = None, share_prefix: bool = True, split: bool = True
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Summed weighted preference loss (DPO family or TDPO) of one micro-batch, and its statistics.
+
+    ``split``: see :func:`run_model` (ZeRO-3 passes False: every rank must run the same forwards)."""
     keys = ("chosen", "rejected")
-    scored = run_model(model, data, micro.indices, keys, pad_id, device, share_prefix)
+    tdpo = loss_cfg.type == "tdpo"  # compares per-token logits with its reference: one padding for both
+    scored = run_model(model, data, micro.indices, keys, pad_id, device, share_prefix, split=split and not tdpo)
     logps, lengths = sequence_sums(scored)
     pc, pr = logps.chunk(2)
     lc, lr = lengths.chunk(2)
@@ -177,7 +293,7 @@ def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_i
     params = loss_cfg.resolved_params()
     if loss_cfg.type == "tdpo":
         with torch.no_grad():
-            ref_scored = run_model(ref_model, data, micro.indices, keys, pad_id, device, share_prefix)
+            ref_scored = run_model(ref_model, data, micro.indices, keys, pad_id, device, share_prefix, split=False)
             ref_logps, _ = sequence_sums(ref_scored)
         seq_kl = token_kl(scored.logits, ref_scored.logits, scored.mask).sum(-1)[scored.order]
         rc, rr = ref_logps.chunk(2)

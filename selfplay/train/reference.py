@@ -39,10 +39,11 @@ META_KEY = b"selfplay.reference"
 
 
 def score(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device: torch.device,
-          batch_size: int, share_prefix: bool = True) -> dict[str, np.ndarray]:
+          batch_size: int, share_prefix: bool = True, split: bool = True) -> dict[str, np.ndarray]:
     """Summed completion log-probs of every example for each completion ``key``; all ranks get all.
 
-    Collective: every rank runs the same number of forwards (ZeRO-3 gathers are collective).
+    Collective: every rank runs the same number of forwards (ZeRO-3 gathers are collective), so ZeRO-3
+    passes ``split=False`` and ``share_prefix`` decided for the whole table (``objective.shares_prefix``).
     """
     dist = torch.distributed
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -53,7 +54,8 @@ def score(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device:
     with torch.no_grad():
         for batch_pos in shard_indices(len(data), rank, world, batch_size):
             idx = [int(by_length[p]) for p in batch_pos] or [0]  # an idle rank still runs a forward (ZeRO-3)
-            sums = sequence_sums(run_model(model, data, idx, keys, pad_id, device, share_prefix))[0].float().cpu()
+            scored = run_model(model, data, idx, keys, pad_id, device, share_prefix, split)
+            sums = sequence_sums(scored)[0].float().cpu()
             if batch_pos:
                 for j, key in enumerate(keys):
                     local[key].extend(sums[j * len(idx) : (j + 1) * len(idx)].tolist())
