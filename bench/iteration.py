@@ -60,12 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--repeats", type=int, default=1, help="rounds of (selfplay, scripts)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch/OpenMP threads of every process on both sides (selfplay: resources.threads_per_actor)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None,
                     help="where runs and checkpoints go, kept (default: a temp dir, removed after)")
     ap.add_argument("--child-selfplay", nargs=3, metavar=("RECIPE", "RUN_DIR", "TIMINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("prompts", "n", "max_tokens", "batch", "repeats"):
+    for name in ("prompts", "n", "max_tokens", "batch", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -85,7 +87,7 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
                   "learning_rate": args.lr, "warmup_ratio": 0.0, "lr_schedule": "constant",
                   "micro_batch_size": args.batch, "epochs": 1, "max_grad_norm": 1.0},
         "evaluation": {"num_prompts": 0},
-        "resources": {"learners": 1, "threads_per_actor": 1},
+        "resources": {"learners": 1, "threads_per_actor": args.threads},
     }
 
 
@@ -262,11 +264,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare(args: argparse.Namespace, work: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"SPIN on sorting, preset small, {args.prompts} prompts x n={args.n}, max {args.max_tokens} tokens, "
-          f"batch {args.batch}, 1 epoch, 1 thread per process; workdir {work}", flush=True)
+          f"batch {args.batch}, 1 epoch, {args.threads} thread(s) per process; workdir {work}", flush=True)
     ours, theirs = [], []
     for r in range(args.repeats):
         ours.append(run_selfplay(args, work, r, env))

@@ -174,7 +174,7 @@ def run_bare(path: Path, pairs: list[dict], args):
     prepared = [tensors(b) for b in batches]
     with torch.no_grad():
         refs = [logps(ids, mask) for ids, mask in prepared]
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=True)  # the fastest CPU step
     model.train()
     t1 = time.perf_counter()
     losses = []
