@@ -28,7 +28,7 @@ from selfplay.atomic import replace_dir
 from selfplay.remote import RemoteCallError, call_all, ray_get, targets
 from selfplay.sync.base import SyncError, SyncReport, _remote, export, summarize
 from selfplay.sync.buckets import BucketError
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
+from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
 
 
 def version_dir(root: str | Path, version: int) -> Path:
@@ -137,12 +137,14 @@ class FilesystemSync:
         self.probe = probe
         self.timeout_s = timeout_s
         self.keep = keep
+        self.early = EarlyProbes()
 
     def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
         named = [(n, t if hasattr(t, "load_path") else _PathLoader(t)) for n, t in targets(generators)]
         start = time.perf_counter()
         ex = export(learner, self.bucket_mb, version, self.timeout_s)
         export_s = time.perf_counter() - start
+        self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
 
         start = time.perf_counter()  # writing the files is part of the transfer
         if ex.blobs is not None:
@@ -157,4 +159,4 @@ class FilesystemSync:
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
                                time.perf_counter() - start)
         prune(self.root, self.keep)
-        return finish(report, learner, generators, self.probe, self.timeout_s)
+        return finish(report, learner, generators, self.probe, self.timeout_s, self.early)

@@ -16,7 +16,7 @@ from typing import Any
 
 from selfplay.remote import RemoteCallError, call_all, is_remote, targets
 from selfplay.sync.base import SyncError, SyncReport, export
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
+from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
 
 
 def as_arrays(blobs: list[bytes]) -> list[Any]:
@@ -37,12 +37,14 @@ class ObjectStoreSync:
         self.bucket_mb = bucket_mb
         self.probe = probe
         self.timeout_s = timeout_s
+        self.early = EarlyProbes()
 
     def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
         named = targets(generators)
         start = time.perf_counter()
         ex = export(learner, self.bucket_mb, version, self.timeout_s)
         export_s = time.perf_counter() - start
+        self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
 
         start = time.perf_counter()
         payload = ex.blobs
@@ -60,4 +62,4 @@ class ObjectStoreSync:
             raise SyncError(f"sync to version {version} failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
                                time.perf_counter() - start)
-        return finish(report, learner, generators, self.probe, self.timeout_s)
+        return finish(report, learner, generators, self.probe, self.timeout_s, self.early)

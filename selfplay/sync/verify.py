@@ -86,23 +86,44 @@ class ProbeSpec:
 DEFAULT_PROBE = ProbeSpec()
 
 
+class LearnerProbe:
+    """The learner's side of the probe, scored on a thread of its own from the moment it is made.
+
+    A sync makes one right after the export, so the learner scores its probe while the generators load
+    (its weights do not change in between): the probe then costs the generators' forward, not both in a
+    row. :class:`EarlyProbes` starts it on the vocabulary the generators reported at the previous sync.
+    """
+
+    def __init__(self, learner: Any, vocab: int, spec: ProbeSpec, timeout: float):
+        self.vocab = vocab
+        self.sequences = probe_sequences(vocab, spec.count, spec.length, spec.seed)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="probe-learner")
+        self._future = self._pool.submit(learner_call, learner, "probe_logps", (self.sequences,), timeout)
+
+    def result(self) -> list[list[float]]:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=False)
+
+
 def verify_sync(
-    learner: Any, generators: Any, version: int, checksum: str | None, spec: ProbeSpec, timeout: float = 300.0
+    learner: Any, generators: Any, version: int, checksum: str | None, spec: ProbeSpec, timeout: float = 300.0,
+    early: EarlyProbes | None = None,
 ) -> float:
     """Check versions/checksums, then probe log-probs on every generator. Returns the largest difference.
 
     Raises :class:`SyncError` naming the first generator that is stale, holds other bytes, or computes
     log-probs further than ``spec.tolerance`` from the learner's. The learner scores the probe on a
-    thread of its own while the generators score it (they are independent processes once remote).
+    thread of its own while the generators score it (they are independent processes once remote), or
+    already did (``early``: started before the generators loaded, used when its vocabulary still fits).
     """
     infos = check_versions(generators, version, checksum, timeout)
     vocab = min(int(info.get("vocab_size") or 2) for info in infos)
-    sequences = probe_sequences(vocab, spec.count, spec.length, spec.seed)
+    learner_side = (early.take(vocab) if early is not None else None) or LearnerProbe(learner, vocab, spec, timeout)
     named = targets(generators)
-    with ThreadPoolExecutor(1, thread_name_prefix="probe-learner") as pool:
-        learner_side = pool.submit(learner_call, learner, "probe_logps", (sequences,), timeout)
-        generated = call_all(named, "probe_logps", (sequences,), timeout)
-        expected = learner_side.result()
+    generated = call_all(named, "probe_logps", (learner_side.sequences,), timeout)
+    expected = learner_side.result()
     worst = 0.0
     for (name, _), got in zip(named, generated):
         diff = max_abs_diff(expected, got)
@@ -116,15 +137,37 @@ def verify_sync(
 
 
 def finish(
-    report: SyncReport, learner: Any, generators: Any, spec: ProbeSpec | None, timeout: float
+    report: SyncReport, learner: Any, generators: Any, spec: ProbeSpec | None, timeout: float,
+    early: EarlyProbes | None = None,
 ) -> SyncReport:
     """The common end of every push: verify (when ``spec`` is given) and fill in the report."""
     if spec is None:
         return report
     start = time.perf_counter()
-    report.max_diff = verify_sync(learner, generators, report.version, report.checksum, spec, timeout)
+    report.max_diff = verify_sync(learner, generators, report.version, report.checksum, spec, timeout, early)
     report.verify_s = time.perf_counter() - start
     return report
+
+
+class EarlyProbes:
+    """The learner's probe of each sync, started right after the export (:class:`LearnerProbe`) on the
+    vocabulary the generators reported the sync before. The first sync has none to go on: its learner
+    probes after the load, as before, and :func:`verify_sync` records the vocabulary for the next."""
+
+    def __init__(self) -> None:
+        self.vocab: int | None = None
+        self.pending: LearnerProbe | None = None
+
+    def start(self, learner: Any, spec: ProbeSpec | None, timeout: float) -> None:
+        self.pending = LearnerProbe(learner, self.vocab, spec, timeout) if spec and self.vocab else None
+
+    def take(self, vocab: int) -> LearnerProbe | None:
+        """The started probe if it was drawn from ``vocab`` (the generators' now), else None."""
+        probe, self.pending, self.vocab = self.pending, None, vocab
+        if probe is not None and probe.vocab != vocab:
+            probe.result()  # drawn from another vocabulary: drain it, the caller scores the right sequences
+            return None
+        return probe
 
 
 def check_loaded(names: list[str], checksums: list[Any], expected: str, version: int) -> None:

@@ -11,6 +11,7 @@ pool's version with a plain ``load_buckets``), so any subset runs alone (``-k``)
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -148,3 +149,37 @@ def test_broadcast_sync_on_gloo(sync_pool, learner):
     new_weights(learner, seed=4)
     assert sync.push(learner, sync_pool, version=4).version == 4  # the group is reused
     assert_replicas_match(sync_pool, learner, version=4)
+
+
+class Timed:
+    """The learner side, recording when each export ended and when each probe started."""
+
+    def __init__(self, inner):
+        self.inner, self.exported, self.probed = inner, [], []
+
+    def export_weights(self, *args):
+        out = self.inner.export_weights(*args)
+        self.exported.append(time.perf_counter())
+        return out
+
+    def probe_logps(self, sequences):
+        self.probed.append(time.perf_counter())
+        return self.inner.probe_logps(sequences)
+
+
+def test_from_the_second_sync_the_learner_probes_while_the_generators_load(sync_pool, learner):
+    """The first push learns the generators' vocabulary and probes after the load; later pushes start the
+    learner's probe right after the export, once, and still verify; a vocabulary that changed is probed
+    again on the right sequences."""
+    start_at(sync_pool, learner, seed=11, version=20)
+    timed, sync = Timed(learner), ObjectStoreSync(bucket_mb=BUCKET_MB, probe=PROBE)
+    first = sync.push(timed, sync_pool, version=21)
+    assert len(timed.probed) == 1 and timed.probed[0] >= timed.exported[0] + first.transfer_s
+    new_weights(learner, seed=12)
+    second = sync.push(timed, sync_pool, version=22)
+    assert len(timed.probed) == 2 and timed.probed[1] < timed.exported[1] + second.transfer_s
+    assert second.max_diff <= 1e-4
+    assert_replicas_match(sync_pool, learner, version=22)
+    sync.early.vocab -= 1  # as if the generators' vocabulary had changed since
+    third = sync.push(timed, sync_pool, version=23)
+    assert len(timed.probed) == 4 and third.max_diff <= 1e-4  # the early probe, then the right one
