@@ -7,7 +7,9 @@ step); the loss formulas themselves are the pure functions of :mod:`selfplay.los
   whole step on every rank before any backward, so ``z0`` does not depend on how the step is split.
 * **Chosen and rejected in one forward**, concatenated along the batch. By default the shared prompt
   runs first, once per example, and both completions then run in one forward on its KV cache
-  (``run_model``): same logits, a third fewer tokens for typical pairs.
+  (``run_model``): same logits, a third fewer tokens for typical pairs. When the two sides pad very
+  differently (SPIN's short reference answers against long samples), each runs its own forward on the
+  cache instead; and logits are computed only at positions that score a completion token.
 * **Summed, not averaged**: each function returns the *sum* of ``weight * loss`` over the real examples
   of the micro-batch. The learner divides by the example count of the whole optimizer step (all ranks,
   all accumulation micro-batches; SFT: completion tokens), known from the plan without communication.
