@@ -71,6 +71,8 @@ def run_iteration(rt: Runtime, k: int) -> None:
     """One self-play iteration; stages already recorded in the manifest are skipped."""
     it = stages.iteration(rt, k)
     rt.log(f"iteration {k}")
+    if rt.cfg.task.type != "pairs" and not rt.rd.stage_done(k, "generate"):
+        rt.start_learners(it.policy_in)  # sets up while the generators start and sample; `reference` waits
     for name, call in _offline_pairs(rt, it) if rt.cfg.task.type == "pairs" else _self_play(rt, it):
         _stage(rt, name, call, k)
     for name, call in _unchanged(rt, it) if stages.no_pairs(rt, k) else _learn(rt, it):
