@@ -345,8 +345,8 @@ class Runtime:
         """Start the learner group from ``policy_dir`` in the background, so that it sets up (DeepSpeed,
         the model) while the generators start and sample; the first :meth:`learners` call waits for it.
         The learners and the generators are separate actors, so the two starts overlap (on 2 cores the
-        first iteration of ``bench.iteration``'s selfplay side took 21.9-23.4 s, against 26.1-26.6 s
-        with the learners started by the reference stage)."""
+        first iteration of ``bench.iteration``'s selfplay side took 21.9-23.4 s in three runs of four,
+        against 26.1-26.6 s with the learners started by the reference stage)."""
         if self._learners is None and self._starting is None:
             from selfplay.loop.factory import build_learners
 
