@@ -51,6 +51,7 @@ from typing import Any
 
 from selfplay.generate.types import Completion, Sampling, encode_prompts, engine_info
 from selfplay.generate.weights import checkpoint_names, decode_sync, load_stats
+from selfplay.sync.buckets import joined
 
 WORKER_EXTENSION = "selfplay.generate.vllm_worker.SelfplayWorkerExtension"
 BROKEN = -1
@@ -202,7 +203,8 @@ class VLLMEngine:
         start = time.perf_counter()
         named, digest = decode_sync(blobs, version, self._names)
         verified = time.perf_counter()
-        payload: list[Any] = named if self._in_process else [bytes(b) for b in blobs]  # bytes(bytes): no copy
+        # an engine in another process gets bytes (a copy each, unless a split bucket was joined: bytes(bytes))
+        payload: list[Any] = named if self._in_process else [bytes(joined(b)) for b in blobs]
         try:
             self._llm.collective_rpc("selfplay_load_weights", args=(payload,))
         except Exception:

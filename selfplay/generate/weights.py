@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from selfplay.sync.buckets import BucketError, Buffer, check_bucket, checksum_of, open_bucket
+from selfplay.sync.buckets import BucketError, Buffer, bucket_nbytes, check_bucket, checksum_of, open_bucket
 
 
 def _unpack_all(blobs: Sequence[Buffer], version: int, threads: int) -> list[tuple[dict, dict]]:
@@ -90,7 +90,7 @@ def load_stats(blobs: Sequence[Buffer], version: int, verify_s: float, load_s: f
     return {
         "version": version,
         "buckets": len(blobs),
-        "bytes": sum(memoryview(b).nbytes for b in blobs),
+        "bytes": sum(bucket_nbytes(b) for b in blobs),
         "verify_s": round(verify_s, 4),
         "load_s": round(load_s, 4),
     }

@@ -79,9 +79,9 @@ def learner_call(learner: Any, method: str, args: tuple, timeout: float) -> Any:
 
 def summarize(blobs: Sequence[bytes]) -> tuple[str, int, int]:
     """``(sync checksum, total bytes, bucket count)`` of a list of buckets (reads headers only)."""
-    from selfplay.sync.buckets import sync_digest
+    from selfplay.sync.buckets import bucket_nbytes, sync_digest
 
-    return sync_digest(blobs), sum(len(b) for b in blobs), len(blobs)
+    return sync_digest(blobs), sum(bucket_nbytes(b) for b in blobs), len(blobs)
 
 
 @dataclass

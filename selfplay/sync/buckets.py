@@ -19,13 +19,19 @@ Choices (copies are the main cost of a sync, so each one is counted):
   256-bit digest), and it is not a keyed MAC either way: the object store is trusted not to forge.
   Buckets recorded with ``"sha256"`` (written by earlier versions, e.g. a filesystem sync's directory)
   are still verified with sha256; a bucket with neither key is refused.
+* A bucket may also travel *split*: a list of byte buffers whose concatenation is that layout, the
+  header first and then one buffer per tensor (:func:`pack_bucket_parts`). The parts are the tensors'
+  own memory, so a learner actor that returns them has Ray write every byte into the object store
+  once (with its parallel copy) instead of joining them into a ``bytes`` first and then storing that
+  (measured on 403 MB: the join alone took 0.19 s on one thread, the store 0.05 s), and its memory
+  never holds a second copy of the model. Readers read a split bucket exactly as the joined one.
 * Unpacking accepts any byte buffer (``bytes``, ``bytearray``, ``memoryview``, a numpy ``uint8``
-  array such as Ray's zero-copy read of the object store) and returns ``torch.frombuffer`` views of
-  it: no copy. The header is parsed and checked here (known dtypes, sizes that match shapes, tensors
-  that tile the data region exactly, so a truncated or padded buffer is refused) and the views are
-  hashed in place. The views share the caller's buffer, which may be read-only (Ray, ``bytes``):
-  receivers must copy them into memory they own (``load_state_dict`` and vLLM's reload both do) and
-  never write to them.
+  array such as Ray's zero-copy read of the object store), or a split bucket of them, and returns
+  ``torch.frombuffer`` views of it: no copy. The header is parsed and checked here (known dtypes,
+  sizes that match shapes, tensors that tile the data region exactly, so a truncated or padded buffer
+  is refused) and the views are hashed in place. The views share the caller's buffer, which may be
+  read-only (Ray, ``bytes``): receivers must copy them into memory they own (``load_state_dict`` and
+  vLLM's reload both do) and never write to them.
 * What is hashed is unchanged from earlier versions (only the hash function is new): per tensor in
   name order, the name, ``str(dtype)``, ``str(tuple(shape))`` and the raw bytes. The sync digest is
   sha256 over the bucket checksums in order (a few hundred bytes; its function does not matter).
@@ -33,6 +39,7 @@ Choices (copies are the main cost of a sync, so each one is counted):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import warnings
@@ -137,27 +144,35 @@ def _header(tensors: Mapping[str, torch.Tensor], order: list[str], meta: dict[st
     return len(text).to_bytes(8, "little") + text
 
 
-def pack_bucket(tensors: Mapping[str, torch.Tensor], version: int, index: int) -> bytes:
-    """One bucket of contiguous CPU tensors: header, then their bytes (one copy, into the result)."""
+def pack_bucket_parts(tensors: Mapping[str, torch.Tensor], version: int, index: int) -> list[Any]:
+    """One *split* bucket of contiguous CPU tensors: the header (``bytes``), then each tensor's bytes as a
+    numpy ``uint8`` view of its own memory (no copy). The views are only as lasting as the tensors: hand
+    the parts on (to Ray, to a file) before anything writes to those tensors."""
     meta = {"version": version, "index": index, CHECKSUM: _tensor_digest(tensors)}
     order = _layout(tensors)
-    parts = [_header(tensors, order, meta)]
-    parts.extend(_raw(tensors[n]) for n in order if tensors[n].numel())
-    return b"".join(parts)
+    return [_header(tensors, order, meta), *(_raw(tensors[n]) for n in order if tensors[n].numel())]
+
+
+def pack_bucket(tensors: Mapping[str, torch.Tensor], version: int, index: int) -> bytes:
+    """One bucket of contiguous CPU tensors: header, then their bytes (one copy, into the result)."""
+    return b"".join(pack_bucket_parts(tensors, version, index))
 
 
 def pack_buckets(
-    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_mb: float = 64.0, version: int = 0
-) -> Iterator[bytes]:
+    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_mb: float = 64.0, version: int = 0,
+    split: bool = False,
+) -> Iterator[Any]:
     """Group tensors into safetensors blobs of at most ``bucket_mb`` (a larger single tensor gets its own).
 
     Each blob's metadata holds ``{"version", "index", "blake3"}``; the hash covers names, dtypes, shapes
     and bytes of the tensors, so a flipped byte anywhere is detected by :func:`unpack_bucket`.
+    ``split=True`` yields split buckets (:func:`pack_bucket_parts`: views of the tensors, no copy).
     """
     hosted = ((name, _host(tensor)) for name, tensor in named_tensors)
     groups = size_groups(hosted, lambda item: item[1].numel() * item[1].element_size(), bucket_mb)
+    pack = pack_bucket_parts if split else pack_bucket
     for index, group in enumerate(groups):
-        yield pack_bucket(dict(group), version, index)
+        yield pack(dict(group), version, index)
 
 
 def size_groups(items: Iterable[T], nbytes: Callable[[T], int], bucket_mb: float) -> Iterator[list[T]]:
@@ -192,8 +207,32 @@ def as_byte_view(blob: Buffer) -> memoryview:
     return view.toreadonly()
 
 
+def is_split(blob: Any) -> bool:
+    """Whether ``blob`` is a split bucket (a list or tuple of byte buffers)."""
+    return isinstance(blob, list | tuple)
+
+
+def _part_views(blob: Any) -> list[memoryview]:
+    """The byte views of a bucket's parts: one for a plain buffer, each part's for a split bucket."""
+    if not is_split(blob):
+        return [as_byte_view(blob)]
+    if not blob:
+        raise BucketError("a split bucket has no parts")
+    return [as_byte_view(part) for part in blob]
+
+
+def bucket_nbytes(blob: Any) -> int:
+    """A bucket's size in bytes (a split bucket's: the sum of its parts)."""
+    return sum(len(v) for v in _part_views(blob))
+
+
+def joined(blob: Any) -> Any:
+    """A split bucket joined into one ``bytes`` (a copy); any other buffer as it is."""
+    return b"".join(_part_views(blob)) if is_split(blob) else blob
+
+
 def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header and the offset where the data region starts."""
+    """The parsed JSON header and the offset where the data region starts (``view``: the first part)."""
     if len(view) < 8:
         raise BucketError(f"bucket of {len(view)} bytes is truncated")
     header_len = int.from_bytes(view[:8], "little")
@@ -220,7 +259,7 @@ def _meta_of(header: dict[str, Any]) -> dict[str, Any]:
 
 def bucket_meta(blob: Buffer) -> dict[str, Any]:
     """Read a bucket's metadata without loading its tensors."""
-    header, _ = _read_header(as_byte_view(blob))
+    header, _ = _read_header(_part_views(blob)[0])
     return _meta_of(header)
 
 
@@ -253,7 +292,35 @@ def _view(view: memoryview, dtype: torch.dtype, shape: list[int], start: int) ->
     return t if t.data_ptr() % dtype.itemsize == 0 else t.clone()
 
 
-def _tensors(view: memoryview, header: dict[str, Any], start: int) -> dict[str, torch.Tensor]:
+class _Stream:
+    """The parts of a bucket as one byte stream: ``slice(begin, end)`` is a view into the part that holds
+    it (a copy only for a range that crosses parts, which :func:`pack_bucket_parts` never writes)."""
+
+    def __init__(self, parts: list[memoryview]):
+        self.parts = parts
+        self.starts = [0]
+        for part in parts:
+            self.starts.append(self.starts[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def tensor(self, dtype: torch.dtype, shape: list[int], begin: int, end: int) -> torch.Tensor:
+        if begin == end:
+            return torch.empty(shape, dtype=dtype)
+        i = bisect.bisect_right(self.starts, begin) - 1
+        if end <= self.starts[i + 1]:
+            return _view(self.parts[i], dtype, shape, begin - self.starts[i])
+        pieces, position = [], begin
+        while position < end:
+            i = bisect.bisect_right(self.starts, position) - 1
+            stop = min(end, self.starts[i + 1])
+            pieces.append(self.parts[i][position - self.starts[i] : stop - self.starts[i]])
+            position = stop
+        return _view(memoryview(b"".join(pieces)), dtype, shape, 0)
+
+
+def _tensors(stream: _Stream, header: dict[str, Any], start: int) -> dict[str, torch.Tensor]:
     """Check the header's entries against the buffer and return views (see :func:`bucket_tensors`)."""
     entries = {name: _entry(name, spec) for name, spec in header.items() if name != "__metadata__"}
     position = 0
@@ -261,14 +328,15 @@ def _tensors(view: memoryview, header: dict[str, Any], start: int) -> dict[str, 
         if begin != position:
             raise BucketError(f"bucket entry {name!r} starts at {begin}, expected {position} (overlap or gap)")
         position = end
-    if start + position != len(view):
+    if start + position != len(stream):
         raise BucketError(
-            f"bucket data region is {len(view) - start} bytes, its header describes {position} "
+            f"bucket data region is {len(stream) - start} bytes, its header describes {position} "
             "(truncated or padded)"
         )
     with warnings.catch_warnings():  # read-only buffers are intended: the views are only read
         warnings.filterwarnings("ignore", message="The given buffer is not writable")
-        return {name: _view(view, dtype, shape, start + begin) for name, (dtype, shape, begin, _) in entries.items()}
+        return {name: stream.tensor(dtype, shape, start + begin, start + end)
+                for name, (dtype, shape, begin, end) in entries.items()}
 
 
 def bucket_tensors(blob: Buffer) -> dict[str, torch.Tensor]:
@@ -277,21 +345,21 @@ def bucket_tensors(blob: Buffer) -> dict[str, torch.Tensor]:
     The header is checked: every entry's dtype, shape and offsets agree, and the entries tile the data
     region exactly (a truncated or extended buffer is refused). The views must not be written to.
     """
-    view = as_byte_view(blob)
-    header, start = _read_header(view)
-    return _tensors(view, header, start)
+    parts = _part_views(blob)
+    header, start = _read_header(parts[0])
+    return _tensors(_Stream(parts), header, start)
 
 
 def open_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """A bucket's tensors (views into ``blob``) and metadata, its header checked but its hash NOT yet:
     call :func:`check_bucket` before using the tensors (:func:`unpack_bucket` does both)."""
-    view = as_byte_view(blob)
-    header, start = _read_header(view)
+    parts = _part_views(blob)
+    header, start = _read_header(parts[0])
     meta = _meta_of(header)
     if expect_version is not None and meta.get("version") != expect_version:
         raise BucketError(f"bucket {meta.get('index')} is for version {meta.get('version')}, expected {expect_version}")
     try:
-        tensors = _tensors(view, header, start)
+        tensors = _tensors(_Stream(parts), header, start)
     except BucketError as exc:
         raise BucketError(f"bucket {meta.get('index')} does not decode: {exc}") from None
     return tensors, meta

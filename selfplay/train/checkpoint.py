@@ -47,11 +47,16 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:
+def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None,
+                   split: bool = False) -> list[Any]:
     """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks.
 
     Below ZeRO-3 the parameters are packed straight from their own memory (``copy=False``): packing is
-    the one copy, and nothing steps the optimizer while this runs. ZeRO-3: see :func:`_zero3_buckets`."""
+    the one copy, and nothing steps the optimizer while this runs. With ``split=True`` they are not even
+    packed: the buckets are split ones (:func:`~selfplay.sync.buckets.pack_bucket_parts`) whose parts view
+    the parameters themselves, for a caller that hands them on at once (a learner actor's return value,
+    which Ray copies into the object store: that copy is then the only one). ZeRO-3: see
+    :func:`_zero3_buckets` (gathered memory is released bucket by bucket, so it is always packed)."""
     if engine.zero_optimization_stage() == 3 and not is_peft(engine.module):
         return _zero3_buckets(engine, bucket_mb, version, dtype)
     params = hf_params(engine, dtype, copy=False)  # LoRA adapters merged in
@@ -59,7 +64,7 @@ def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dty
         for _ in params:
             pass
         return []
-    return list(pack_buckets(params, bucket_mb=bucket_mb, version=version))
+    return list(pack_buckets(params, bucket_mb=bucket_mb, version=version, split=split))
 
 
 def _zero3_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None) -> list[bytes]:

@@ -358,9 +358,11 @@ class Learner:
         return out
 
     # ---------------------------------------------------------------------------------------- outputs
-    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[bytes]:
-        """Full HF-named weights as safetensors buckets on rank 0 (``[]`` elsewhere). Collective."""
-        return ckpt.export_buckets(self.engine, bucket_mb, version, self._dtype(dtype))
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None,
+                       split: bool = False) -> list[Any]:
+        """Full HF-named weights as safetensors buckets on rank 0 (``[]`` elsewhere). Collective.
+        ``split=True`` may return split buckets that view the live parameters (see ``export_buckets``)."""
+        return ckpt.export_buckets(self.engine, bucket_mb, version, self._dtype(dtype), split)
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""

@@ -18,7 +18,10 @@ from selfplay.generate.weights import decode_sync
 from selfplay.sync.buckets import (
     BucketError,
     bucket_meta,
+    bucket_nbytes,
     bucket_tensors,
+    joined,
+    pack_bucket_parts,
     pack_buckets,
     sync_digest,
     unpack_bucket,
@@ -195,3 +198,78 @@ def test_vllm_worker_reads_bucket_bytes_without_a_copy():
     named = dict(_as_named_tensors(blobs))  # what an engine in a separate process receives
     assert named.keys() == tensors.keys() and all(torch.equal(named[n], t) for n, t in tensors.items())
     assert _as_named_tensors(list(tensors.items())) == list(tensors.items())  # in-process: passed through
+
+
+# ------------------------------------------------------------------------------------- split buckets
+def contiguous_mixed() -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in mixed().items()}
+
+
+def test_a_split_bucket_is_the_joined_one_in_parts_and_views_the_tensors():
+    tensors = contiguous_mixed()
+    parts = pack_bucket_parts(tensors, 5, 0)
+    blob = one_bucket(tensors)
+    assert joined(parts) == blob and bucket_nbytes(parts) == len(blob) == bucket_nbytes(blob)
+    assert bucket_meta(parts) == bucket_meta(blob) and sync_digest([parts]) == sync_digest([blob])
+    owners = {t.data_ptr(): n for n, t in tensors.items() if t.numel()}
+    assert sorted(p.ctypes.data for p in parts[1:]) == sorted(owners)  # the tensors' own memory: no copy
+    ours, meta = unpack_bucket(parts, expect_version=5)
+    assert meta["index"] == 0 and all(torch.equal(ours[n], t) for n, t in tensors.items())
+    for name, t in ours.items():
+        if t.numel():
+            assert t.data_ptr() == tensors[name].data_ptr(), name  # read in place, too
+    named, digest = decode_sync([tuple(parts)], 5, tensors)  # a tuple of parts is a split bucket as well
+    assert digest == sync_digest([blob]) and dict(named).keys() == tensors.keys()
+
+
+def test_split_buckets_from_pack_buckets_decode_like_joined_ones():
+    tensors = contiguous_mixed()
+    split = list(pack_buckets(tensors.items(), 0.0, 4, split=True))  # one tensor per bucket
+    plain = list(pack_buckets(tensors.items(), 0.0, 4))
+    assert [joined(s) for s in split] == plain
+    named, digest = decode_sync(split, 4, tensors)
+    assert digest == sync_digest(plain) and all(torch.equal(t, tensors[n]) for n, t in named)
+
+
+def test_a_split_bucket_cut_anywhere_still_decodes():
+    """Parts need not follow tensor boundaries: a tensor across two parts is read through a copy."""
+    tensors = contiguous_mixed()
+    blob = one_bucket(tensors)
+    for cut in (9, len(blob) // 3, len(blob) - 1):
+        header_len = 8 + int.from_bytes(blob[:8], "little")
+        pieces = [blob[:header_len], blob[header_len:cut], blob[cut:]] if cut > header_len else None
+        if pieces is None:
+            with pytest.raises(BucketError, match="header"):
+                unpack_bucket([blob[:cut], blob[cut:]])  # the header must lie in the first part
+            continue
+        ours, _ = unpack_bucket([np.frombuffer(p, dtype=np.uint8) for p in pieces if p], expect_version=5)
+        assert all(torch.equal(ours[n], t) for n, t in tensors.items())
+
+
+def test_a_split_bucket_with_a_flipped_missing_or_extra_part_is_refused():
+    tensors = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 2).bfloat16()}
+    parts = [bytes(p) for p in pack_bucket_parts(tensors, 3, 0)]
+    for i in range(len(parts)):
+        bad = list(parts)
+        flipped = bytearray(bad[i])
+        flipped[-1] ^= 0x01
+        bad[i] = bytes(flipped)
+        with pytest.raises(BucketError):
+            decode_sync([bad], 3, tensors)
+    with pytest.raises(BucketError, match="truncated or padded"):
+        unpack_bucket(parts[:-1])
+    with pytest.raises(BucketError, match="truncated or padded"):
+        unpack_bucket([*parts, b"\0"])
+    with pytest.raises(BucketError, match="no parts"):
+        unpack_bucket([])
+    with pytest.raises(BucketError, match="byte buffer"):
+        unpack_bucket([parts[0], "not bytes"])
+
+
+def test_a_split_bucket_is_written_to_a_file_as_the_joined_one(tmp_path):
+    from selfplay.sync.filesystem import read_weights_dir, write_weights_dir
+
+    tensors = contiguous_mixed()
+    split = list(pack_buckets(tensors.items(), 0.0, 2, split=True))
+    path = write_weights_dir(tmp_path, 2, split)
+    assert read_weights_dir(path, 2) == [joined(s) for s in split]
