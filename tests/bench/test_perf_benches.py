@@ -53,11 +53,13 @@ def test_sync_summary_takes_medians_of_every_part():
 
 def test_sync_savings_count_the_gather_copy_only_where_parameters_are_whole():
     ideas = dict(put_bytes_s=0.5, put_arrays_s=0.1, get_bytes_s=0.2, get_arrays_s=0.0, sha256_s=0.3,
-                 blake3_1t_s=0.1, gather_copy_s=0.05)
+                 blake3_1t_s=0.1, gather_copy_s=0.05, pack_s=0.3, put_split_s=0.15)
     z0, z3 = sync.savings(ideas, 0), sync.savings(ideas, 3)
     assert z0["array_return"] == pytest.approx(0.4) and z0["array_read"] == pytest.approx(0.2)
     assert z0["blake3"] == pytest.approx(0.4)  # learner and generators each hash once
     assert z0["no_gather_copy"] == 0.05 and "no_gather_copy" not in z3
+    # split buckets: pack (0.3) + put of the joined arrays (0.1) against checksum + put of the parts (0.15)
+    assert z0["split_return"] == pytest.approx(0.25) and "split_return" not in z3
 
 
 # -------------------------------------------------------------------------------------- iteration
