@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not cluster and not soak and not families" --durations=15 $(PYTEST_ARGS)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
-# The randomised fault harness (tests/faults/test_fault_harness.py) runs 4 faults in `make test` and 12 here
+# The randomised fault harness (tests/faults/test_fault_harness.py) runs 2 faults in `make test` and 12 here
 # and in `make test-soak`; marker `soak` is the repeated-Ctrl-C test (minutes under load).
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
