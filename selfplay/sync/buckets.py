@@ -212,8 +212,9 @@ def is_split(blob: Any) -> bool:
     return isinstance(blob, list | tuple)
 
 
-def _part_views(blob: Any) -> list[memoryview]:
-    """The byte views of a bucket's parts: one for a plain buffer, each part's for a split bucket."""
+def bucket_parts(blob: Any) -> list[memoryview]:
+    """The byte views of a bucket's parts (no copy): one for a plain buffer, each part's for a split
+    bucket; their concatenation is the bucket's safetensors layout."""
     if not is_split(blob):
         return [as_byte_view(blob)]
     if not blob:
@@ -223,12 +224,12 @@ def _part_views(blob: Any) -> list[memoryview]:
 
 def bucket_nbytes(blob: Any) -> int:
     """A bucket's size in bytes (a split bucket's: the sum of its parts)."""
-    return sum(len(v) for v in _part_views(blob))
+    return sum(len(v) for v in bucket_parts(blob))
 
 
 def joined(blob: Any) -> Any:
     """A split bucket joined into one ``bytes`` (a copy); any other buffer as it is."""
-    return b"".join(_part_views(blob)) if is_split(blob) else blob
+    return b"".join(bucket_parts(blob)) if is_split(blob) else blob
 
 
 def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
@@ -259,7 +260,7 @@ def _meta_of(header: dict[str, Any]) -> dict[str, Any]:
 
 def bucket_meta(blob: Buffer) -> dict[str, Any]:
     """Read a bucket's metadata without loading its tensors."""
-    header, _ = _read_header(_part_views(blob)[0])
+    header, _ = _read_header(bucket_parts(blob)[0])
     return _meta_of(header)
 
 
@@ -293,8 +294,9 @@ def _view(view: memoryview, dtype: torch.dtype, shape: list[int], start: int) ->
 
 
 class _Stream:
-    """The parts of a bucket as one byte stream: ``slice(begin, end)`` is a view into the part that holds
-    it (a copy only for a range that crosses parts, which :func:`pack_bucket_parts` never writes)."""
+    """The parts of a bucket as one byte stream: ``tensor(dtype, shape, begin, end)`` is a view into the
+    part that holds bytes ``begin..end`` (a copy only for a range that crosses parts, which
+    :func:`pack_bucket_parts` never writes)."""
 
     def __init__(self, parts: list[memoryview]):
         self.parts = parts
@@ -345,7 +347,7 @@ def bucket_tensors(blob: Buffer) -> dict[str, torch.Tensor]:
     The header is checked: every entry's dtype, shape and offsets agree, and the entries tile the data
     region exactly (a truncated or extended buffer is refused). The views must not be written to.
     """
-    parts = _part_views(blob)
+    parts = bucket_parts(blob)
     header, start = _read_header(parts[0])
     return _tensors(_Stream(parts), header, start)
 
@@ -353,7 +355,7 @@ def bucket_tensors(blob: Buffer) -> dict[str, torch.Tensor]:
 def open_bucket(blob: Buffer, expect_version: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """A bucket's tensors (views into ``blob``) and metadata, its header checked but its hash NOT yet:
     call :func:`check_bucket` before using the tensors (:func:`unpack_bucket` does both)."""
-    parts = _part_views(blob)
+    parts = bucket_parts(blob)
     header, start = _read_header(parts[0])
     meta = _meta_of(header)
     if expect_version is not None and meta.get("version") != expect_version:

@@ -27,7 +27,7 @@ from typing import Any
 from selfplay.atomic import replace_dir
 from selfplay.remote import RemoteCallError, call_all, ray_get, targets
 from selfplay.sync.base import SyncError, SyncReport, _remote, export, summarize
-from selfplay.sync.buckets import BucketError, is_split
+from selfplay.sync.buckets import BucketError, bucket_parts
 from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
 
 
@@ -41,7 +41,7 @@ def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str
     def build(tmp: Path) -> None:
         for i, blob in enumerate(blobs):
             with (tmp / f"bucket_{i:05d}.safetensors").open("wb") as f:
-                for part in blob if is_split(blob) else [blob]:  # a split bucket is written part by part
+                for part in bucket_parts(blob):  # a split bucket is written part by part
                     f.write(part)
         checksum, nbytes, count = summarize(blobs)
         manifest = {"version": version, "buckets": count, "bytes": nbytes, "checksum": checksum}
