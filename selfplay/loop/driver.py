@@ -51,7 +51,7 @@ def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: s
     with Runtime(cfg, rd, console=console, task=checked.task) as rt:
         _start(rt, checked.warnings)
         if not rd.manifest.get("prepared"):
-            _stage(rt, "prepare", lambda: stages.prepare(rt))
+            _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
     return rd
 
 

@@ -129,11 +129,11 @@ class _Starting:
     """``build(*args)`` on a daemon thread (a plain one, so an interrupted run can exit while a start
     still waits on Ray; a thread pool's worker would be joined at exit). ``result`` waits for it."""
 
-    def __init__(self, build: Callable[..., Any], *args: Any):
+    def __init__(self, name: str, build: Callable[..., Any], *args: Any):
         self.group: Any = None
         self.error: BaseException | None = None
         self.done = threading.Event()
-        threading.Thread(target=self._run, args=(build, args), name="start-learners", daemon=True).start()
+        threading.Thread(target=self._run, args=(build, args), name=f"start-{name}", daemon=True).start()
 
     def _run(self, build: Callable[..., Any], args: tuple) -> None:
         try:
@@ -161,6 +161,7 @@ class Runtime:
         self._generators = None
         self._learners = None
         self._starting: _Starting | None = None  # a learner group starting beside the generators
+        self._starting_generators: _Starting | None = None  # a generator pool starting beside the learners
         self._started_ray = False
         self._ray_env = contextlib.ExitStack()  # what the embedded Ray changed: undone when it stops
         self._sync = None
@@ -180,6 +181,9 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         if self._learners is None and self._starting is not None and self._starting.done.is_set():
             self._learners = self._starting.group  # started, never asked for: shut it down with the rest
+        if self._generators is None and self._starting_generators is not None \
+                and self._starting_generators.done.is_set():
+            self._generators = self._starting_generators.group
         parts = ((self._judge, "close"), (self._judge_pool, "shutdown"), (self._generators, "shutdown"),
                  (self._learners, "shutdown"))
         try:
@@ -319,7 +323,11 @@ class Runtime:
         return self._judge
 
     def generators(self, policy_dir: Path, version: int):
-        """The generator pool; started holding ``policy_dir`` as ``version`` when none runs yet."""
+        """The generator pool; started holding ``policy_dir`` as ``version`` when none runs yet. A pool
+        :meth:`start_generators` began is waited for here (holding what it was started with)."""
+        if self._generators is None and self._starting_generators is not None:
+            starting, self._starting_generators = self._starting_generators, None
+            self._generators = starting.result()
         if self._generators is None:
             from selfplay.loop.factory import build_generators
 
@@ -351,12 +359,28 @@ class Runtime:
             from selfplay.loop.factory import build_learners
 
             self.ensure_ray()
-            self._starting = _Starting(build_learners, self.cfg, policy_dir, self.rd.root / "tensorboard")
+            self._starting = _Starting("learners", build_learners, self.cfg, policy_dir,
+                                       self.rd.root / "tensorboard")
+
+    def start_generators(self, policy_dir: Path, version: int) -> None:
+        """Start the generator pool holding ``policy_dir`` as ``version`` in the background, so that the
+        engines start (vLLM's import and engine set-up: 13 s of a 2-core quick-start's prepare stage)
+        while the learners warm-start; the first :meth:`generators` call waits for it."""
+        if self._generators is None and self._starting_generators is None:
+            from selfplay.loop.factory import build_generators
+
+            self.ensure_ray()
+            self._starting_generators = _Starting("generators", build_generators, self.cfg, policy_dir, version)
 
     @property
     def generator_pool(self):
         """The running generator pool, or None (none was started in this process)."""
         return self._generators
+
+    @property
+    def generators_starting(self) -> bool:
+        """True while a pool :meth:`start_generators` began has not been asked for yet."""
+        return self._starting_generators is not None
 
     @property
     def learner_group(self):

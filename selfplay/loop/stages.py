@@ -97,8 +97,12 @@ def _examples_by_id(examples) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- prepare
 
 
-def prepare(rt) -> dict[str, Any]:
-    """The starting policy (a preset built offline, or a local checkpoint), its warm start, its eval."""
+def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
+    """The starting policy (a preset built offline, or a local checkpoint), its warm start, its eval.
+
+    The actors the stage does not wait on start beside it: with a warm start, the generators start on
+    the base policy while the learners fine-tune, and load the result (verified, like a sync) before the
+    evaluation; without one, the learners start while the generators evaluate (when iterations follow)."""
     from selfplay.models import build_policy, check_model_dir
 
     cfg = rt.cfg
@@ -109,8 +113,12 @@ def prepare(rt) -> dict[str, Any]:
     else:
         base = check_model_dir(cfg.policy.path)
     info: dict[str, Any] = {}
+    if cfg.policy.warmstart is None and iterations_follow:
+        rt.start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
     if cfg.policy.warmstart is not None:
         ws = cfg.policy.warmstart
+        if iterations_follow or cfg.evaluation.num_prompts > 0:
+            rt.start_generators(base, version=0)  # they load the warm-started policy below
         from selfplay.records import encode_prompt
 
         pool = rt.task.train_examples(None, seed=cfg.seed)
@@ -126,6 +134,8 @@ def prepare(rt) -> dict[str, Any]:
             summary = learners.sft_round(rows, ws)
         info["warmstart"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
         learners.save_hf(target)  # atomic: written beside, then renamed into place
+        if rt.generator_pool is not None or rt.generators_starting:
+            rt.generators(base, version=0).load_dir(target, 0)  # version 0 is the warm-started policy
         rt.rd.manifest["initial_policy"] = str(target)
     else:
         rt.rd.manifest["initial_policy"] = str(base)
