@@ -32,7 +32,8 @@ test: $(STAMP)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
 # The randomised fault harness (tests/faults/test_fault_harness.py) runs 2 faults in `make test` and 12 here
-# and in `make test-soak`; marker `soak` is the repeated-Ctrl-C test (minutes under load).
+# and in `make test-soak`; marker `soak` is the repeated-Ctrl-C test (minutes under load) and the killed-driver
+# resume at fixed points (tests/e2e/test_run.py), whose kills the harness draws at random in `make test`.
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 	SELFPLAY_FAULTS=12 $(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)

@@ -134,6 +134,7 @@ def test_status_and_report(reference_run):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", p
 
 
+@pytest.mark.soak  # make test-soak / test-all: the fault harness (make test) draws these kills at random
 def test_killed_driver_resumes_to_the_same_records(reference_run, tmp_path):
     recipe, ref_run, _ = reference_run
     run = tmp_path / "run"
