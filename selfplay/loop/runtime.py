@@ -143,6 +143,10 @@ class _Starting:
         finally:
             self.done.set()
 
+    def built(self) -> Any:
+        """The group, if the start has finished and succeeded; else None (without waiting)."""
+        return self.group if self.done.is_set() else None
+
     def result(self) -> Any:
         while not self.done.wait(0.5):  # in steps, so that Ctrl-C reaches the driver meanwhile
             pass
@@ -160,7 +164,7 @@ class Runtime:
         self._judge = None
         self._generators = None
         self._learners = None
-        self._starting: _Starting | None = None  # a learner group starting beside the generators
+        self._starting_learners: _Starting | None = None  # a learner group starting beside the generators
         self._starting_generators: _Starting | None = None  # a generator pool starting beside the learners
         self._started_ray = False
         self._ray_env = contextlib.ExitStack()  # what the embedded Ray changed: undone when it stops
@@ -179,11 +183,11 @@ class Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._learners is None and self._starting is not None and self._starting.done.is_set():
-            self._learners = self._starting.group  # started, never asked for: shut it down with the rest
-        if self._generators is None and self._starting_generators is not None \
-                and self._starting_generators.done.is_set():
-            self._generators = self._starting_generators.group
+        # started, never asked for: shut down with the rest (one still starting is left to Ray's shutdown)
+        if self._learners is None and self._starting_learners is not None:
+            self._learners = self._starting_learners.built()
+        if self._generators is None and self._starting_generators is not None:
+            self._generators = self._starting_generators.built()
         parts = ((self._judge, "close"), (self._judge_pool, "shutdown"), (self._generators, "shutdown"),
                  (self._learners, "shutdown"))
         try:
@@ -339,8 +343,8 @@ class Runtime:
         """The learner group; started from ``policy_dir`` when none runs yet (what a running group holds
         is the group's to say: ``LearnerGroup.holds``). A group :meth:`start_learners` began is waited for
         here, and what its start raised is raised here."""
-        if self._learners is None and self._starting is not None:
-            starting, self._starting = self._starting, None
+        if self._learners is None and self._starting_learners is not None:
+            starting, self._starting_learners = self._starting_learners, None
             self._learners = starting.result()
         if self._learners is None:
             from selfplay.loop.factory import build_learners
@@ -355,16 +359,16 @@ class Runtime:
         The learners and the generators are separate actors, so the two starts overlap (on 2 cores the
         first iteration of ``bench.iteration``'s selfplay side took 21.9-23.4 s in three runs of four,
         against 26.1-26.6 s with the learners started by the reference stage)."""
-        if self._learners is None and self._starting is None:
+        if self._learners is None and self._starting_learners is None:
             from selfplay.loop.factory import build_learners
 
             self.ensure_ray()
-            self._starting = _Starting("learners", build_learners, self.cfg, policy_dir,
-                                       self.rd.root / "tensorboard")
+            self._starting_learners = _Starting("learners", build_learners, self.cfg, policy_dir,
+                                                self.rd.root / "tensorboard")
 
     def start_generators(self, policy_dir: Path, version: int) -> None:
         """Start the generator pool holding ``policy_dir`` as ``version`` in the background, so that the
-        engines start (vLLM's import and engine set-up: 13 s of a 2-core quick-start's prepare stage)
+        engines start (vLLM's import and engine set-up: 13 s of the e2e micro recipe's prepare stage on 2 cores)
         while the learners warm-start; the first :meth:`generators` call waits for it."""
         if self._generators is None and self._starting_generators is None:
             from selfplay.loop.factory import build_generators
@@ -376,11 +380,6 @@ class Runtime:
     def generator_pool(self):
         """The running generator pool, or None (none was started in this process)."""
         return self._generators
-
-    @property
-    def generators_starting(self) -> bool:
-        """True while a pool :meth:`start_generators` began has not been asked for yet."""
-        return self._starting_generators is not None
 
     @property
     def learner_group(self):

@@ -113,12 +113,8 @@ def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
     else:
         base = check_model_dir(cfg.policy.path)
     info: dict[str, Any] = {}
-    if cfg.policy.warmstart is None and iterations_follow:
-        rt.start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
     if cfg.policy.warmstart is not None:
         ws = cfg.policy.warmstart
-        if iterations_follow or cfg.evaluation.num_prompts > 0:
-            rt.start_generators(base, version=0)  # they load the warm-started policy below
         from selfplay.records import encode_prompt
 
         pool = rt.task.train_examples(None, seed=cfg.seed)
@@ -126,6 +122,9 @@ def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
                 if ex.reference is not None]
         if not rows:
             raise ValueError("policy.warmstart: the task has no reference answers to fine-tune on")
+        early_generators = iterations_follow or cfg.evaluation.num_prompts > 0
+        if early_generators:
+            rt.start_generators(base, version=0)  # they load the warm-started policy below
         learners = rt.learners(base)
         learners.set_metrics_dir(rt.rd.initial_dir)
         steps = -(-len(rows) // (ws.micro_batch_size * cfg.resources.learners)) * ws.epochs
@@ -134,10 +133,12 @@ def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
             summary = learners.sft_round(rows, ws)
         info["warmstart"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
         learners.save_hf(target)  # atomic: written beside, then renamed into place
-        if rt.generator_pool is not None or rt.generators_starting:
+        if early_generators:
             rt.generators(base, version=0).load_dir(target, 0)  # version 0 is the warm-started policy
         rt.rd.manifest["initial_policy"] = str(target)
     else:
+        if iterations_follow:
+            rt.start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
         rt.rd.manifest["initial_policy"] = str(base)
     rt.rd.save()
     info.update(evaluate_policy(rt, initial_policy(rt), version=0, out_dir=rt.rd.initial_dir))

@@ -64,7 +64,7 @@ def test_the_group_is_built_off_the_driver_thread_once_and_shut_down_even_if_nev
     monkeypatch.setattr(unused, "ensure_ray", lambda: None)
     monkeypatch.setattr(unused, "_stop_ray", lambda: None)
     unused.start_learners(tmp_path / "policy")
-    unused._starting.done.wait(10)
+    unused._starting_learners.done.wait(10)
     unused.__exit__(None, None, None)
     assert made[1].shut
 
@@ -74,10 +74,10 @@ def test_generators_start_off_the_driver_thread_once_and_their_failure_reaches_t
     made: list[Group] = []
     monkeypatch.setattr(factory, "build_generators", lambda *a: made.append(Group(*a)) or made[-1])
     runtime.start_generators(tmp_path / "base", version=0)
-    assert runtime.generators_starting
+    assert runtime._starting_generators is not None
     runtime.start_generators(tmp_path / "base", version=0)  # a second call starts nothing
     pool = runtime.generators(tmp_path / "other", version=3)  # the started pool, as it was started
-    assert pool is made[0] and len(made) == 1 and not runtime.generators_starting
+    assert pool is made[0] and len(made) == 1 and runtime._starting_generators is None
     assert made[0].thread == "start-generators" and made[0].args[1:] == (tmp_path / "base", 0)
 
     cfg = RunConfig.model_validate(CFG)
