@@ -322,8 +322,10 @@ class Learner:
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
         with lora.adapters_disabled(self.engine) if use_base else nullcontext():
-            values = ref.score(model, data, keys, self.pad_id, self.device, batch_size=2 * cfg.micro_batch_size,
-                                 share_prefix=shares_prefix(model, data, self.share_prefix), split=self.split_keys)
+            values = ref.score_unique(model, data, keys, self.pad_id, self.device,
+                                      batch_size=2 * cfg.micro_batch_size,
+                                      share_prefix=shares_prefix(model, data, self.share_prefix),
+                                      split=self.split_keys)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}

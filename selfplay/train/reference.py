@@ -74,6 +74,45 @@ def score(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device:
     return out
 
 
+def score_unique(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device: torch.device,
+                 batch_size: int, share_prefix: bool = True, split: bool = True) -> dict[str, np.ndarray]:
+    """:func:`score`, with each distinct (prompt, completion) scored once, its prompt once for all of them.
+
+    Self-play pairs repeat sequences: SPIN's reference answer is the chosen side of every pair of its
+    prompt, ``all_pairs`` puts each sample in n-1 pairs, KTO's mismatched completions are other pairs'
+    sides. A log-prob is a function of the tokens alone, so the distinct completions of each prompt are
+    scored together on one forward of the prompt, as one example with ``m`` completions, grouped by ``m``
+    (a batch holds about as many completions as a batch of pairs). Pairs with no repeats (``best_worst``)
+    make the same batches as :func:`score`. Every rank sees the same groups (collective under ZeRO-3).
+    """
+    prompt_of: dict[tuple[int, ...], int] = {}
+    prompts: list[list[int]] = []
+    comps: list[dict[tuple[int, ...], int]] = []
+    slot = {key: np.empty((len(data), 2), dtype=np.int64) for key in keys}
+    for i, prompt in enumerate(data.prompts):
+        u = prompt_of.setdefault(tuple(prompt), len(prompts))
+        if u == len(prompts):
+            prompts.append(prompt)
+            comps.append({})
+        for key in keys:
+            seq = tuple(data.completions[key][i])
+            slot[key][i] = (u, comps[u].setdefault(seq, len(comps[u])))
+    by_count: dict[int, list[int]] = {}
+    for u, seqs in enumerate(comps):
+        by_count.setdefault(len(seqs), []).append(u)
+    value: dict[tuple[int, int], float] = {}
+    for m in sorted(by_count):
+        members = by_count[m]
+        names = tuple(f"c{j}" for j in range(m))
+        lists = [list(map(list, comps[u])) for u in members]  # insertion order: slot j is the j-th distinct
+        group = Encoded([prompts[u] for u in members], {n: [seqs[j] for seqs in lists] for j, n in enumerate(names)},
+                        np.arange(len(members), dtype=np.int64))
+        got = score(model, group, names, pad_id, device, max(1, batch_size * len(keys) // m), share_prefix, split)
+        for j, n in enumerate(names):
+            value.update({(u, j): float(v) for u, v in zip(members, got[n])})
+    return {key: np.asarray([value[(int(u), int(j))] for u, j in slot[key]], dtype=np.float64) for key in keys}
+
+
 def kto_scoring_view(pairs: Encoded, partner: np.ndarray) -> Encoded:
     """Pairs with two more completions: the partner pair's chosen/rejected after this pair's prompt."""
     comps = dict(pairs.completions)
