@@ -83,3 +83,14 @@ def vllm_pool(ray_local, tiny_model_dir):
                          start_timeout_s=300, shard_timeout_s=300, call_timeout_s=300)
     yield pool
     pool.shutdown()
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """The uninterrupted micro run (``tests/e2e/micro_run.py``), watched while it ran; shared by the
+    e2e contract, the loopback check and the driver-fault tests. Read it, never write into it."""
+    from tests.e2e.micro_run import observed_micro_run
+
+    run = observed_micro_run(tmp_path_factory.mktemp("micro"))
+    assert run.returncode == 0, run.log[-4000:]
+    return run

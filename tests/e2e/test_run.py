@@ -1,9 +1,10 @@
 """End to end with every real part: local Ray, vLLM (CPU) generators, DeepSpeed learner, verifier judge.
 
-One uninterrupted micro run is the reference. A second run is SIGKILLed during generation and again
-during training (real process kills at exact points, see selfplay/loop/faults.py), rerun each time, and
-must end with exactly the records of the uninterrupted run: the same generations and pairs, the same
-policy weights bit for bit, the same training metrics (timings aside) and evaluation.
+One uninterrupted micro run (``micro_run``, shared with other modules) is the reference. A second run
+is SIGKILLed during generation and again during training (real process kills at exact points, see
+selfplay/loop/faults.py), rerun each time, and must end with exactly the records of the uninterrupted
+run: the same generations and pairs, the same policy weights bit for bit, the same training metrics
+(timings aside) and evaluation.
 
 Evaluation figures are recomputed here from the answers the run kept (``eval_generations.parquet``), with
 the arithmetic verifier's rule written out independently (the reference is the prompt's sum; the answer's
@@ -20,21 +21,16 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from tests.e2e.conftest import MICRO, ROOT, run_driver, selfplay_cmd
+from tests.e2e.conftest import ROOT, run_driver, selfplay_cmd
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ref")
-    recipe = d / "micro.yaml"
-    recipe.write_text(yaml.safe_dump(MICRO, sort_keys=False))
-    result = run_driver(recipe, d / "run")
-    assert result.returncode == 0, result.stdout[-4000:]
-    return recipe, d / "run", result.stdout
+def reference_run(micro_run):
+    """The shared uninterrupted micro run (tests/e2e/micro_run.py)."""
+    return micro_run.recipe, micro_run.run_dir, micro_run.log
 
 
 def _pairs(run_dir, k):

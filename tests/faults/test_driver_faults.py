@@ -1,7 +1,9 @@
 """Faults during a real run (CLI subprocess; local Ray, vLLM generators, a DeepSpeed learner).
 
-One uninterrupted micro run (one iteration) is the reference. Then a second run directory goes through
-every kind of fault ``selfplay.loop.faults`` can inject, each a real process kill at an exact point:
+The shared uninterrupted micro run (``micro_run``: the same recipe with two iterations) is the
+reference for iteration 0. Then a second run directory, of one iteration and with a checkpoint after
+every step, goes through every kind of fault ``selfplay.loop.faults`` can inject, each a real process
+kill at an exact point:
 
 1. a generator replica is killed after the first shard (Ray restarts it, the pool restores it, the run
    goes on), then the learner rank is killed after its second optimizer step (the first one's
@@ -31,12 +33,13 @@ import yaml
 
 from tests.e2e.conftest import MICRO, run_driver
 
-pytestmark = pytest.mark.slow  # four short CLI runs of a micro recipe (~40 s each on 2 cores)
+pytestmark = pytest.mark.slow  # four short CLI runs of a micro recipe (~30 s each on 2 cores)
 
+# Iteration 0 of this recipe is iteration 0 of MICRO: neither the iteration count nor the checkpoints
+# change what is sampled or trained (the bitwise comparisons below would see it).
 RECIPE = copy.deepcopy(MICRO)
 RECIPE.update(name="faults", iterations=1)
 RECIPE["train"] = {**MICRO["train"], "checkpoint_every": 1}
-RECIPE["evaluation"] = {"num_prompts": 16}
 
 
 def _manifest(run_dir) -> dict:
@@ -58,13 +61,10 @@ def _weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ref")
-    recipe = d / "faults.yaml"
+def reference(micro_run, tmp_path_factory):
+    recipe = tmp_path_factory.mktemp("faults") / "faults.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
-    result = run_driver(recipe, d / "run")
-    assert result.returncode == 0, result.stdout[-4000:]
-    return recipe, d / "run"
+    return recipe, micro_run.run_dir
 
 
 def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tmp_path):
@@ -104,18 +104,19 @@ def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tm
         _column(ref, "eval_generations.parquet", "response")
 
 
-def test_nonfinite_loss_fails_the_train_stage_naming_the_batch(reference, tmp_path):
-    recipe, ref = reference
+def test_nonfinite_loss_fails_the_train_stage_naming_the_batch(micro_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(ref, run)
+    shutil.copytree(micro_run.run_dir, run)
     manifest = _manifest(run)
     manifest["initial_policy"] = str(run / "initial" / "policy")
+    del manifest["iterations"]["1"]  # the reference ran two iterations; this copy ends inside the first
+    shutil.rmtree(run / "iter_001")
     entry = manifest["iterations"]["0"]
     entry["complete"] = False
     entry["stages"] = {k: v for k, v in entry["stages"].items() if k in ("generate", "judge", "pairs", "reference")}
     (run / "manifest.json").write_text(json.dumps(manifest))
-    for name in ("checkpoint", "policy"):
-        shutil.rmtree(run / "iter_000" / name)
+    shutil.rmtree(run / "iter_000" / "policy")
+    shutil.rmtree(run / "iter_000" / "checkpoint", ignore_errors=True)  # the round's end checkpoint
     (run / "iter_000" / "train_metrics.jsonl").unlink()
     table = pq.read_table(run / "iter_000" / "reference.parquet")
     logps = table.column("ref_chosen_logps").to_pylist()
@@ -124,7 +125,7 @@ def test_nonfinite_loss_fails_the_train_stage_naming_the_batch(reference, tmp_pa
                              pa.array(logps, table.schema.field("ref_chosen_logps").type))
     pq.write_table(table, run / "iter_000" / "reference.parquet")
 
-    result = run_driver(recipe, run)
+    result = run_driver(micro_run.recipe, run)
     log = result.stdout
     assert result.returncode == 1, log[-4000:]
     assert "iteration 0, stage train failed" in log and "NonFiniteError" in log, log[-3000:]

@@ -8,9 +8,10 @@ into a running vLLM generator (object store, the production path) with the probe
 on the exported directory.
 
 Tied embeddings (Qwen2, Qwen3, Gemma-2) and fused projections (Phi-3's ``qkv_proj``/``gate_up_proj``,
-split by vLLM at load) are where sync bugs live, so Qwen2 and Phi-3 stay in the fast tier; Gemma-2 is
-``slow``; Llama-3, Qwen3 and Mistral (built without a sliding window: the Llama weight path under
-another class and tokenizer) are ``families`` (``make test-all``). One learner group serves the module (``reload`` swaps
+split by vLLM at load) are where sync bugs live, so Qwen2 and Phi-3 stay in the fast tier, with Llama-3
+(its ``llama3`` RoPE scaling must match between vLLM and transformers); Gemma-2 is ``slow``; Qwen3 and
+Mistral (built without a sliding window: the Llama weight path under another class and tokenizer) are
+``families`` (``make test-all``). One learner group serves the module (``reload`` swaps
 the architecture).
 """
 
@@ -28,10 +29,11 @@ from selfplay.models.families import FAMILIES, build_family
 from selfplay.sync import ProbeSpec
 from selfplay.sync.object_store import ObjectStoreSync
 
-FAST = ("qwen2", "phi3")
-# Llama-3 (a driver iteration of it runs in tests/e2e/test_byo_model_data.py) and Qwen3 (Qwen2's path plus
-# q/k norms) and Mistral run in ``make test-all`` only, to keep ``make test`` within its time budget.
-EXTRA = ("llama3", "qwen3", "mistral")
+FAST = ("qwen2", "phi3", "llama3")
+# Qwen3 (Qwen2's path plus q/k norms) and Mistral (Llama's path under another class) run in
+# ``make test-all`` only, to keep ``make test`` within its time budget; so do the driver iterations of
+# every family but Qwen2 in tests/e2e/test_byo_model_data.py.
+EXTRA = ("qwen3", "mistral")
 PARAMS = [pytest.param(f, id=f, marks=() if f in FAST else (pytest.mark.families,) if f in EXTRA else
                        (pytest.mark.slow,)) for f in FAMILIES]
 TRAIN = TrainConfig(zero_stage=3, learning_rate=5e-3, micro_batch_size=4, warmup_ratio=0.0,
