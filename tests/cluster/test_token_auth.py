@@ -34,8 +34,8 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import MICRO
+from tests.e2e.micro_run import tagged_processes
 from tests.e2e.test_job_submit import RAY, _free_port, _snapshot, _stop_head
-from tests.e2e.test_local_ray_security import tagged_processes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
-from tests.e2e.test_local_ray_security import tagged_processes
+from tests.e2e.micro_run import tagged_processes
 
 # Both reasons it was moved out of `make test` are gone: the presses now land at an observed moment, and
 # no worker compiles a DeepSpeed op any more (the orphaned `c++`/`cc1plus`). It stays in the soak tier
