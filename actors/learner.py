@@ -33,6 +33,7 @@ and without Ray: tests and single-GPU machines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -140,6 +141,7 @@ class LearnerGroup:
         self.placement_group = None
         self.lost: str | None = None  # why the group is unusable (a rank died or hung), else None
         self.holds: str | None = str(model_path)  # where the ranks' weights are on disk (None: unsaved)
+        self._prescoring: list[Any] = []  # queued prescore calls (see prescore)
         self._local = None
         out = str(output_dir) if output_dir is not None else None
         if local:
@@ -298,11 +300,28 @@ class LearnerGroup:
         self.holds = _str(checkpoint_dir)
         return summary
 
+    def prescore(self, sequences: pa.Table, cfg: Any = None) -> None:
+        """Queue ``Learner.prescore`` of one sequence group on every rank and return at once: the ranks
+        score it while the caller goes on (the loop: while the generators sample the next shard). Their
+        calls run in order, before any later call; a failure there only means that ``compute_reference``
+        scores the group itself. In-process: nothing (``compute_reference`` scores every group)."""
+        if self._local is not None or self.lost is not None:
+            return
+        ref = ray.put(sequences)
+        self._prescoring += [actor.call.remote("prescore", ref, cfg) for actor in self.actors]
+
     def compute_reference(self, pairs: Any, model_path: str | Path | None = None, cfg: Any = None, *,
-                          as_reference: bool = True, only_rejected: bool = False, timeout: float | None = None
-                          ) -> pa.Table:
-        return self._call("compute_reference", pairs, _str(model_path), cfg, as_reference=as_reference,
-                          only_rejected=only_rejected, timeout=timeout)
+                          as_reference: bool = True, only_rejected: bool = False,
+                          groups: list[pa.Table] | None = None, timeout: float | None = None) -> pa.Table:
+        prescoring, self._prescoring = self._prescoring, []
+        if groups and self._local is None:
+            groups = ray.put(groups)  # once, not once per rank
+        table = self._call("compute_reference", pairs, _str(model_path), cfg, as_reference=as_reference,
+                           only_rejected=only_rejected, groups=groups, timeout=timeout)
+        for ref in prescoring:  # finished before compute_reference ran; their errors were harmless
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=1.0)
+        return table
 
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
                        timeout: float | None = None) -> list[bytes]:

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--shard-size", type=int, default=16,
+                    help="selfplay's generation.shard_size: the learner scores each shard's reference log-probs "
+                         "while the generator samples the next (the scripts generate all prompts in one call)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of (selfplay, scripts)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/OpenMP threads of every process on both sides (selfplay: resources.threads_per_actor)")
@@ -67,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="where runs and checkpoints go, kept (default: a temp dir, removed after)")
     ap.add_argument("--child-selfplay", nargs=3, metavar=("RECIPE", "RUN_DIR", "TIMINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("prompts", "n", "max_tokens", "batch", "repeats", "threads"):
+    for name in ("prompts", "n", "max_tokens", "batch", "shard_size", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -80,7 +83,7 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
         "policy": {"preset": "small", "tokenizer": "char"},
         "task": {"type": "sorting", "min_len": 2, "max_len": 4, "max_value": 99},
         "generation": {"backend": "vllm", "prompts_per_iteration": args.prompts, "n": args.n,
-                       "temperature": args.temperature, "max_tokens": args.max_tokens, "shard_size": args.prompts},
+                       "temperature": args.temperature, "max_tokens": args.max_tokens, "shard_size": args.shard_size},
         "judge": {"type": "sft"},
         "pairing": {"strategy": "reference", "mix_previous": 0.0},
         "train": {"loss": {"type": "sigmoid", "beta": args.beta}, "reference": "previous",
@@ -269,7 +272,8 @@ def compare(args: argparse.Namespace, work: Path) -> None:
            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"SPIN on sorting, preset small, {args.prompts} prompts x n={args.n}, max {args.max_tokens} tokens, "
-          f"batch {args.batch}, 1 epoch, {args.threads} thread(s) per process; workdir {work}", flush=True)
+          f"batch {args.batch}, 1 epoch, {args.threads} thread(s) per process; selfplay shard size "
+          f"{args.shard_size}; workdir {work}", flush=True)
     ours, theirs = [], []
     for r in range(args.repeats):
         ours.append(run_selfplay(args, work, r, env))

@@ -117,3 +117,36 @@ def generations_table(examples: list, completions: list[list], iteration: int, p
                 "iteration": iteration,
             })
     return pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA)
+
+
+SEQUENCES_SCHEMA = pa.schema([
+    pa.field("prompt", pa.string()),
+    pa.field("completion", pa.string()),
+    pa.field("completion_token_ids", pa.list_(pa.int32())),
+])
+
+
+def reference_sequences(generations: pa.Table, with_reference: bool) -> pa.Table:
+    """The (prompt, completion) sequences a reference pass may need from these generations: per prompt,
+    in order, its reference answer (``with_reference``: SPIN's chosen side; tokenised from its text, as
+    in the pairs) and then every sample (with its token ids)."""
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for g in generations.select(["prompt_id", "prompt", "reference", "response", "response_token_ids"]).to_pylist():
+        if with_reference and g["prompt_id"] not in seen and g["reference"] is not None:
+            rows.append({"prompt": g["prompt"], "completion": g["reference"], "completion_token_ids": None})
+        seen.add(g["prompt_id"])
+        rows.append({"prompt": g["prompt"], "completion": g["response"],
+                     "completion_token_ids": g["response_token_ids"]})
+    return pa.Table.from_pylist(rows, schema=SEQUENCES_SCHEMA)
+
+
+PRESCORED_KEY = b"selfplay.prescored"  # "taken/groups" on compute_reference's result, see pop_prescored
+
+
+def pop_prescored(table: pa.Table) -> tuple[pa.Table, str | None]:
+    """``table`` without the count ``compute_reference`` puts on it when given groups ("3/4": groups
+    taken from what ``Learner.prescore`` held / groups), and that count, or None."""
+    metadata = dict(table.schema.metadata or {})
+    count = metadata.pop(PRESCORED_KEY, None)
+    return table.replace_schema_metadata(metadata), None if count is None else count.decode()

@@ -353,6 +353,12 @@ class Runtime:
             self._learners = build_learners(self.cfg, policy_dir, self.rd.root / "tensorboard")
         return self._learners
 
+    def ready_learners(self):
+        """The learner group if it runs or its background start has finished well, else None (never waits)."""
+        if self._learners is None and self._starting_learners is not None and self._starting_learners.built():
+            self._learners, self._starting_learners = self._starting_learners.group, None
+        return self._learners
+
     def start_learners(self, policy_dir: Path) -> None:
         """Start the learner group from ``policy_dir`` in the background, so that it sets up (DeepSpeed,
         the model) while the generators start and sample; the first :meth:`learners` call waits for it.

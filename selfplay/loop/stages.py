@@ -154,12 +154,15 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     shards = -(-len(prompts) // rt.cfg.generation.shard_size)
     faults.hang_point("generate", it.k)
     kill = faults.shard_hook("generate", it.k)
+    ahead = scored_by_shard(rt, it)
     with rt.progress(f"generate {len(prompts)} prompts x {sampling.n}", total=shards) as advance:
 
         def on_shard(index: int) -> None:
             advance()
             if kill is not None:
                 kill(index)
+            if ahead:
+                _prescore_shard(rt, it, prompts, index)
 
         from selfplay.loop.prompt_source import generation_view
 
@@ -177,6 +180,46 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     if pool.last_run.get("restored"):  # generators Ray restarted mid-stage, and the shards they redid
         info.update(restored=pool.last_run["restored"], regenerated_shards=sorted(pool.last_run["attempts"]))
     return info
+
+
+def scored_by_shard(rt, it: Iteration) -> bool:
+    """Whether iteration ``it``'s reference pass scores its samples shard by shard (:func:`shard_groups`),
+    and so can score each shard on the learners while the generators sample the next: when the
+    reference is the weights the learners hold while generating (the previous policy) and the pairs
+    come from this iteration's samples. A decision from the recipe alone, so a resumed run groups alike."""
+    cfg = rt.cfg
+    return (cfg.task.type != "pairs" and not cfg.train.loss.reference_free
+            and (cfg.train.reference == "previous" or it.k == 0))
+
+
+def shard_groups(rt, it: Iteration, generations) -> list:
+    """One table of (prompt, completion) sequences per generation shard (``records.reference_sequences``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from selfplay.records import reference_sequences
+
+    size = rt.cfg.generation.shard_size
+    index = {pid: i // size for i, pid in enumerate(dict.fromkeys(generations.column("prompt_id").to_pylist()))}
+    shard = pa.array([index[pid] for pid in generations.column("prompt_id").to_pylist()])
+    with_reference = rt.cfg.pairing_strategy == "reference"
+    return [reference_sequences(generations.filter(pc.equal(shard, s)), with_reference)
+            for s in range(max(index.values(), default=-1) + 1)]
+
+
+def _prescore_shard(rt, it: Iteration, prompts: list, index: int) -> None:
+    """Hand shard ``index``'s sequences to the learners, if they are up (never waits for them)."""
+    learners = rt.ready_learners()
+    if learners is None:
+        return
+    from selfplay.generate.shards import read_shard, shard_path
+    from selfplay.records import generations_table, reference_sequences
+
+    size = rt.cfg.generation.shard_size
+    completions = read_shard(shard_path(it.dir / "generations", index))
+    table = generations_table(prompts[index * size:(index + 1) * size], completions, iteration=it.k,
+                              policy_version=it.k)
+    learners.prescore(reference_sequences(table, rt.cfg.pairing_strategy == "reference"))
 
 
 def judge(rt, it: Iteration, judge) -> dict[str, Any]:
@@ -244,9 +287,17 @@ def reference_logps(rt, it: Iteration, learners) -> dict[str, Any]:
         return {"skipped": "reference-free loss"}
     # `previous`: the weights the learner holds now (iteration k-1's policy). `initial`: loaded from disk.
     ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" and it.k > 0 else None
-    table = learners.compute_reference(pairs, model_path=ref_dir)
+    groups = shard_groups(rt, it, read_parquet(it.dir / "generations.parquet")) if scored_by_shard(rt, it) else None
+    table = learners.compute_reference(pairs, model_path=ref_dir, groups=groups)
+    from selfplay.records import pop_prescored
+
+    table, prescored = pop_prescored(table)
     write_parquet(it.dir / "reference.parquet", table)
-    return {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
+    info = {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
+    if prescored is not None:  # shards scored on the learners while the generators sampled later ones
+        info["prescored_shards"] = prescored
+    return info
+
 
 
 def train(rt, it: Iteration, learners) -> dict[str, Any]:

@@ -39,13 +39,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from selfplay.records import KTO_REF_COLUMNS, REF_COLUMNS
+from selfplay.records import KTO_REF_COLUMNS, PRESCORED_KEY, REF_COLUMNS
 from selfplay.train import checkpoint as ckpt
 from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
     Encoded,
+    encode,
     encode_pairs,
     encode_sft,
     kl_partners,
@@ -147,6 +148,7 @@ class Learner:
         # the same forwards (see objective.run_model).
         self.split_keys = int(cfg.zero_stage) != 3
         self.ref_model: torch.nn.Module | None = None  # tdpo only
+        self._prescored: dict[tuple[ref.Sequence, ...], dict[ref.Sequence, float]] = {}  # see prescore
 
     def _rebuild(self, cfg: Any) -> None:
         """Rebuild the engine under ``cfg`` from the current weights, LoRA adapters merged in (fresh ones
@@ -239,6 +241,7 @@ class Learner:
     def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
                denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
                cfg: Any, prepare: Callable | None = None) -> dict[str, Any]:
+        self._prescored = {}  # the weights change from here on
         table_hash = table_fingerprint(table)
         fingerprint = round_fingerprint(kind, table_hash, cfg, spec, self.world_size, self.seed)
         resume, self._resume = self._resume, None
@@ -296,14 +299,45 @@ class Learner:
                 **self.param_counts}
 
     # --------------------------------------------------------------------------------------- reference
+    def prescore(self, sequences: pa.Table | str | Path | list[dict], cfg: Any = None) -> int:
+        """Score one group of ``prompt``/``completion`` rows (``completion_token_ids`` when known) with the
+        current weights now, and hold the values for a later ``compute_reference(..., groups=[...])`` that
+        names the same group; any change of weights drops them. The loop calls this for each generation
+        shard as it arrives, so the reference pass runs while later shards are sampled. A group is
+        scored by itself, here or in ``compute_reference``, so the numbers are the same either way (a
+        resumed run that never prescored gets the very same reference columns). Returns the count."""
+        cfg = cfg or self.cfg
+        seqs = self._group_sequences(read_table(sequences), cfg)
+        if seqs not in self._prescored:
+            self._prescored[seqs] = self._score_group(self.engine, seqs)
+        return len(seqs)
+
+    def _group_sequences(self, table: pa.Table, cfg: Any) -> tuple[ref.Sequence, ...]:
+        data = encode(table, self.tokenizer, ("completion",), max_prompt_length=cfg.max_prompt_length,
+                      max_completion_length=cfg.max_completion_length, truncation=cfg.truncation,
+                      max_length=getattr(cfg, "max_length", None))
+        return tuple(dict.fromkeys((tuple(p), tuple(c)) for p, c in zip(data.prompts, data.completions["completion"])))
+
+    def _score_group(self, model: Any, seqs: tuple[ref.Sequence, ...]) -> dict[ref.Sequence, float]:
+        group = Encoded([list(p) for p, _ in seqs], {"completion": [list(c) for _, c in seqs]},
+                        np.arange(len(seqs), dtype=np.int64))
+        values = ref.score_sequences(model, list(seqs), self.pad_id, self.device, 4 * self.cfg.micro_batch_size,
+                                     share_prefix=shares_prefix(model, group, self.share_prefix),
+                                     split=self.split_keys)
+        self.engine.train()
+        return values
+
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
-                          cfg: Any = None, *, as_reference: bool = True, only_rejected: bool = False) -> pa.Table:
+                          cfg: Any = None, *, as_reference: bool = True, only_rejected: bool = False,
+                          groups: list[pa.Table] | None = None) -> pa.Table:
         """``pairs`` with reference log-prob columns from the current weights (or from ``model_path``).
 
         For ``tdpo`` this also (re)builds the frozen reference model used during training, unless
         ``as_reference=False``: then the columns are only a measurement (the loop's drift after a round)
         and the round's frozen reference is kept. ``only_rejected`` scores the rejected completions alone
-        (a measurement: only ``ref_rejected_logps`` is written).
+        (a measurement: only ``ref_rejected_logps`` is written). ``groups`` (tables of ``prompt``/
+        ``completion`` rows, see :meth:`prescore`) are scored group by group first (taken from what
+        ``prescore`` holds, for the current weights); the pairs' other sequences are scored after.
         """
         cfg = cfg or self.cfg
         table = read_table(pairs)
@@ -321,15 +355,26 @@ class Learner:
         if cfg.loss.type == "tdpo" and as_reference:
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
+        held, self._prescored = self._prescored, {}
+        known: dict[ref.Sequence, float] = {}
+        taken = 0
         with lora.adapters_disabled(self.engine) if use_base else nullcontext():
+            for group in groups or ():
+                seqs = self._group_sequences(read_table(group), cfg)
+                hit = model_path is None and seqs in held
+                taken += hit
+                known.update(held[seqs] if hit else self._score_group(model, seqs))
             values = ref.score_unique(model, data, keys, self.pad_id, self.device,
                                       batch_size=2 * cfg.micro_batch_size,
                                       share_prefix=shares_prefix(model, data, self.share_prefix),
-                                      split=self.split_keys)
+                                      split=self.split_keys, known=known)
         self.engine.train()
         names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}
-        return ref.with_columns(table, data.rows, {names[k]: v for k, v in values.items()}, meta)
+        out = ref.with_columns(table, data.rows, {names[k]: v for k, v in values.items()}, meta)
+        if groups:  # how much was scored ahead: for the caller's log (records.pop_prescored), not for the artifact
+            out = out.replace_schema_metadata({**out.schema.metadata, PRESCORED_KEY: f"{taken}/{len(groups)}"})
+        return out
 
     def _tdpo_reference(self, table: pa.Table) -> torch.nn.Module:
         """TDPO's frozen reference when compute_reference did not run in this process (a restarted driver):
@@ -388,6 +433,7 @@ class Learner:
 
     def load_checkpoint(self, ckpt_dir: str | Path) -> dict[str, Any]:
         """Restore a checkpoint; the next ``train_round`` on the same round's data resumes where it stopped."""
+        self._prescored = {}
         client = ckpt.load_checkpoint(self.engine, ckpt_dir)
         if self.lora is not None:
             self.lora.stepped()  # the loaded adapters are trained ones

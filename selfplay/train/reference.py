@@ -74,43 +74,53 @@ def score(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device:
     return out
 
 
+Sequence = tuple[tuple[int, ...], tuple[int, ...]]
+"""A (prompt token ids, completion token ids) pair: what a reference log-prob is a function of."""
+
+
 def score_unique(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, device: torch.device,
-                 batch_size: int, share_prefix: bool = True, split: bool = True) -> dict[str, np.ndarray]:
+                 batch_size: int, share_prefix: bool = True, split: bool = True,
+                 known: dict[Sequence, float] | None = None) -> dict[str, np.ndarray]:
     """:func:`score`, with each distinct (prompt, completion) scored once, its prompt once for all of them.
 
     Self-play pairs repeat sequences: SPIN's reference answer is the chosen side of every pair of its
     prompt, ``all_pairs`` puts each sample in n-1 pairs, KTO's mismatched completions are other pairs'
     sides. A log-prob is a function of the tokens alone, so the distinct completions of each prompt are
-    scored together on one forward of the prompt, as one example with ``m`` completions, grouped by ``m``
-    (a batch holds about as many completions as a batch of pairs). Pairs with no repeats (``best_worst``)
-    make the same batches as :func:`score`. Every rank sees the same groups (collective under ZeRO-3).
+    scored together on one forward of the prompt (:func:`score_sequences`). Pairs with no repeats
+    (``best_worst``) make the same batches as :func:`score`. Sequences in ``known`` (scored earlier, by the
+    same weights: :meth:`Learner.prescore`) are taken from it. Collective under ZeRO-3, like :func:`score`.
     """
-    prompt_of: dict[tuple[int, ...], int] = {}
-    prompts: list[list[int]] = []
-    comps: list[dict[tuple[int, ...], int]] = []
-    slot = {key: np.empty((len(data), 2), dtype=np.int64) for key in keys}
-    for i, prompt in enumerate(data.prompts):
-        u = prompt_of.setdefault(tuple(prompt), len(prompts))
-        if u == len(prompts):
-            prompts.append(prompt)
-            comps.append({})
-        for key in keys:
-            seq = tuple(data.completions[key][i])
-            slot[key][i] = (u, comps[u].setdefault(seq, len(comps[u])))
-    by_count: dict[int, list[int]] = {}
-    for u, seqs in enumerate(comps):
-        by_count.setdefault(len(seqs), []).append(u)
-    value: dict[tuple[int, int], float] = {}
+    known = known or {}
+    seqs = {key: [(tuple(p), tuple(c)) for p, c in zip(data.prompts, data.completions[key])] for key in keys}
+    todo = [seq for i in range(len(data)) for key in keys if (seq := seqs[key][i]) not in known]
+    value = {**known, **score_sequences(model, todo, pad_id, device, batch_size * len(keys), share_prefix, split)}
+    return {key: np.asarray([value[seq] for seq in seqs[key]], dtype=np.float64) for key in keys}
+
+
+def score_sequences(model: Any, sequences: list[Sequence], pad_id: int, device: torch.device,
+                    completions_per_batch: int, share_prefix: bool = True, split: bool = True
+                    ) -> dict[Sequence, float]:
+    """Summed completion log-probs of the distinct ``sequences``: each prompt runs once for all of its
+    distinct completions, as one example with ``m`` completions; examples are grouped by ``m``, and a
+    batch holds about ``completions_per_batch`` completions. The result depends on ``sequences`` (their
+    order included) and nothing else, so a group scored early and scored again gives the same numbers."""
+    by_prompt: dict[tuple[int, ...], dict[tuple[int, ...], None]] = {}
+    for prompt, completion in sequences:
+        by_prompt.setdefault(prompt, {})[completion] = None  # an ordered set: first seen, first slot
+    by_count: dict[int, list[tuple[int, ...]]] = {}
+    for prompt, completions in by_prompt.items():
+        by_count.setdefault(len(completions), []).append(prompt)
+    value: dict[Sequence, float] = {}
     for m in sorted(by_count):
-        members = by_count[m]
+        prompts = by_count[m]
         names = tuple(f"c{j}" for j in range(m))
-        lists = [list(map(list, comps[u])) for u in members]  # insertion order: slot j is the j-th distinct
-        group = Encoded([prompts[u] for u in members], {n: [seqs[j] for seqs in lists] for j, n in enumerate(names)},
-                        np.arange(len(members), dtype=np.int64))
-        got = score(model, group, names, pad_id, device, max(1, batch_size * len(keys) // m), share_prefix, split)
+        slots = [list(by_prompt[p]) for p in prompts]
+        group = Encoded([list(p) for p in prompts], {n: [list(cs[j]) for cs in slots] for j, n in enumerate(names)},
+                        np.arange(len(prompts), dtype=np.int64))
+        got = score(model, group, names, pad_id, device, max(1, completions_per_batch // m), share_prefix, split)
         for j, n in enumerate(names):
-            value.update({(u, j): float(v) for u, v in zip(members, got[n])})
-    return {key: np.asarray([value[(int(u), int(j))] for u, j in slot[key]], dtype=np.float64) for key in keys}
+            value.update({(p, cs[j]): float(v) for p, cs, v in zip(prompts, slots, got[n])})
+    return value
 
 
 def kto_scoring_view(pairs: Encoded, partner: np.ndarray) -> Encoded:

@@ -111,3 +111,69 @@ def test_a_pair_whose_sides_are_equal_and_an_empty_table(model_and_tokenizer):
     empty = encode_pairs(table.slice(0, 0), tok, TrainConfig())
     values, _ = _scored(score_unique, model, empty)
     assert all(values[k].shape == (0,) for k in KEYS)
+
+
+# --- scored ahead: Learner.prescore, one group per generation shard, then compute_reference(groups=...)
+
+def _groups_and_pairs(seed: int = 2) -> tuple[list[pa.Table], pa.Table]:
+    """Two shards' sequences (SPIN: a reference answer and 3 samples per prompt; 5 + 2 prompts) and the
+    pairs built from them, plus one pair from elsewhere (a mixed-in earlier pair) that no group holds."""
+    from selfplay.records import SEQUENCES_SCHEMA
+
+    rng = random.Random(seed)
+    groups, pairs = [], []
+    for prompts in (5, 2):
+        rows = []
+        for _ in range(prompts):
+            prompt, answer, samples = _prompt(rng), _sample(rng), [_sample(rng) for _ in range(3)]
+            rows += [{"prompt": prompt, "completion": c, "completion_token_ids": None} for c in (answer, *samples)]
+            pairs += [{"prompt": prompt, "chosen": answer, "rejected": s} for s in samples]
+        groups.append(pa.Table.from_pylist(rows, schema=SEQUENCES_SCHEMA))
+    pairs.append({"prompt": _prompt(rng), "chosen": _sample(rng), "rejected": _sample(rng)})
+    return groups, pa.Table.from_pylist(pairs)
+
+
+def _columns(table: pa.Table) -> dict[str, list]:
+    return {c: table.column(c).to_pylist() for c in ("ref_chosen_logps", "ref_rejected_logps")}
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_dir):
+    from selfplay.train import Learner
+
+    lrn = Learner(tiny_model_dir, TrainConfig(micro_batch_size=4, learning_rate=1e-2, warmup_ratio=0.0,
+                                              lr_schedule="constant"), threads=1)
+    yield lrn
+    lrn.shutdown()
+
+
+def test_groups_scored_ahead_give_the_very_same_columns(learner, tiny_model_dir):
+    from selfplay.records import pop_prescored
+
+    learner.reload(tiny_model_dir)
+    groups, pairs = _groups_and_pairs()
+    fresh, count = pop_prescored(learner.compute_reference(pairs, groups=groups))  # a resumed run: none ahead
+    assert count == "0/2"
+    assert [learner.prescore(g) for g in groups] == [20, 8]
+    ahead, count = pop_prescored(learner.compute_reference(pairs, groups=groups))
+    assert count == "2/2"
+    assert _columns(ahead) == _columns(fresh)  # bitwise: a group's numbers do not depend on when it ran
+    plain = learner.compute_reference(pairs)
+    for name, values in _columns(plain).items():
+        np.testing.assert_allclose(_columns(ahead)[name], values, rtol=1e-5, atol=1e-4)
+    assert pop_prescored(learner.compute_reference(pairs, groups=groups))[1] == "0/2"  # taken once only
+
+
+def test_what_was_scored_ahead_is_dropped_when_the_weights_change(learner, tiny_model_dir):
+    from selfplay.records import pop_prescored
+
+    learner.reload(tiny_model_dir)
+    groups, pairs = _groups_and_pairs()
+    columns = learner.compute_reference(pairs)
+    for g in groups:
+        learner.prescore(g)
+    learner.train_round(columns)  # the weights change: what the learner held was scored by the old ones
+    after, count = pop_prescored(learner.compute_reference(pairs, groups=groups))
+    assert count == "0/2"
+    again, _ = pop_prescored(learner.compute_reference(pairs, groups=groups))
+    assert _columns(after) == _columns(again)
