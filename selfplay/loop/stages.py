@@ -182,13 +182,19 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     return info
 
 
+# Pairing strategies whose pairs hold (nearly) every sample: SPIN's `reference` (each sample is a rejected
+# side) and `all_pairs`. The others use 1-2 of n samples, and scoring all n would cost more than it saves.
+EVERY_SAMPLE = ("reference", "all_pairs")
+
+
 def scored_by_shard(rt, it: Iteration) -> bool:
     """Whether iteration ``it``'s reference pass scores its samples shard by shard (:func:`shard_groups`),
     and so can score each shard on the learners while the generators sample the next: when the
     reference is the weights the learners hold while generating (the previous policy) and the pairs
-    come from this iteration's samples. A decision from the recipe alone, so a resumed run groups alike."""
+    are built from (nearly) every sample of this iteration (:data:`EVERY_SAMPLE`). A decision from the
+    recipe alone, so a resumed run groups alike."""
     cfg = rt.cfg
-    return (cfg.task.type != "pairs" and not cfg.train.loss.reference_free
+    return (cfg.task.type != "pairs" and not cfg.train.loss.reference_free and cfg.pairing_strategy in EVERY_SAMPLE
             and (cfg.train.reference == "previous" or it.k == 0))
 
 
@@ -281,6 +287,8 @@ def solved_share(rt, k: int) -> float | None:
 
 def reference_logps(rt, it: Iteration, learners) -> dict[str, Any]:
     """Reference log-probs for every pair, computed once and stored beside the pairs."""
+    from selfplay.records import pop_prescored
+
     pairs = read_parquet(it.dir / "pairs.parquet")
     if rt.cfg.train.loss.reference_free:
         write_parquet(it.dir / "reference.parquet", pairs)
@@ -288,16 +296,12 @@ def reference_logps(rt, it: Iteration, learners) -> dict[str, Any]:
     # `previous`: the weights the learner holds now (iteration k-1's policy). `initial`: loaded from disk.
     ref_dir = initial_policy(rt) if rt.cfg.train.reference == "initial" and it.k > 0 else None
     groups = shard_groups(rt, it, read_parquet(it.dir / "generations.parquet")) if scored_by_shard(rt, it) else None
-    table = learners.compute_reference(pairs, model_path=ref_dir, groups=groups)
-    from selfplay.records import pop_prescored
-
-    table, prescored = pop_prescored(table)
+    table, prescored = pop_prescored(learners.compute_reference(pairs, model_path=ref_dir, groups=groups))
     write_parquet(it.dir / "reference.parquet", table)
     info = {"reference": rt.cfg.train.reference, "pairs": table.num_rows}
     if prescored is not None:  # shards scored on the learners while the generators sampled later ones
         info["prescored_shards"] = prescored
     return info
-
 
 
 def train(rt, it: Iteration, learners) -> dict[str, Any]:

@@ -38,8 +38,13 @@ from tests.e2e.conftest import MICRO, run_driver
 ITERATIONS = 3
 RECIPE = copy.deepcopy(MICRO)
 RECIPE.update(name="harness", iterations=ITERATIONS)
-RECIPE["policy"] = {"preset": "nano", "tokenizer": "char"}  # no warm start: drop_ties=False still pairs
-RECIPE["generation"] = {**MICRO["generation"], "prompts_per_iteration": 32, "shard_size": 16}
+RECIPE["policy"] = {"preset": "nano", "tokenizer": "char"}  # no warm start
+# SPIN pairs (the reference answer against each wrong sample): their reference log-probs are scored on
+# the learner shard by shard while the generator samples; a launch that resumes after the generate stage
+# scores them in the reference stage, and must get the same bits.
+RECIPE["judge"] = {"type": "sft"}
+RECIPE["pairing"] = {"strategy": "reference"}
+RECIPE["generation"] = {**MICRO["generation"], "prompts_per_iteration": 32, "shard_size": 16, "n": 2}
 RECIPE["train"] = {**MICRO["train"], "checkpoint_every": 1}
 RECIPE["evaluation"] = {"num_prompts": 8}
 
@@ -165,5 +170,9 @@ def test_random_faults_lose_nothing(reference, tmp_path):
             assert "killed during the write of" in log, f"{where}\nlaunch {i}: the write kill did not fire"
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["iterations"][str(k)]["complete"] for k in range(ITERATIONS)), where
+    ahead = [json.loads((r / "manifest.json").read_text())["iterations"][str(k)]["stages"]["reference"]
+             .get("prescored_shards") for r in (ref, run) for k in range(ITERATIONS)]
+    print(f"shards scored ahead, reference run then faulted run, per iteration: {ahead}")
+    assert ahead[1:ITERATIONS] == ["2/2"] * (ITERATIONS - 1), ahead  # iteration 0 may start before the learner
     diffs = _compare(ref, run, where)
     assert not diffs, "\n".join(diffs)
