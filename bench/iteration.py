@@ -1,6 +1,6 @@
 """One self-play iteration: ``selfplay run`` against the script pipeline SPIN/RLHFlow users run today.
 
-    python -m bench.iteration [--prompts 64] [--n 2] [--max-tokens 32] [--repeats 1]
+    python -m bench.iteration [--prompts 64] [--n 2] [--max-tokens 32] [--shard-size 16] [--repeats 1]
 
 Both sides run SPIN on the sorting task with the ``small`` preset (~14M parameters, char tokenizer):
 sample ``--n`` answers to ``--prompts`` prompts, judge them, pair the reference answer against every
@@ -9,8 +9,10 @@ the next iteration generates with the new weights.
 
 * **selfplay**: the library's own loop (``selfplay.loop.driver.run``, what ``selfplay run`` calls) in its
   own process: Ray, vLLM generator actor, DeepSpeed learner actor (ZeRO-0), object-store weight sync
-  with its probe. It runs two iterations; the second (actors warm, weights pushed, not reloaded) is the
-  steady state compared here. The one-time start (Ray, actors, building the model) is printed apart.
+  with its probe; the learner scores each generation shard's reference log-probs while the generator
+  samples the next (``--shard-size``). It runs two iterations; the second (actors warm, weights
+  pushed, not reloaded) is the steady state compared here. The one-time start (Ray, actors, building
+  the model) is printed apart.
 * **script pipeline**: one process per stage, each a standalone script under ``bench/pipeline/``
   (no ``selfplay`` import): vLLM offline generation from the checkpoint on disk, a scoring script
   (verifier + SPIN pairs), TRL's ``DPOTrainer`` with precomputed reference log-probs then

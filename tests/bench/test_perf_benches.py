@@ -70,8 +70,11 @@ def test_iteration_recipe_is_a_valid_spin_run_of_the_small_preset():
     assert cfg.generation.prompts_per_iteration == 24 and cfg.generation.n == 3
     assert cfg.judge.type == "sft" and cfg.pairing_strategy == "reference"
     assert cfg.train.micro_batch_size == 4 and cfg.evaluation.num_prompts == 0
-    with pytest.raises(SystemExit):
-        iteration.parse_args(["--prompts", "0"])
+    assert cfg.generation.shard_size == 16  # shards the learner scores while the generator samples the next
+    assert load_config(iteration.recipe(iteration.parse_args(["--shard-size", "64"]))).generation.shard_size == 64
+    for bad in (["--prompts", "0"], ["--shard-size", "0"]):
+        with pytest.raises(SystemExit):
+            iteration.parse_args(bad)
 
 
 def test_iteration_walls_run_from_the_iteration_line_to_its_last_stage():
