@@ -216,14 +216,19 @@ def shard_groups(rt, it: Iteration, generations) -> list:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    size = rt.cfg.generation.shard_size
+    ids = generations.column("prompt_id").to_pylist()
+    index = {pid: i // size for i, pid in enumerate(dict.fromkeys(ids))}  # prompt i is in shard i // size
+    shard = pa.array([index[pid] for pid in ids])
+    return [_shard_sequences(rt, generations.filter(pc.equal(shard, s)))
+            for s in range(max(index.values(), default=-1) + 1)]
+
+
+def _shard_sequences(rt, generations):
+    """One shard's sequences: both paths (ahead and in the stage) build a group here, so they agree."""
     from selfplay.records import reference_sequences
 
-    size = rt.cfg.generation.shard_size
-    index = {pid: i // size for i, pid in enumerate(dict.fromkeys(generations.column("prompt_id").to_pylist()))}
-    shard = pa.array([index[pid] for pid in generations.column("prompt_id").to_pylist()])
-    with_reference = rt.cfg.pairing_strategy == "reference"
-    return [reference_sequences(generations.filter(pc.equal(shard, s)), with_reference)
-            for s in range(max(index.values(), default=-1) + 1)]
+    return reference_sequences(generations, with_reference=rt.cfg.pairing_strategy == "reference")
 
 
 def _prescore_shard(rt, it: Iteration, prompts: list, index: int) -> None:
@@ -232,13 +237,13 @@ def _prescore_shard(rt, it: Iteration, prompts: list, index: int) -> None:
     if learners is None:
         return
     from selfplay.generate.shards import read_shard, shard_path
-    from selfplay.records import generations_table, reference_sequences
+    from selfplay.records import generations_table
 
     size = rt.cfg.generation.shard_size
     completions = read_shard(shard_path(it.dir / "generations", index))
     table = generations_table(prompts[index * size:(index + 1) * size], completions, iteration=it.k,
                               policy_version=it.k)
-    learners.prescore(reference_sequences(table, rt.cfg.pairing_strategy == "reference"))
+    learners.prescore(_shard_sequences(rt, table))
 
 
 def judge(rt, it: Iteration, judge) -> dict[str, Any]:

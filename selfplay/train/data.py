@@ -155,12 +155,13 @@ def encode(
     return Encoded(prompts, completions, idx, columns, stats)
 
 
-def encode_pairs(table: pa.Table, tokenizer: Any, cfg: Any) -> Encoded:
-    """Pairs (``chosen``/``rejected``) with the limits of a ``TrainConfig``."""
+def encode_pairs(table: pa.Table, tokenizer: Any, cfg: Any, completions: tuple[str, ...] = ("chosen", "rejected")
+                 ) -> Encoded:
+    """Pairs (``chosen``/``rejected``, or other ``completions`` columns) with the limits of a ``TrainConfig``."""
     return encode(
         table,
         tokenizer,
-        ("chosen", "rejected"),
+        completions,
         max_prompt_length=cfg.max_prompt_length,
         max_completion_length=cfg.max_completion_length,
         truncation=cfg.truncation,

@@ -46,7 +46,6 @@ from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
 from selfplay.train.data import (
     Encoded,
-    encode,
     encode_pairs,
     encode_sft,
     kl_partners,
@@ -313,9 +312,7 @@ class Learner:
         return len(seqs)
 
     def _group_sequences(self, table: pa.Table, cfg: Any) -> tuple[ref.Sequence, ...]:
-        data = encode(table, self.tokenizer, ("completion",), max_prompt_length=cfg.max_prompt_length,
-                      max_completion_length=cfg.max_completion_length, truncation=cfg.truncation,
-                      max_length=getattr(cfg, "max_length", None))
+        data = encode_pairs(table, self.tokenizer, cfg, ("completion",))  # the pairs' limits: the same tokens
         return tuple(dict.fromkeys((tuple(p), tuple(c)) for p, c in zip(data.prompts, data.completions["completion"])))
 
     def _score_group(self, model: Any, seqs: tuple[ref.Sequence, ...]) -> dict[ref.Sequence, float]:
@@ -324,8 +321,7 @@ class Learner:
         values = ref.score_sequences(model, list(seqs), self.pad_id, self.device, 4 * self.cfg.micro_batch_size,
                                      share_prefix=shares_prefix(model, group, self.share_prefix),
                                      split=self.split_keys)
-        self.engine.train()
-        return values
+        return values  # score() leaves the engine in the mode it found it in
 
     def compute_reference(self, pairs: pa.Table | str | Path | list[dict], model_path: str | Path | None = None,
                           cfg: Any = None, *, as_reference: bool = True, only_rejected: bool = False,
