@@ -285,11 +285,12 @@ class LearnerGroup:
         self.holds = str(model_path)
 
     def train_round(self, pairs: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
-                    on_step: Any = None, timeout: float | None = None) -> dict[str, Any]:
-        self.holds = None  # until the round's checkpoint is written
+                    on_step: Any = None, final_checkpoint: bool = True, timeout: float | None = None
+                    ) -> dict[str, Any]:
+        self.holds = None  # until the round's checkpoint (or the caller's save_hf) is written
         summary = self._call("train_round", pairs, cfg, checkpoint_dir=_str(checkpoint_dir), on_step=on_step,
-                             timeout=timeout)
-        self.holds = _str(checkpoint_dir)
+                             final_checkpoint=final_checkpoint, timeout=timeout)
+        self.holds = _str(checkpoint_dir) if final_checkpoint else None
         return summary
 
     def sft_round(self, examples: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
@@ -328,7 +329,10 @@ class LearnerGroup:
         return self._call("export_weights", bucket_mb, version, dtype, timeout=timeout or QUICK_TIMEOUT_S)
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None, *, timeout: float | None = None) -> str:
-        return self._call("save_hf", str(out_dir), dtype, timeout=timeout or QUICK_TIMEOUT_S)
+        path = self._call("save_hf", str(out_dir), dtype, timeout=timeout or QUICK_TIMEOUT_S)
+        if dtype is None:  # the weights as trained: a learner rebuilt from this directory holds the same
+            self.holds = str(out_dir)
+        return path
 
     def save_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> str:
         return self._call("save_checkpoint", str(ckpt_dir), timeout=timeout or QUICK_TIMEOUT_S)

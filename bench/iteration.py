@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def recipe(args: argparse.Namespace) -> dict[str, Any]:
-    """The selfplay recipe of this benchmark (SPIN on sorting, ``small`` preset, no evaluation)."""
+    """The selfplay recipe of this benchmark (SPIN on sorting, ``small`` preset, no evaluation and no
+    rejected-drift diagnostic: work the script pipeline does not do)."""
     return {
         "name": "bench_iteration", "seed": args.seed, "iterations": ITERATIONS,
         "policy": {"preset": "small", "tokenizer": "char"},
@@ -91,7 +92,7 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
         "train": {"loss": {"type": "sigmoid", "beta": args.beta}, "reference": "previous",
                   "learning_rate": args.lr, "warmup_ratio": 0.0, "lr_schedule": "constant",
                   "micro_batch_size": args.batch, "epochs": 1, "max_grad_norm": 1.0},
-        "evaluation": {"num_prompts": 0},
+        "evaluation": {"num_prompts": 0, "drift_samples": 0},  # the scripts evaluate and measure neither
         "resources": {"learners": 1, "threads_per_actor": args.threads},
     }
 

@@ -517,7 +517,9 @@ class TrainConfig(Section):
     where length tracks content, which can stall learning, so grouping is opt-in. The warm start has its own
     `policy.warmstart.length_grouping`."""
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
-    """Save a resumable learner checkpoint every this many optimizer steps (0 = end of round only)."""
+    """Save a resumable learner checkpoint (weights, optimizer state, data position) every this many
+    optimizer steps, so a round interrupted mid-way resumes from the last one instead of its first step.
+    0: none. A finished round keeps no checkpoint: its result is the iteration's `policy/` directory."""
     optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
     """torch optimizer: `adamw` (betas 0.9/0.999, eps 1e-8), `rmsprop` (torch defaults: alpha 0.99,
     eps 1e-8; SPIN, SPPO, the DPO authors) or plain `sgd`. `weight_decay` applies to 2-D weights in each."""
@@ -587,6 +589,10 @@ class EvalConfig(Section):
     """Sampling temperature for evaluation (0 = greedy)."""
     win_rate: bool = True
     """Win rate against the initial policy under the judge (needs a judge that compares)."""
+    drift_samples: Annotated[int, Field(ge=0)] = 32
+    """Rejected samples scored again after each round for `rejected_drift` (how far the round pushed
+    them down; `selfplay status` shows it). Its cost is a forward over them on the learners, in the
+    train stage (0.9 s of a 29 s `bench.iteration`). 0 disables it."""
 
 
 class ResourcesConfig(Section):

@@ -103,7 +103,7 @@ def _learn(rt: Runtime, it: stages.Iteration) -> Stages:
     """Pairs -> reference log-probs -> a training round -> the exported policy -> the generators."""
     return [("reference", lambda: stages.reference_logps(rt, it, rt.learners(it.policy_in))),
             ("train", lambda: stages.train(rt, it, rt.learners(it.policy_in))),
-            ("export", lambda: stages.export(it, rt.learners(it.policy_in))),
+            ("export", lambda: stages.export(it, lambda: rt.learners(it.policy_in))),
             ("sync", lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group))]
 
 

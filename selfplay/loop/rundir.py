@@ -14,7 +14,8 @@ Layout (the contract users and ``selfplay status`` rely on)::
       iter_000/
         generations/shard_*.parquet   written as generation proceeds (resume regenerates only missing shards)
         generations.parquet  judgments.parquet  pairs.parquet  reference.parquet
-        train_metrics.jsonl  checkpoint/  policy/  eval.json
+        train_metrics.jsonl  policy/  eval.json
+        checkpoint/          while a round runs with ``train.checkpoint_every`` (removed by export)
       tensorboard/
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash

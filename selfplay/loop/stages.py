@@ -13,8 +13,11 @@ pairs), so the stages themselves do not branch on those cases. That is what make
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,20 +329,41 @@ def train(rt, it: Iteration, learners) -> dict[str, Any]:
     table = read_parquet(it.dir / "reference.parquet")
     learners.set_counters(*rounds_before(rt, it.k))  # numbered by the run, not by this learner process's history
     ckpt = it.dir / "checkpoint"
+    position = 0
     if (ckpt / "latest").exists():  # a round interrupted after a checkpoint: continue it, don't restart
-        learners.load_checkpoint(ckpt)
+        position = int((learners.load_checkpoint(ckpt).get("round") or {}).get("position", 0))
+    trim_metrics(it.dir / "train_metrics.jsonl", position)
     learners.set_metrics_dir(it.dir)
     faults.watch_lines("train", it.k, it.dir / "train_metrics.jsonl")
     steps = -(-table.num_rows // (rt.cfg.train.micro_batch_size * rt.cfg.train.gradient_accumulation_steps
                                   * rt.cfg.resources.learners)) * rt.cfg.train.epochs
     with rt.progress(f"train {rt.cfg.train.loss.type} on {table.num_rows} pairs", total=steps,
                      watch_lines=it.dir / "train_metrics.jsonl"):
-        summary = learners.train_round(table, rt.cfg.train.for_iteration(it.k), checkpoint_dir=ckpt)
+        summary = learners.train_round(table, rt.cfg.train.for_iteration(it.k), checkpoint_dir=ckpt,
+                                       final_checkpoint=False)
     info = {key: summary[key] for key in ("steps", "kept", "dropped", "truncated", "resumed_at_step",
                                           "trainable_params", "total_params") if key in summary}
     info.update(round_metrics(it.dir / "train_metrics.jsonl"))
-    info.update(rejected_drift(learners, table, rt.cfg.train))
-    return info
+    info.update(rejected_drift(learners, table, rt.cfg.train, rt.cfg.evaluation.drift_samples))
+    # The round's weights are saved as the iteration's policy, not as a DeepSpeed checkpoint: the next
+    # round starts with fresh AdamW moments, so an end-of-round checkpoint would write twice the weights'
+    # bytes of optimizer state that nothing reads (159 MB an iteration for the 14M `small` preset; about
+    # 16 bytes a parameter at any size). A crash before this stage is marked retrains the round, from
+    # its last `checkpoint_every` checkpoint if it has one.
+    learners.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
+    return {**info, "policy": str(it.policy_out)}
+
+
+def trim_metrics(path: Path, position: int) -> None:
+    """Keep the step lines of an interrupted attempt of this round up to ``position``, the step it
+    continues after (0: it starts over), so the rerun's lines follow them and none is doubled (a line
+    is written before its step's checkpoint, and a round without one restarts from its first step)."""
+    if not path.exists():
+        return
+    from selfplay.loop.rundir import read_jsonl, write_text
+
+    kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= position]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def rounds_before(rt, k: int) -> tuple[int, int]:
@@ -379,27 +403,24 @@ def round_metrics(path: Path) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-DRIFT_SAMPLES = 32  # rejected samples the loop scores again after a round (``rejected_drift``)
-
-
-def rejected_drift(learners, table, cfg) -> dict[str, Any]:
+def rejected_drift(learners, table, cfg, samples: int = 32) -> dict[str, Any]:
     """How far the round moved the policy on its rejected responses: mean(log pi_ref(y) - log pi_new(y)).
 
     Not a KL estimate: the rejected responses are *selected* (the worst of n samples, or another policy's
     samples), not draws from the reference, so their mean log-ratio is biased in an unknown direction.
     It is reported as what it is, a drift of the rejected side (positive: the round pushed them down).
 
-    A diagnostic, so it is kept cheap: at most ``DRIFT_SAMPLES`` rejected samples, spread evenly over the
-    table, scored alone. Scoring every pair on both sides cost as much as the reference stage (2.4 s of a
-    17 s iteration of ``bench.iteration``).
+    A diagnostic, so it is kept cheap: at most ``samples`` (``evaluation.drift_samples``; 0: not measured)
+    rejected samples, spread evenly over the table, scored alone. Scoring every pair on both sides cost
+    as much as the reference stage (2.4 s of a 17 s iteration of ``bench.iteration``).
     """
-    if cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
+    if samples == 0 or cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
         return {}
     sampled = [i for i, ids in enumerate(table.column("rejected_token_ids").to_pylist()) if ids is not None]
     if not sampled:
         return {}
-    if len(sampled) > DRIFT_SAMPLES:
-        sampled = [sampled[(j * len(sampled)) // DRIFT_SAMPLES] for j in range(DRIFT_SAMPLES)]
+    if len(sampled) > samples:
+        sampled = [sampled[(j * len(sampled)) // samples] for j in range(samples)]
     after = learners.compute_reference(table.take(sampled), as_reference=False,  # TDPO keeps its reference
                                        only_rejected=True)
     before = table.take(sampled).column("ref_rejected_logps").to_pylist()
@@ -408,11 +429,19 @@ def rejected_drift(learners, table, cfg) -> dict[str, Any]:
     return {"rejected_drift": sum(diffs) / len(diffs)} if diffs else {}
 
 
-def export(it: Iteration, learners) -> dict[str, Any]:
+def export(it: Iteration, learners: Callable[[], Any]) -> dict[str, Any]:
+    """The round's policy directory, which the train stage wrote; its checkpoints are dropped now.
+
+    A run directory from before that change has the round in ``checkpoint/`` instead: loaded and
+    written out here. Either way ``checkpoint/`` (the round's `checkpoint_every` checkpoints, of weights
+    and optimizer state) goes once the policy is on disk: a round that finished never resumes."""
     ckpt = it.dir / "checkpoint"
-    if learners.holds != str(ckpt):  # resumed after a crash between train and export: the round's weights
-        learners.load_checkpoint(ckpt)
-    learners.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
+    if not it.policy_out.is_dir():
+        group = learners()  # started only here: a resumed run whose train stage wrote the policy needs none
+        if group.holds != str(ckpt):  # resumed after a crash between train and export: the round's weights
+            group.load_checkpoint(ckpt)
+        group.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
+    shutil.rmtree(ckpt, ignore_errors=True)
     return {"policy": str(it.policy_out)}
 
 
@@ -501,7 +530,6 @@ def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path,
 def _link_tree(source: Path, target: Path) -> None:
     """Copy the files of ``source`` into ``target`` as hard links (a plain copy across filesystems)."""
     import os
-    import shutil
 
     def link_or_copy(src: str, dst: str) -> None:
         try:

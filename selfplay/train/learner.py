@@ -164,10 +164,14 @@ class Learner:
     # ------------------------------------------------------------------------------------------ rounds
     def train_round(self, pairs: pa.Table | str | Path | list[dict], cfg: Any = None, *,
                     checkpoint_dir: str | Path | None = None,
-                    on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                    on_step: Callable[[dict[str, Any]], None] | None = None,
+                    final_checkpoint: bool = True) -> dict[str, Any]:
         """One preference round on ``pairs`` (with reference columns unless the loss is reference-free).
 
         ``checkpoint_dir``: where ``cfg.checkpoint_every`` checkpoints (and one at the end) go.
+        ``final_checkpoint=False`` skips the one at the end: for a caller that saves the round's weights
+        itself (the loop writes the policy directory), since the next round starts with fresh AdamW
+        moments and the end checkpoint's optimizer state (twice the weights' bytes) would never be read.
         ``on_step(record)``: called on every rank after each optimizer step (metrics, fault injection).
         Returns the round summary (rank 0's view; identical on all ranks).
         With loss ``sft`` the round is :meth:`sft_round` on the ``chosen`` responses (rejection-sampling
@@ -178,7 +182,8 @@ class Learner:
         loss = cfg.loss
         if loss.type == "sft":
             keep = [c for c in ("prompt", "chosen", "chosen_token_ids", "weight") if c in table.column_names]
-            return self.sft_round(table.select(keep), cfg, checkpoint_dir=checkpoint_dir, on_step=on_step)
+            return self.sft_round(table.select(keep), cfg, checkpoint_dir=checkpoint_dir, on_step=on_step,
+                                  final_checkpoint=final_checkpoint)
         data = encode_pairs(table, self.tokenizer, cfg)
         prepare = None
         if loss.type == "kto":
@@ -203,11 +208,12 @@ class Learner:
                                                     split=self.split_keys)
         spec = RoundSpec.of(cfg, self.cfg)
         return self._round("train", table, data, spec, objective, lambda d, step: step.count, checkpoint_dir,
-                           on_step, cfg, prepare)
+                           on_step, cfg, prepare, final_checkpoint)
 
     def sft_round(self, examples: pa.Table | str | Path | list[dict], cfg: Any = None, *,
                   checkpoint_dir: str | Path | None = None,
-                  on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_step: Callable[[dict[str, Any]], None] | None = None,
+                  final_checkpoint: bool = True) -> dict[str, Any]:
         """Supervised fine-tuning (mean NLL per completion token) on (prompt, reference) examples.
 
         ``cfg``: a ``WarmStartConfig`` (its ``examples`` caps the rows used) or a ``TrainConfig``; fields it
@@ -227,19 +233,19 @@ class Learner:
                                           for i, real in zip(m.indices, m.real) if real)
         if self.lora is None:
             return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                               checkpoint_dir, on_step, cfg)
+                               checkpoint_dir, on_step, cfg, final_checkpoint=final_checkpoint)
         # LoRA: a warm start trains every weight (adapters on a randomly initialised policy barely learn),
         # then becomes the base, i.e. the initial policy and the `initial` reference, with fresh adapters.
         self._rebuild(base.model_copy(update={"lora": base.lora.model_copy(update={"r": 0})}))
         try:
             return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                               checkpoint_dir, on_step, cfg)
+                               checkpoint_dir, on_step, cfg, final_checkpoint=final_checkpoint)
         finally:
             self._rebuild(base)
 
     def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
                denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
-               cfg: Any, prepare: Callable | None = None) -> dict[str, Any]:
+               cfg: Any, prepare: Callable | None = None, final_checkpoint: bool = True) -> dict[str, Any]:
         self._prescored = {}  # the weights change from here on
         table_hash = table_fingerprint(table)
         fingerprint = round_fingerprint(kind, table_hash, cfg, spec, self.world_size, self.seed)
@@ -291,7 +297,7 @@ class Learner:
             if on_step is not None:
                 on_step(record)
         self.rounds = round_index + 1
-        if checkpoint_dir and self._saved_step != self.global_step:
+        if checkpoint_dir and final_checkpoint and self._saved_step != self.global_step:
             self.save_checkpoint(checkpoint_dir)
         self._round_state = None
         return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),

@@ -95,6 +95,8 @@ def test_run_directory_contract(reference_run):
         for name in ("generations.parquet", "judgments.parquet", "pairs.parquet", "train_metrics.jsonl",
                      "eval.json", "policy/config.json", "policy/model.safetensors"):
             assert (it / name).exists(), name
+        assert not (it / "checkpoint").exists()  # a finished round keeps its policy, not its optimizer state
+        assert entry["stages"]["train"]["policy"] == str(it / "policy")  # written by the train stage itself
         gens = pq.read_table(it / "generations.parquet")
         assert gens.num_rows == 48 * 4
         assert set(gens.column("policy_version").to_pylist()) == {k}

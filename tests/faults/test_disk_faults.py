@@ -162,3 +162,34 @@ def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_
     learner._local.save_checkpoint(ckpt)  # the retry succeeds and replaces the old tag
     assert (ckpt / "latest").read_text() == f"{tag}.1" or (ckpt / "latest").read_text().startswith(tag + ".")
     assert not (ckpt / tag).exists()
+
+
+def test_export_takes_the_round_from_its_policy_or_from_an_older_runs_checkpoint(learner, tmp_path):
+    """The train stage now writes the round's policy itself and keeps no end-of-round checkpoint; a run
+    directory from before (train done, the round only in ``checkpoint/``) still exports that round.
+    Either way the round's checkpoints are removed once its policy is on disk."""
+    from transformers import AutoModelForCausalLM
+
+    from selfplay.loop.stages import Iteration, export
+
+    it = Iteration(k=0, dir=tmp_path / "iter_000", policy_in=tmp_path / "unused", seed=0)
+    ckpt = it.dir / "checkpoint"
+    learner.train_round(learner.compute_reference(toy_pairs(8, seed=4)), checkpoint_dir=ckpt,
+                        final_checkpoint=False)
+    assert not ckpt.exists()  # checkpoint_every 0 and no end checkpoint: nothing written
+    learner.train_round(learner.compute_reference(toy_pairs(8, seed=5)), checkpoint_dir=ckpt)  # the old way
+    round_weights = weights(learner.export_weights())
+    learner.train_round(learner.compute_reference(toy_pairs(8, seed=6)))  # the learner moves past that round
+    assert learner.holds != str(ckpt)
+
+    assert export(it, lambda: learner) == {"policy": str(it.policy_out)}
+    exported = AutoModelForCausalLM.from_pretrained(it.policy_out).state_dict()
+    assert all(torch.equal(round_weights[k], exported[k]) for k in round_weights)  # the checkpoint's round
+    assert not ckpt.exists()
+
+    def no_learners():
+        raise AssertionError("export started learners although the policy was written")
+
+    ckpt.mkdir()  # a leftover (e.g. a mid-round checkpoint of the round that then finished)
+    assert export(it, no_learners) == {"policy": str(it.policy_out)}
+    assert not ckpt.exists()

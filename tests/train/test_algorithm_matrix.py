@@ -222,12 +222,12 @@ def test_the_logged_drift_is_named_for_what_it_measures(w1, tiny_model_dir):
     assert got["rejected_drift"] > 0  # the round pushed the rejected answers down
 
 
-def test_the_drift_scores_an_even_subsample_of_rejected_samples_alone(w1, tiny_model_dir, monkeypatch):
-    """Past ``DRIFT_SAMPLES`` sampled pairs the drift is the mean over an evenly spread subsample, and
-    only the rejected side is scored again (the chosen column comes back as it went in)."""
+def test_the_drift_scores_an_even_subsample_of_rejected_samples_alone(w1, tiny_model_dir):
+    """Past ``evaluation.drift_samples`` sampled pairs the drift is the mean over an evenly spread
+    subsample, and only the rejected side is scored again (the chosen column comes back as it went in);
+    0 samples measures nothing."""
     import selfplay.loop.stages as stages
 
-    monkeypatch.setattr(stages, "DRIFT_SAMPLES", 2)
     cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
     w1.reload(tiny_model_dir, cfg)
     table = toy_pairs(N_PAIRS, seed=5)
@@ -242,8 +242,9 @@ def test_the_drift_scores_an_even_subsample_of_rejected_samples_alone(w1, tiny_m
     before = with_ref.column("ref_rejected_logps").to_pylist()
     picked = [0, N_PAIRS // 2]  # 2 of 5, evenly spread
     expected = sum(before[i] - now[i] for i in picked) / len(picked)
-    got = stages.rejected_drift(w1, with_ref, cfg)
+    got = stages.rejected_drift(w1, with_ref, cfg, samples=2)
     assert got["rejected_drift"] == pytest.approx(expected, rel=1e-5)
+    assert stages.rejected_drift(w1, with_ref, cfg, samples=0) == {}
 
 
 def test_measuring_the_drift_after_a_tdpo_round_keeps_its_frozen_reference(w1, tiny_model_dir):
