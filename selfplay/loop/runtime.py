@@ -350,7 +350,7 @@ class Runtime:
             from selfplay.loop.factory import build_learners
 
             self.ensure_ray()
-            self._learners = build_learners(self.cfg, policy_dir, self.rd.root / "tensorboard")
+            self._learners = build_learners(self.cfg, policy_dir, self.rd.root)
         return self._learners
 
     def ready_learners(self):
@@ -370,7 +370,7 @@ class Runtime:
 
             self.ensure_ray()
             self._starting_learners = _Starting("learners", build_learners, self.cfg, policy_dir,
-                                                self.rd.root / "tensorboard")
+                                                self.rd.root)
 
     def start_generators(self, policy_dir: Path, version: int) -> None:
         """Start the generator pool holding ``policy_dir`` as ``version`` in the background, so that the

@@ -102,6 +102,9 @@ class Learner:
         self.reload(model_path, cfg)
         self.metrics = MetricsWriter(output_dir if rank == 0 else None)
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        # TensorBoard stays in output_dir/tensorboard when the step log moves (the loop: one run of
+        # curves over every round, on the global step, instead of one per iteration directory)
+        self._tensorboard_dir = self.metrics.tb_dir
         self.global_step = 0
         self._round_state: dict[str, Any] | None = None  # fingerprint, position, round_index while a round runs
         self._saved_step = -1
@@ -453,9 +456,10 @@ class Learner:
         self.rounds, self.global_step = int(rounds), int(global_step)
 
     def set_metrics_dir(self, out_dir: str | Path | None) -> None:
-        """Write ``train_metrics.jsonl`` and TensorBoard events to ``out_dir`` from now on (rank 0)."""
+        """Write ``train_metrics.jsonl`` to ``out_dir`` from now on (rank 0); TensorBoard events too, unless
+        the learner was started with an ``output_dir``: they stay in its ``tensorboard/``."""
         self.metrics.close()
-        self.metrics = MetricsWriter(out_dir if self.rank == 0 else None)
+        self.metrics = MetricsWriter(out_dir if self.rank == 0 else None, tensorboard_dir=self._tensorboard_dir)
         self.output_dir = Path(out_dir) if out_dir is not None else None
 
     def shutdown(self) -> None:

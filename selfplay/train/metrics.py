@@ -16,8 +16,13 @@ from typing import Any
 class MetricsWriter:
     """Append-only metrics sink; ``None`` directory means metrics are only kept in memory."""
 
-    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True,
+                 tensorboard_dir: str | Path | None = None) -> None:
+        """``train_metrics.jsonl`` goes to ``out_dir``, TensorBoard events to ``tensorboard_dir`` (default:
+        ``out_dir/tensorboard``); nothing is written without ``out_dir``."""
         self.dir = Path(out_dir) if out_dir is not None else None
+        self.tb_dir = (Path(tensorboard_dir) if tensorboard_dir is not None
+                       else self.dir / "tensorboard" if self.dir is not None else None)
         self._tb = None
         self._tb_wanted = tensorboard
         if self.dir is not None:
@@ -46,7 +51,7 @@ class MetricsWriter:
             except ImportError:  # pragma: no cover - tensorboard is a declared dependency
                 self._tb_wanted = False
                 return None
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir))
         return self._tb
 
     def close(self) -> None:

@@ -86,6 +86,7 @@ def test_run_directory_contract(reference_run):
     _, run, log = reference_run
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["prepared"] is True
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for k in (0, 1):
         entry = manifest["iterations"][str(k)]
         assert entry["complete"] is True
@@ -96,6 +97,7 @@ def test_run_directory_contract(reference_run):
                      "eval.json", "policy/config.json", "policy/model.safetensors"):
             assert (it / name).exists(), name
         assert not (it / "checkpoint").exists()  # a finished round keeps its policy, not its optimizer state
+        assert not (it / "tensorboard").exists()  # the curves of every round are one run in RUN_DIR/tensorboard
         assert entry["stages"]["train"]["policy"] == str(it / "policy")  # written by the train stage itself
         gens = pq.read_table(it / "generations.parquet")
         assert gens.num_rows == 48 * 4

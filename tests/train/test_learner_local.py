@@ -41,7 +41,9 @@ def test_dpo_round_metrics_and_hf_export_reproduce_logps(learner, tiny_model_dir
                 "rejected_logps", "grad_norm", "lr", "tokens_per_s", "step", "epoch", "global_step"):
         assert key in record and record[key] == record[key], key  # present and not NaN
     assert record["step"] == 8 and record["epoch"] == 1
-    assert list((tmp_path / "iteration-0" / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard stays where the learner was started (its output_dir), one run over every round
+    assert learner.metrics.tb_dir.parent != tmp_path / "iteration-0"
+    assert list(learner.metrics.tb_dir.glob("events.out.tfevents.*"))
 
     out = learner.save_hf(tmp_path / "hf")
     names = {p.name for p in (tmp_path / "hf").iterdir()}
