@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selfplay.config.schema import EvalConfig
 from selfplay.loop import faults
-from selfplay.loop.rundir import read_parquet, write_json, write_parquet
+from selfplay.loop.rundir import read_jsonl, read_parquet, write_json, write_parquet, write_text
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -348,7 +349,7 @@ def train(rt, it: Iteration, learners) -> dict[str, Any]:
     # The round's weights are saved as the iteration's policy, not as a DeepSpeed checkpoint: the next
     # round starts with fresh AdamW moments, so an end-of-round checkpoint would write twice the weights'
     # bytes of optimizer state that nothing reads (159 MB an iteration for the 14M `small` preset; about
-    # 16 bytes a parameter at any size). A crash before this stage is marked retrains the round, from
+    # 12 bytes a parameter in fp32 at any size). A crash before this stage is marked retrains the round, from
     # its last `checkpoint_every` checkpoint if it has one.
     learners.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
     return {**info, "policy": str(it.policy_out)}
@@ -360,8 +361,6 @@ def trim_metrics(path: Path, position: int) -> None:
     is written before its step's checkpoint, and a round without one restarts from its first step)."""
     if not path.exists():
         return
-    from selfplay.loop.rundir import read_jsonl, write_text
-
     kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= position]
     write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -383,8 +382,6 @@ def round_metrics(path: Path) -> dict[str, Any]:
     (a resumed round appends; a step logged twice counts once, the last write wins)."""
     if not path.exists():
         return {}
-    from selfplay.loop.rundir import read_jsonl
-
     steps: dict[tuple, dict] = {}
     for rec in read_jsonl(path):  # a last line cut short by a killed learner is skipped
         steps[(rec.get("round"), rec.get("epoch"), rec.get("step"))] = rec
@@ -403,7 +400,8 @@ def round_metrics(path: Path) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def rejected_drift(learners, table, cfg, samples: int = 32) -> dict[str, Any]:
+def rejected_drift(learners, table, cfg, samples: int = EvalConfig.model_fields["drift_samples"].default
+                   ) -> dict[str, Any]:
     """How far the round moved the policy on its rejected responses: mean(log pi_ref(y) - log pi_new(y)).
 
     Not a KL estimate: the rejected responses are *selected* (the worst of n samples, or another policy's
