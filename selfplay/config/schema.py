@@ -377,6 +377,13 @@ class LossConfig(Section):
     (Pang et al. 2024, "Iterative Reasoning Preference Optimization"), TRL's `rpo_alpha`. It keeps the
     chosen log-probs from being pushed down with the rejected ones (DPO's known failure on verified
     reasoning data). 0 = the plain loss. Pair losses and TDPO only."""
+    segment_turns: PositiveInt | None = None
+    """SDPO, segment-level DPO on multi-turn pairs (Kong et al. 2025, "SDPO: Segment-Level Direct Preference
+    Optimization for Social Agents", arXiv:2501.01821): on each side, score only the first K assistant turns
+    from the first turn where chosen and rejected differ; the user turns inside the segment are context and
+    the turns after it are cut. Every pair must hold K assistant turns on both sides. Unset: every assistant
+    turn of each side is scored (session-level DPO on multi-turn pairs; a single-turn pair as always). Pair
+    losses and TDPO only. Not sDPO (stepwise DPO, `task.chunks`)."""
 
     @field_validator("type", mode="before")
     @classmethod
@@ -413,6 +420,9 @@ class LossConfig(Section):
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
             raise ValueError(f"params: {unknown} not accepted by loss {self.type!r}; allowed: {names}")
+        if self.segment_turns is not None and self.type in ("kto", "sft"):
+            raise ValueError(f"segment_turns: SDPO's segment is a pair loss setting; loss {self.type!r} has no "
+                             "chosen/rejected pair to compare")
         if self.nll_weight and self.type == "kto":
             raise ValueError("nll_weight: KTO has no chosen response per row; use it with a pair loss or tdpo")
         if self.type == "odpo" and "offset" in self.params:
@@ -586,13 +596,29 @@ class EvalConfig(Section):
     every: PositiveInt = 1
     """Evaluate every this many iterations."""
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
-    """Sampling temperature for evaluation (0 = greedy)."""
+    """Sampling temperature for evaluation (0 = greedy). Without `k` it is the temperature of the one answer
+    per prompt that `accuracy`, `win_rate` and `mean_reward` score; with `k` it is the temperature of the `k`
+    samples (it must then be > 0), and that one answer is greedy."""
+    k: Annotated[int, Field(ge=2)] | None = None
+    """pass@k and maj@k beside greedy accuracy (e.g. 8; needs a task with a verifier): each held-out prompt
+    also gets `k` samples at `temperature`, kept in `eval_generations.parquet`. A sample is correct when the
+    verifier scores it 1 (partial credit counts as wrong). `pass@k` is the unbiased estimator of Chen et al.
+    2021 (with `k` samples: the share of prompts with a correct one), `pass@1` the mean share of correct
+    samples, `maj@k` the share of prompts whose most common answer (the task's `extract_answer`, else the
+    stripped response) is correct. Unset: off."""
     win_rate: bool = True
     """Win rate against the initial policy under the judge (needs a judge that compares)."""
     drift_samples: Annotated[int, Field(ge=0)] = 32
     """Rejected samples scored again after each round for `rejected_drift` (how far the round pushed
     them down; `selfplay status` shows it). Its cost is a forward over them on the learners, in the
     train stage (0.9 s of a 29 s `bench.iteration`). 0 disables it."""
+
+    @model_validator(mode="after")
+    def _sampled_k(self) -> EvalConfig:
+        if self.k is not None and self.temperature == 0:
+            raise ValueError(f"temperature: evaluation.k = {self.k} samples each prompt at evaluation.temperature, "
+                             "which is 0 (greedy: all k samples would be the same answer); set it > 0, e.g. 1.0")
+        return self
 
 
 class ResourcesConfig(Section):

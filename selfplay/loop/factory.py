@@ -40,7 +40,7 @@ def build_task_from_config(cfg: RunConfig):
                           split_seed=cfg.seed)
     if t.type == "pairs":
         return PairsTask(t.path, t.prompt_column, t.chosen_column, t.rejected_column, t.eval_fraction, cfg.seed,
-                         chunks=t.chunks)
+                         chunks=t.chunks, segment_turns=cfg.train.loss.segment_turns)
     if t.type == "python":
         return build_task("python", target=t.target, **t.kwargs)
     raise ValueError(f"task.type: unknown task {t.type!r}")

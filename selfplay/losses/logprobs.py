@@ -37,7 +37,8 @@ DEFAULT_CHUNK_ROWS = 256
 def next_token_targets(input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Shift ``[B, T]`` token ids and the mask of scored tokens by one: ``labels[:, t] = input_ids[:, t+1]``.
 
-    ``completion_mask[:, t]`` is nonzero where ``input_ids[:, t]`` is a completion token to score. The
+    ``completion_mask[:, t]`` is nonzero where ``input_ids[:, t]`` is a completion token to score (in a
+    multi-turn completion, an assistant token of the segment: user turns between are context). The
     returned ``mask`` is aligned with the logits (``mask[:, t]`` scores ``labels[:, t]``); its last column
     is 0 because no logit predicts a token past the end.
     """

@@ -119,25 +119,27 @@ def collate(data: Encoded, indices: list[int] | tuple[int, ...], pad_id: int,
             keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded ``[K*B, T]`` batch: completions ``keys`` (default: all) concatenated along the batch.
 
-    Returns ``input_ids``, ``attention_mask`` (long) and ``loss_mask`` (bool, True on completion tokens),
-    plus ``lengths`` (completion tokens per sequence, [K*B]). Sequence ``k*B + b`` is example ``b`` with
-    completion ``keys[k]``.
+    Returns ``input_ids``, ``attention_mask`` (long) and ``loss_mask`` (bool, True on scored completion
+    tokens: all of them, or a multi-turn completion's assistant tokens, ``Encoded.masks``), plus
+    ``lengths`` (scored tokens per sequence, [K*B]). Sequence ``k*B + b`` is example ``b`` with completion
+    ``keys[k]``.
     """
     keys = keys or tuple(data.completions)
-    seqs, prompt_lens = [], []
+    seqs, prompt_lens, scored = [], [], []
     for key in keys:
         for i in indices:
             p, c = data.prompts[i], data.completions[key][i]
             seqs.append(p + c)
             prompt_lens.append(len(p))
+            scored.append(data.masks[key][i] if key in data.masks else None)
     t = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), t), dtype=torch.long)
     loss_mask = torch.zeros((len(seqs), t), dtype=torch.bool)
-    for r, (s, pl) in enumerate(zip(seqs, prompt_lens)):
+    for r, (s, pl, m) in enumerate(zip(seqs, prompt_lens, scored)):
         ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
         attn[r, : len(s)] = 1
-        loss_mask[r, pl : len(s)] = True
+        loss_mask[r, pl : len(s)] = True if m is None else torch.tensor(m, dtype=torch.bool)
     lengths = loss_mask.sum(dim=1)
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask, "lengths": lengths}
 
@@ -148,7 +150,8 @@ def collate_shared(data: Encoded, indices: list[int] | tuple[int, ...], pad_id: 
 
     Completion row ``b*K + k`` is example ``b`` with completion ``keys[k]`` (interleaved, the order of
     ``repeat_interleave`` on the prompt's KV cache). Everything is right-padded; ``prompt_lengths`` [B]
-    locate each prompt's last token.
+    locate each prompt's last token. ``score_mask`` [B*K, Tc] (bool) marks the completion tokens to score:
+    ``completion_mask``, less a multi-turn completion's user turns (``Encoded.masks``).
     """
     keys = keys or tuple(data.completions)
     prompts = [data.prompts[i] for i in indices]
@@ -157,8 +160,13 @@ def collate_shared(data: Encoded, indices: list[int] | tuple[int, ...], pad_id: 
         raise ValueError("an example has an empty prompt: nothing predicts its first completion token")
     prompt_ids, prompt_mask = _right_pad(prompts, pad_id)
     completion_ids, completion_mask = _right_pad(completions, pad_id)
+    score_mask = completion_mask.bool()
+    if any(k in data.masks for k in keys):
+        flags = [data.masks[k][i] if k in data.masks else [1] * len(data.completions[k][i])
+                 for i in indices for k in keys]
+        score_mask = _right_pad([[int(f) for f in m] for m in flags], 0)[0].bool()
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "prompt_lengths": prompt_mask.sum(-1),
-            "completion_ids": completion_ids, "completion_mask": completion_mask}
+            "completion_ids": completion_ids, "completion_mask": completion_mask, "score_mask": score_mask}
 
 
 def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,17 @@ a list of chat messages), ``chosen``, ``rejected`` and optionally ``offset`` (OD
   ``drop`` removes the example. Both counts are reported, never silent.
 * Rows keep their index into the input table (``rows``), so per-row results (reference log-probs) can be
   written back as table columns, with nulls for dropped rows.
+* **Multi-turn completions** (SDPO's sessions): a completion stored as the JSON encoding of its messages
+  (``selfplay.tasks.formats``; never one with sampled token ids) continues the prompt with assistant
+  turns and the user turns between them. It is rendered with the chat template turn by turn: each
+  message's tokens are what the template adds for it (the text rendered with it minus the text rendered
+  before it, a user turn taking the next generation prompt along), encoded separately, so every turn
+  boundary is exact. An assistant turn's tokens are scored up to and including its end-of-turn token
+  (eos, what the generator stops on; template glue after it is context), a user turn's are context
+  (``Encoded.masks``). ``segment_turns`` keeps the first K assistant turns (SDPO's segment) and cuts the
+  session after the K-th; unset, after the last assistant turn (turns after it change no scored token).
+  A template that rewrites earlier turns when a later one is added (e.g. one that drops past reasoning)
+  cannot be cut this way and is refused, naming the row.
 """
 
 from __future__ import annotations
@@ -49,6 +60,9 @@ class Encoded:
     """Per-example float columns aligned with ``rows`` (weight, offset, reference log-probs)."""
     stats: dict[str, int] = field(default_factory=dict)
     """``examples``, ``kept``, ``dropped``, ``truncated`` (counts of input rows)."""
+    masks: dict[str, list[list[bool]]] = field(default_factory=dict)
+    """Per completion key holding a multi-turn row: per example, which completion tokens are scored (the
+    assistant tokens of the segment). A key absent here scores every completion token."""
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -99,6 +113,40 @@ class PromptEncoder:
             return list(token_ids)
         return [*self.tok(text, add_special_tokens=False)["input_ids"], self.eos]
 
+    def session(self, prompt: str | list[dict[str, str]], turns: list[dict[str, str]], segment_turns: int | None,
+                where: str) -> tuple[list[int], list[bool]]:
+        """Token ids of a multi-turn continuation of ``prompt`` and which of them are scored (see the module
+        docstring); ``where`` names the row in errors."""
+        if not getattr(self.tok, "chat_template", None):
+            raise ValueError(f"{where}: a multi-turn completion needs a tokenizer with a chat template")
+        history = decode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        history = [{"role": "user", "content": history}] if isinstance(history, str) else history
+        ends = [j for j, m in enumerate(turns) if m["role"] == "assistant"]
+        if not ends or turns[0]["role"] != "assistant":
+            raise ValueError(f"{where}: roles out of order: a multi-turn completion starts with an assistant turn "
+                             f"(got roles {[m['role'] for m in turns]})")
+        wanted = len(ends) if segment_turns is None else segment_turns
+        if wanted > len(ends):
+            raise ValueError(f"{where}: a segment longer than the session: train.loss.segment_turns={wanted}, but "
+                             f"the completion has {len(ends)} assistant turn(s)")
+        kept = turns[: ends[wanted - 1] + 1]
+        render = lambda msgs, gen: self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        before = render(history, True)
+        ids: list[int] = []
+        mask: list[bool] = []
+        for k, msg in enumerate(kept):
+            after = render([*history, *kept[: k + 1]], k + 1 < len(kept) and kept[k + 1]["role"] == "assistant")
+            if not after.startswith(before):
+                raise ValueError(f"{where}: the chat template rewrites the text before turn {k} of the completion "
+                                 "when it is added, so the turn's tokens cannot be located")
+            piece = list(self.tok(after[len(before):], add_special_tokens=False)["input_ids"])
+            scored = (piece.index(self.eos) + 1 if self.eos in piece else len(piece)) if msg["role"] == "assistant" \
+                else 0
+            ids += piece
+            mask += [True] * scored + [False] * (len(piece) - scored)
+            before = after
+        return ids, mask
+
 
 def encode(
     table: pa.Table,
@@ -110,8 +158,10 @@ def encode(
     truncation: str = "truncate",
     max_length: int | None = None,
     float_columns: tuple[str, ...] = ("weight", "offset", *REF_COLUMNS, *KTO_REF_COLUMNS, *SCORE_COLUMNS),
+    segment_turns: int | None = None,
 ) -> Encoded:
-    """Tokenise ``prompt`` and each of ``completion_columns`` of ``table`` with the length policy."""
+    """Tokenise ``prompt`` and each of ``completion_columns`` of ``table`` with the length policy
+    (multi-turn completions: their assistant turns scored, up to ``segment_turns`` of them)."""
     if truncation not in ("truncate", "drop"):
         raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
     missing = [c for c in ("prompt", *completion_columns) if c not in table.column_names]
@@ -123,13 +173,26 @@ def encode(
     n = table.num_rows
     ids = {c: table.column(f"{c}_token_ids").to_pylist() if f"{c}_token_ids" in table.column_names else [None] * n
            for c in completion_columns}
+    pair_ids = table.column("pair_id").to_pylist() if "pair_id" in table.column_names else None
     prompts: list[list[int]] = []
     completions: dict[str, list[list[int]]] = {c: [] for c in completion_columns}
+    masks: dict[str, list[list[bool] | None]] = {c: [] for c in completion_columns}
     rows: list[int] = []
     dropped = truncated = 0
     for i, prompt in enumerate(prompts_col):
         p = enc.prompt(prompt)
-        cs = {c: enc.completion(texts[c][i], ids[c][i]) for c in completion_columns}
+        cs, ms = {}, {}
+        for c in completion_columns:
+            turns = _turns(texts[c][i]) if ids[c][i] is None else None
+            if turns is None:
+                cs[c], ms[c] = enc.completion(texts[c][i], ids[c][i]), None
+            else:
+                where = f"pairs row {i}" + (f" (pair_id {pair_ids[i]!r})" if pair_ids else "") + f", column {c!r}"
+                cs[c], ms[c] = enc.session(prompt, turns, segment_turns, where)
+            if ms[c] is None and segment_turns is not None and segment_turns > 1:
+                where = f"pairs row {i}" + (f" (pair_id {pair_ids[i]!r})" if pair_ids else "") + f", column {c!r}"
+                raise ValueError(f"{where}: a segment longer than the session: train.loss.segment_turns="
+                                 f"{segment_turns}, but the completion is one assistant reply")
         longest = max((len(s) for s in cs.values()), default=0)
         too_long = (len(p) > max_prompt_length or longest > max_completion_length
                     or (max_length is not None and len(p) + longest > max_length))
@@ -141,9 +204,11 @@ def encode(
             p = p[len(p) - max_prompt_length :] if len(p) > max_prompt_length else p
             room = max_completion_length if max_length is None else min(max_completion_length, max_length - len(p))
             cs = {c: s[:room] for c, s in cs.items()}
+            ms = {c: None if m is None else m[:room] for c, m in ms.items()}
         prompts.append(p)
         for c, s in cs.items():
             completions[c].append(s)
+            masks[c].append(ms[c])
         rows.append(i)
     idx = np.asarray(rows, dtype=np.int64)
     columns = {}
@@ -152,7 +217,17 @@ def encode(
             values = table.column(name).to_numpy(zero_copy_only=False)
             columns[name] = np.asarray(values, dtype=np.float64)[idx]
     stats = {"examples": table.num_rows, "kept": len(rows), "dropped": dropped, "truncated": truncated}
-    return Encoded(prompts, completions, idx, columns, stats)
+    scored = {c: [[True] * len(s) if m is None else m for s, m in zip(completions[c], masks[c])]
+              for c in completion_columns if any(m is not None for m in masks[c])}
+    return Encoded(prompts, completions, idx, columns, stats, scored)
+
+
+def _turns(text: str | None) -> list[dict[str, str]] | None:
+    """A multi-turn completion's messages when ``text`` is their JSON encoding (as tables store them), else None."""
+    if not isinstance(text, str):
+        return None
+    value = decode_prompt(text)
+    return value if isinstance(value, list) else None
 
 
 def encode_pairs(table: pa.Table, tokenizer: Any, cfg: Any, completions: tuple[str, ...] = ("chosen", "rejected")
@@ -166,6 +241,7 @@ def encode_pairs(table: pa.Table, tokenizer: Any, cfg: Any, completions: tuple[s
         max_completion_length=cfg.max_completion_length,
         truncation=cfg.truncation,
         max_length=getattr(cfg, "max_length", None),
+        segment_turns=getattr(getattr(cfg, "loss", None), "segment_turns", None),
     )
 
 
@@ -181,6 +257,7 @@ def encode_sft(table: pa.Table, tokenizer: Any, *, max_prompt_length: int, max_c
     enc = encode(table, tokenizer, (target,), max_prompt_length=max_prompt_length,
                  max_completion_length=max_completion_length, truncation=truncation, float_columns=("weight",))
     enc.completions = {"completion": enc.completions[target]}
+    enc.masks = {"completion": enc.masks[target]} if target in enc.masks else {}
     return enc
 
 
@@ -209,18 +286,27 @@ def kto_view(pairs: Encoded, seed: int) -> Encoded:
     n = len(pairs)
     partner = kl_partners(n, seed)
     chosen, rejected = pairs.completions["chosen"], pairs.completions["rejected"]
-    prompts, comp, kl = [], [], []
+    prompts, comp, kl, comp_mask, kl_mask = [], [], [], [], []
     for i in range(n):
-        for seqs in (chosen, rejected):
+        for key, seqs in (("chosen", chosen), ("rejected", rejected)):
             prompts.append(pairs.prompts[i])
             comp.append(seqs[i])
             kl.append(seqs[partner[i]])
+            comp_mask.append(scored_mask(pairs, key, i))
+            kl_mask.append(scored_mask(pairs, key, int(partner[i])))
     cols = {"label": np.tile([1.0, 0.0], n), "weight": np.repeat(pairs.columns.get("weight", np.ones(n)), 2)}
     if all(c in pairs.columns for c in REF_COLUMNS):
         cols["ref_logps"] = _interleave(pairs.columns[REF_COLUMNS[0]], pairs.columns[REF_COLUMNS[1]])
     if all(c in pairs.columns for c in KTO_REF_COLUMNS):
         cols["ref_kl_logps"] = _interleave(pairs.columns[KTO_REF_COLUMNS[0]], pairs.columns[KTO_REF_COLUMNS[1]])
-    return Encoded(prompts, {"completion": comp, "kl": kl}, np.repeat(pairs.rows, 2), cols, dict(pairs.stats))
+    masks = {"completion": comp_mask, "kl": kl_mask} if pairs.masks else {}
+    return Encoded(prompts, {"completion": comp, "kl": kl}, np.repeat(pairs.rows, 2), cols, dict(pairs.stats), masks)
+
+
+def scored_mask(data: Encoded, key: str, i: int) -> list[bool]:
+    """Which tokens of example ``i``'s completion ``key`` are scored (all, unless it is multi-turn)."""
+    masks = data.masks.get(key)
+    return [True] * len(data.completions[key][i]) if masks is None else masks[i]
 
 
 def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:

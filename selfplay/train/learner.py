@@ -51,6 +51,7 @@ from selfplay.train.data import (
     kl_partners,
     kto_view,
     read_table,
+    scored_mask,
     table_fingerprint,
 )
 from selfplay.train.engine import (
@@ -231,7 +232,7 @@ class Learner:
         data = encode_sft(table, self.tokenizer, max_prompt_length=base.max_prompt_length,
                           max_completion_length=base.max_completion_length, truncation=base.truncation)
         objective = lambda d, m: sft_objective(self.engine, d, m, self.pad_id, self.device)
-        n_tokens = np.asarray([len(c) for c in data.completions["completion"]], dtype=np.int64)
+        n_tokens = np.asarray([sum(scored_mask(data, "completion", i)) for i in range(len(data))], dtype=np.int64)
         denominator = lambda d, step: sum(int(n_tokens[i]) for m in step.micros
                                           for i, real in zip(m.indices, m.real) if real)
         if self.lora is None:

@@ -117,14 +117,15 @@ def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], k
     out = _forward(model, ends, input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
     cache = out.past_key_values
     last = out.logits[torch.arange(b, device=device), torch.searchsorted(ends, prompt_len - 1)]
-    ids, cmask = batch["completion_ids"], batch["completion_mask"]
+    ids, cmask, smask = batch["completion_ids"], batch["completion_mask"], batch["score_mask"]
     per_key = cmask.view(b, k, -1).sum(-1).amax(0).tolist()  # each key's longest completion
     if split and b * sum(per_key) <= SPLIT_BELOW * k * b * ids.shape[1]:
         parts = []
         for j, width in enumerate(per_key):
             rows = torch.arange(j, k * b, k, device=device)
             parts.append(_continue(model, _fork(cache) if j < k - 1 else cache, batch["prompt_mask"], prompt_len,
-                                   last, ids[rows, :width], cmask[rows, :width], torch.arange(b, device=device)))
+                                   last, ids[rows, :width], cmask[rows, :width], smask[rows, :width],
+                                   torch.arange(b, device=device)))
         return ScoredByKey(tuple(parts), prompt_len + cmask.sum(-1).view(b, k).sum(-1))
     cache.batch_repeat_interleave(k)  # differentiable: gradients reach the prompt through the cache
     positions = prompt_len.repeat_interleave(k)[:, None] + torch.arange(ids.shape[1], device=device)[None]
@@ -134,7 +135,7 @@ def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], k
     logits = torch.cat([last.repeat_interleave(k, 0)[:, None], out.logits[:, :-1]], dim=1)
     order = torch.arange(k * b, device=device).view(b, k).t().reshape(-1)
     tokens = prompt_len + cmask.sum(-1).view(b, k).sum(-1)
-    return Scored(logits, ids, cmask.bool(), order, tokens)
+    return Scored(logits, ids, smask, order, tokens)
 
 
 def shares_prefix(model: Any, data: Encoded, wanted: bool = True) -> bool:
@@ -186,13 +187,14 @@ def _takes_logits_to_keep(model: Any) -> bool:
 
 
 def _continue(model: Any, cache: Any, prompt_mask: Tensor, prompt_len: Tensor, last: Tensor, ids: Tensor,
-              cmask: Tensor, order: Tensor) -> Scored:
-    """One key's completions [B, T] through ``model`` on the prompts' KV ``cache`` (consumed)."""
+              cmask: Tensor, smask: Tensor, order: Tensor) -> Scored:
+    """One key's completions [B, T] through ``model`` on the prompts' KV ``cache`` (consumed); ``smask``
+    marks the tokens to score (``cmask`` less a multi-turn completion's user turns)."""
     positions = prompt_len[:, None] + torch.arange(ids.shape[1], device=ids.device)[None]
     out = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, cmask], dim=1), position_ids=positions,
                 past_key_values=cache, use_cache=True)
     logits = torch.cat([last[:, None], out.logits[:, :-1]], dim=1)
-    return Scored(logits, ids, cmask.bool(), order, prompt_len + cmask.sum(-1))
+    return Scored(logits, ids, smask, order, prompt_len + cmask.sum(-1))
 
 
 def _fork(cache: Any) -> Any:

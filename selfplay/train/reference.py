@@ -32,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from selfplay.train.batches import shard_indices
-from selfplay.train.data import Encoded
+from selfplay.train.data import Encoded, scored_mask
 from selfplay.train.objective import run_model, sequence_sums
 
 META_KEY = b"selfplay.reference"
@@ -90,6 +90,8 @@ def score_unique(model: Any, data: Encoded, keys: tuple[str, ...], pad_id: int, 
     (``best_worst``) make the same batches as :func:`score`. Sequences in ``known`` (scored earlier, by the
     same weights: :meth:`Learner.prescore`) are taken from it. Collective under ZeRO-3, like :func:`score`.
     """
+    if any(key in data.masks for key in keys):  # multi-turn: the sums depend on which tokens are scored too
+        return score(model, data, keys, pad_id, device, batch_size, share_prefix, split)
     known = known or {}
     seqs = {key: [(tuple(p), tuple(c)) for p, c in zip(data.prompts, data.completions[key])] for key in keys}
     todo = [seq for i in range(len(data)) for key in keys if (seq := seqs[key][i]) not in known]
@@ -128,7 +130,10 @@ def kto_scoring_view(pairs: Encoded, partner: np.ndarray) -> Encoded:
     comps = dict(pairs.completions)
     comps["kl_chosen"] = [pairs.completions["chosen"][j] for j in partner]
     comps["kl_rejected"] = [pairs.completions["rejected"][j] for j in partner]
-    return Encoded(pairs.prompts, comps, pairs.rows, pairs.columns, pairs.stats)
+    masks = dict(pairs.masks)
+    if masks:
+        masks.update({f"kl_{k}": [scored_mask(pairs, k, int(j)) for j in partner] for k in ("chosen", "rejected")})
+    return Encoded(pairs.prompts, comps, pairs.rows, pairs.columns, pairs.stats, masks)
 
 
 def with_columns(table: pa.Table, rows: np.ndarray, values: dict[str, np.ndarray], meta: dict) -> pa.Table:
@@ -150,7 +155,7 @@ def with_columns(table: pa.Table, rows: np.ndarray, values: dict[str, np.ndarray
 
 def reference_meta(cfg: Any) -> dict:
     return {"max_prompt_length": cfg.max_prompt_length, "max_completion_length": cfg.max_completion_length,
-            "truncation": cfg.truncation}
+            "truncation": cfg.truncation, "segment_turns": getattr(getattr(cfg, "loss", None), "segment_turns", None)}
 
 
 def require_columns(table: pa.Table, names: tuple[str, ...], cfg: Any) -> None:
