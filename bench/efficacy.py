@@ -1,155 +1,212 @@
-"""Does self-play training beat what users would run instead? One start, one generation budget, 3 seeds.
+"""Does self-play training beat what users would run instead? Every arm tuned, then compared on test.
 
-    python -m bench.efficacy                     # every arm, seeds 0 1 2, at the full table's budget
-    python -m bench.efficacy --quick             # seed 0, the six arms the three claims need
-    python -m bench.efficacy --budget recipe     # the full table at the recipe's own budget (~2 h here)
-    python -m bench.efficacy --set evaluation.num_prompts=200 --arms sft spin --seeds 0 1
+Each arm runs at its own tuned settings, from one start per seed, at one generation budget, and is scored
+on held-out problems that no choice of settings ever saw.
 
-Every arm is the real pipeline: ``selfplay run`` on the quick-start recipe (``--recipe``, default
-``recipes/quickstart.yaml``) plus that arm's ``--set`` overrides, so the recipe's task, model, sizes and
-optimiser settings are the benchmark's. Per seed the starting policy is made once (``selfplay prepare``,
-with the recipe's warm start) and every arm starts from it (``policy.path``, no warm start), so arms
-differ only in what they do with the same samples budget (``iterations x prompts_per_iteration x n``).
+    python -m bench.efficacy --tune                  # choose every arm's settings (validation half, seed 0)
+    python -m bench.efficacy                         # the table: tuned settings, seeds 0 1 2, test half
+    python -m bench.efficacy --quick                 # seed 0, six arms, tuned settings (the short check)
+    python -m bench.efficacy --task all --tune       # the same for the quick start + two reasoning-gym tasks
+    python -m bench.efficacy --task all
+    python -m bench.efficacy --spin-regime           # SPIN against more SFT from an SFT plateau
+    python -m bench.efficacy --recipe R.yaml --arms sft rft dpo_previous --seeds 0   # any verifier recipe
 
-Arms (overrides on the recipe; everything not named is the recipe's):
+Every run is the real pipeline: ``selfplay prepare`` makes each seed's start policy (the recipe's warm
+start) and every arm is ``selfplay run`` from it (``policy.path``) with the arm's ``--set`` overrides
+(``bench.efficacy_arms``), so arms differ only in what they do with the same samples budget
+(``iterations x prompts_per_iteration x n``). Runs go ``--jobs`` at a time (default 2, one per core, one
+thread each) and are reused when an identical one finished before (``bench.efficacy_runs``).
 
-* ``sft``: continued SFT on the reference answers of the same prompts (judge ``sft``, pairing
-  ``reference`` capped at one row per prompt, loss ``sft``): SPIN's rows with the rejected side dropped,
-  hence the same number of optimizer steps as ``spin``.
-* ``rft``: rejection-sampling fine-tuning (pairing ``best``, loss ``sft``): SFT on each prompt's first
-  verified-correct sample (RAFT / ReST / STaR).
-* ``dpo_offline``: DPO on pairs sampled once from the start policy: one iteration over all
-  ``iterations x prompts_per_iteration`` prompts (same budget, about the same number of steps).
-* ``dpo_previous`` / ``dpo_initial``: iterative DPO with the previous / the initial policy as reference.
-* ``spin``: SPIN (judge ``sft``, the reference answer against one differing sample per prompt, DPO loss,
-  reference ``previous``).
-* ``ipo``, ``dpop``, ``kto``: those losses with the recipe's beta; ``simpo`` with the SimPO paper's
-  beta 2.0 and gamma/beta 0.5 (at beta 0.1 its margin term vanishes).
+Honest tuning (``bench.efficacy_split``): the held-out prompts are split in two by a hash of their id.
+``--tune`` (``bench.efficacy_tune``) runs each arm's search on seed 0 at ``TUNE_BUDGET`` and keeps the
+settings with the best *validation* accuracy in ``bench/efficacy_tuned.yaml``; the table runs those on
+seeds 0, 1 and 2 at ``TABLE_BUDGET`` and prints *test* accuracy only. An arm with no tuned settings runs
+its search space's default point and the table marks it ``(untuned)``.
 
-Budget: ``--quick`` runs the recipe's own (the quick start: 5 iterations of 4096 prompts x 8 samples),
-so its ``dpop`` arm is the quick start itself. The full table is 30 runs, about two hours at that
-budget on two cores, so by default it runs at ``FULL_TABLE_BUDGET``: 3 iterations of 2048 prompts (the
-same samples per prompt), 30% of the samples, which fits the hour. ``--budget recipe`` keeps the
-recipe's. Every arm of a table has the same budget either way, and the header line says which it is.
+Tasks (``--task``, ``bench.efficacy_arms.TASKS``): ``quickstart`` (sorting, every arm) and two
+reasoning-gym tasks on ``recipes/reasoning_gym.yaml`` (sft, rft, dpo_previous, the best other
+preference arm by the quick start's tuned validation accuracy, spin). ``--recipe R`` runs any recipe
+whose task has a verifier, as a task named after the file.
 
-Measured per run: the last evaluated held-out accuracy; KL(start || final) estimated on iteration 0's
-samples (drawn from the start policy at the recipe's temperature, so at temperature 1 the estimate is
-unbiased); the mean change of the chosen log-prob over iteration 0's pairs (log pi_final - log pi_start,
-the quantity the DPOP paper tracks); total optimizer steps; wall time of the ``selfplay run`` process.
-Arms run as separate ``selfplay run`` processes, ``--jobs`` at a time (default 2: one per core; each run's
-actors use one thread). Each run is a Ray driver with its own local Ray, exactly as a user runs it, so
-processes rather than tasks of one shared Ray are what keeps the arms independent. Results and run
-directories stay under ``--out``: rerunning the same command reuses finished runs, and
-``selfplay compare OUT/seed0/*/`` shows any seed's runs side by side.
+Measured per run (``bench.efficacy_report``): validation and test accuracy of the last evaluated
+iteration; KL(start || final) on iteration 0's samples (drawn from the start policy, so at temperature 1
+the estimate is unbiased); the mean change of the chosen log-prob over iteration 0's pairs; optimizer
+steps; wall time of the ``selfplay run`` process. Output under ``--out``: per task ``starts/``, ``runs/``,
+``results.json`` (the table's raw numbers) and ``tune.json`` (every tuning run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-_MEASURE = threading.Lock()
-FULL_TABLE_BUDGET = ("iterations=3", "generation.prompts_per_iteration=2048")
-ALL_ARMS = ("sft", "rft", "dpo_offline", "dpo_previous", "dpo_initial", "spin", "ipo", "dpop", "simpo", "kto")
+from bench.efficacy_arms import (
+    ALL_ARMS,
+    PREFERENCE_ARMS,
+    QUICK_ARMS,
+    SPACES,
+    TABLE_TASKS,
+    TASKS,
+    TaskRow,
+    arm_overrides,
+    describe,
+    resolve_arms,
+    settings_overrides,
+)
+from bench.efficacy_runs import ROOT, prepare_start, run_arm, start_sets
+from bench.efficacy_tune import (
+    STAGES,
+    TUNE_BUDGET,
+    TUNED_FILE,
+    best_preference_arm,
+    load_tuned,
+    record_arm,
+    stage_settings,
+    tuned_settings,
+    write_tuned,
+)
+
+TABLE_BUDGET = ("iterations=3", "generation.prompts_per_iteration=2048")
+"""The table's budget: 3 iterations of 2048 prompts (x the recipe's n samples), 30% of the quick start's."""
+BENCH_EVAL = ("evaluation.num_prompts=1000",)
+"""Held-out prompts per evaluation: about 500 in each half."""
+BEST_FROM = "quickstart"
+"""The task whose tuned validation accuracies pick the reduced tasks' best preference arm."""
 
 
-def quick_arms(reference: str) -> tuple[str, ...]:
-    """The arms the three claims compare; the DPO arm matches the recipe's reference (DPOP's too)."""
-    return ("sft", "spin", "dpo_offline", f"dpo_{reference}", "dpop", "rft")
+def task_rows(names: list[str], recipe: str | None) -> list[TaskRow]:
+    if recipe is not None:
+        path = Path(recipe).resolve()
+        same = [t for t in TASKS.values() if (ROOT / t.recipe).resolve() == path and not t.overrides]
+        return same or [TaskRow(path.stem, str(path))]
+    names = list(TABLE_TASKS) if "all" in names else names
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise SystemExit(f"--task: unknown {unknown}; known: {', '.join(TASKS)}, all")
+    return [TASKS[n] for n in names]
 
 
-def arm_overrides(arm: str, base: Any) -> list[str]:
-    """``--set`` overrides that turn the recipe ``base`` (a RunConfig) into ``arm``."""
-    loss = lambda kind, *extra: [f"train.loss.type={kind}", "train.loss.params={}", *extra]
-    spin_rows = ["judge.type=sft", "pairing.strategy=reference", "pairing.max_pairs_per_prompt=1"]
-    budget = base.iterations * base.generation.prompts_per_iteration
-    table = {
-        "sft": [*spin_rows, *loss("sft")],
-        "rft": ["pairing.strategy=best", *loss("sft")],
-        "dpo_offline": [*loss("sigmoid"), "iterations=1", f"generation.prompts_per_iteration={budget}",
-                        "train.reference=initial"],
-        "dpo_previous": [*loss("sigmoid"), "train.reference=previous"],
-        "dpo_initial": [*loss("sigmoid"), "train.reference=initial"],
-        "spin": [*spin_rows, *loss("sigmoid"), "train.reference=previous"],
-        "ipo": loss("ipo"),
-        "dpop": loss("dpop"),
-        "simpo": [*loss("simpo"), "train.loss.beta=2.0", "train.loss.params={gamma: 1.0}"],
-        "kto": loss("kto"),
-    }
-    if arm not in table:
-        raise ValueError(f"--arms: unknown arm {arm!r}; known: {', '.join(ALL_ARMS)}")
-    out = table[arm]
-    if arm not in ("sft", "spin") and base.judge is not None and base.judge.type == "sft":
-        raise ValueError(f"arm {arm}: the recipe's judge is `sft`; the preference arms need a verifier")
-    if arm not in ("sft", "spin", "rft") and base.pairing_strategy in ("reference", "best"):
-        out = ["pairing.strategy=best_worst", *out]
-    return out
+def task_arms(row: TaskRow, tuned: dict[str, Any], args: argparse.Namespace) -> tuple[str, ...]:
+    """The arms to run on ``row``: --arms, else the task's (best arm resolved), narrowed by --quick."""
+    if args.arms:
+        return tuple(args.arms)
+    others = tuple(a for a in PREFERENCE_ARMS if a not in row.arms)
+    best = best_preference_arm(tuned, BEST_FROM, others)
+    if best is None and others:
+        best = "dpop"  # untuned: the quick start's own loss
+    arms = resolve_arms(row.arms, best)
+    return tuple(a for a in arms if a in QUICK_ARMS or a == best) if args.quick else arms
 
 
-# -------------------------------------------------------------------------------------- processes
-def _selfplay(args: list[str], log: Path, threads: int = 1) -> tuple[int, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "selfplay.cli", *args], cwd=ROOT, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    return proc.returncode, time.perf_counter() - start
+class Plan:
+    """One task's recipe, shared overrides, budget and prepared starts."""
+
+    def __init__(self, row: TaskRow, args: argparse.Namespace, budget: tuple[str, ...]):
+        from selfplay.config import load_config
+
+        self.row, self.name = row, row.name
+        self.recipe = (ROOT / row.recipe).resolve()
+        self.out = Path(args.out).resolve() / row.name
+        self.common = [*BENCH_EVAL, *row.overrides, *args.common]
+        self.budget = list(budget)
+        self.base = load_config(self.recipe, [*self.common, *self.budget])
+        task = self.base.task
+        if task.type == "pairs":
+            raise SystemExit(f"{self.recipe}: a `pairs` task has no held-out problems to score")
+        self.starts: dict[int, dict[str, Any]] = {}
+
+    def sets(self, arm: str, seed: int, settings: dict[str, Any]) -> list[str]:
+        return [*self.common, *self.budget, *start_sets(seed, self.starts[seed]), *arm_overrides(arm, self.base),
+                *settings_overrides(arm, settings)]
+
+    def run(self, arm: str, seed: int, settings: dict[str, Any], full: bool, **info: Any) -> dict[str, Any]:
+        return run_arm(self.recipe, self.out, f"{arm}-s{seed}", self.sets(arm, seed, settings), self.starts[seed],
+                       full=full, info={"task": self.name, "arm": arm, "seed": seed, "settings": settings, **info})
 
 
-def prepare_start(recipe: Path, out: Path, seed: int, common: list[str]) -> dict[str, Any]:
-    """``selfplay prepare`` for one seed (reused when done); the start policy's path and accuracy."""
-    from selfplay.loop.compare import run_summary
-    from selfplay.loop.rundir import RunDir
-
-    run_dir = out / f"seed{seed}" / "start"
-    rc, seconds = _selfplay(["prepare", str(recipe), "--run-dir", str(run_dir), "--set", f"seed={seed}",
-                             *sum((["--set", o] for o in common), [])], out / f"seed{seed}" / "start.log")
-    rd = RunDir(run_dir)
-    if rc != 0 or not rd.manifest.get("prepared"):
-        raise RuntimeError(f"seed {seed}: selfplay prepare failed (exit {rc}); see {out}/seed{seed}/start.log")
-    return {"seed": seed, "policy": rd.manifest["initial_policy"], "accuracy": run_summary(run_dir)["start"],
-            "seconds": seconds}
+def prepare(plans: list[Plan], seeds: list[int], pool: ThreadPoolExecutor) -> None:
+    jobs = [(p, s) for p in plans for s in seeds]
+    for (p, s), start in zip(jobs, pool.map(lambda j: prepare_start(j[0].recipe, j[0].out, j[1], j[0].common), jobs)):
+        p.starts[s] = start
+        print(f"  {p.name} start seed {s}: validation {_f(start['validation'])}, test {_f(start['test'])}, "
+              f"prepared in {start['seconds']:.0f} s", flush=True)
 
 
-def run_arm(recipe: Path, out: Path, seed: int, arm: str, start: dict[str, Any], overrides: list[str],
-            common: list[str]) -> dict[str, Any]:
-    """One arm on one seed: ``selfplay run`` from the start policy, then the measurements (cached)."""
-    from bench.efficacy_report import measure
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
-    run_dir, cache = out / f"seed{seed}" / arm, out / f"seed{seed}" / f"{arm}.result.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    ran = out / f"seed{seed}" / f"{arm}.run.json"  # a finished run keeps its wall time for a rerun
-    if ran.exists():
-        rc, seconds = 0, json.loads(ran.read_text())["wall_s"]
-    else:
-        sets = [*common, f"seed={seed}", f"policy.path={start['policy']}", "policy.preset=null",
-                "policy.warmstart=null", *overrides]
-        rc, seconds = _selfplay(["run", str(recipe), "--run-dir", str(run_dir),
-                                 *sum((["--set", s] for s in sets), [])], out / f"seed{seed}" / f"{arm}.log")
-        if rc == 0:
-            ran.write_text(json.dumps({"wall_s": seconds}))
-    result = {"arm": arm, "seed": seed, "returncode": rc, "wall_s": round(seconds, 1), "overrides": overrides}
-    try:
-        with _MEASURE:  # one at a time: HF loading is not thread-safe, and the runs need the cores more
-            result.update(measure(run_dir, start["policy"], rc == 0))
-    except Exception as exc:  # a measurement bug must not discard an hour of runs: report it per run
-        result.update(returncode=rc or -1, error=f"measurement failed: {type(exc).__name__}: {exc}")
-        return result
-    if rc == 0:
-        cache.write_text(json.dumps(result, indent=2))
-    return result
+
+def _report(i: int, n: int, r: dict[str, Any], what: str) -> None:
+    state = "ok" if r["returncode"] == 0 else r.get("error") or f"FAILED (exit {r['returncode']})"
+    print(f"  [{i}/{n}] {r['task']} seed {r['seed']} {r['arm']} {describe(r['settings'])}: {state}, "
+          f"{what} {_f(r.get(what))}, {r['wall_s']:.0f} s{' (reused)' if r.get('reused') else ''}", flush=True)
+
+
+def tune(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], pool: ThreadPoolExecutor, tuned_path: Path) -> None:
+    """Every stage of every arm's search, all tasks' runs of a stage in one pool; the file after each stage."""
+    tuned = load_tuned(tuned_path)
+    trials: dict[tuple[str, str], list[dict[str, Any]]] = {(p.name, a): [] for p in plans for a in arms_of[p.name]}
+    for stage in STAGES:
+        jobs = [(p, a, s) for p in plans for a in arms_of[p.name]
+                for s in stage_settings(SPACES[a], stage, trials[(p.name, a)])]
+        print(f"  tune stage {stage}: {len(jobs)} runs", flush=True)
+        futures = [pool.submit(p.run, a, 0, s, False, stage=stage) for p, a, s in jobs]
+        for i, ((p, a, _), fut) in enumerate(zip(jobs, futures), 1):
+            r = fut.result()
+            trials[(p.name, a)].append(r)
+            _report(i, len(jobs), r, "validation")
+        for p in plans:
+            info = {"recipe": str(p.recipe.relative_to(ROOT)) if p.recipe.is_relative_to(ROOT) else str(p.recipe),
+                    "overrides": p.common, "budget": p.budget, "seed": 0,
+                    "start_validation": p.starts[0]["validation"]}
+            for a in arms_of[p.name]:
+                record_arm(tuned, p.name, info, a, trials[(p.name, a)])
+            (p.out / "tune.json").write_text(json.dumps([t for (n, _), ts in trials.items() if n == p.name
+                                                         for t in ts], indent=2))
+        write_tuned(tuned, tuned_path)
+    for p in plans:
+        for a in arms_of[p.name]:
+            rec = tuned["tasks"].get(p.name, {}).get("arms", {}).get(a)
+            print(f"  chosen {p.name} {a}: " + (f"{describe(rec['settings'])} (validation {rec['validation']:.3f})"
+                                                if rec else "nothing scored"), flush=True)
+    print(f"  tuned settings: {tuned_path}")
+
+
+def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[int], pool: ThreadPoolExecutor,
+          tuned_path: Path) -> bool:
+    from bench.efficacy_report import claims, print_results, write_plots
+
+    tuned = load_tuned(tuned_path)
+    jobs = []
+    for p in plans:
+        for a in arms_of[p.name]:
+            settings = tuned_settings(tuned, p.name, a)
+            if settings is None:
+                print(f"  {p.name} {a}: no tuned settings in {tuned_path}; running the search's default "
+                      f"({describe(SPACES[a].default())}), marked untuned", flush=True)
+            jobs += [(p, a, s, settings or SPACES[a].default(), settings is not None) for s in seeds]
+    futures = [pool.submit(p.run, a, s, st, True, tuned=ok) for p, a, s, st, ok in jobs]
+    results = []
+    for i, fut in enumerate(futures, 1):
+        results.append(fut.result())
+        _report(i, len(jobs), results[-1], "test")
+    ok = True
+    for p in plans:
+        mine = [r for r in results if r["task"] == p.name]
+        (p.out / "results.json").write_text(json.dumps({"starts": p.starts, "runs": mine}, indent=2))
+        for path in write_plots(p.out, mine):
+            print(f"  plot: {path}")
+        print(f"\n{p.name} ({p.recipe.name}; {' '.join(p.budget)}; raw numbers in {p.out / 'results.json'})")
+        print_results(arms_of[p.name], mine, p.starts)
+        for line in claims(mine, "previous"):
+            print(line)
+        ok = ok and all(r["returncode"] == 0 for r in mine)
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,58 +214,53 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     import selfplay.train.reference  # noqa: F401
-    from bench.efficacy_report import claims, print_results, write_plots
-    from selfplay.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "quickstart.yaml"))
-    ap.add_argument("--quick", action="store_true", help="seed 0 and the six arms the claims need")
-    ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --quick)")
-    ap.add_argument("--arms", nargs="+", choices=ALL_ARMS, help="default: all (the claims' six with --quick)")
+    ap.add_argument("--task", nargs="+", default=["quickstart"], help=f"{', '.join(TASKS)} or all")
+    ap.add_argument("--recipe", help="any recipe with a verifier, instead of --task (a task named after the file)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--tune", action="store_true", help="search each arm's settings on the validation half")
+    mode.add_argument("--quick", action="store_true", help="seed 0, the six quick arms, tuned settings")
+    mode.add_argument("--spin-regime", action="store_true", help="SPIN vs more SFT from an SFT plateau")
+    ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --quick and --tune)")
+    ap.add_argument("--arms", nargs="+", choices=ALL_ARMS, help="default: the task's arms")
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="override for every run, the start included (e.g. to shrink sizes)")
-    ap.add_argument("--budget", choices=("table", "recipe"), default=None,
-                    help="table: FULL_TABLE_BUDGET (the full table's default); recipe: the recipe's own "
-                         "(--quick's default)")
+    ap.add_argument("--budget", choices=("table", "recipe"), default="table",
+                    help="table: TABLE_BUDGET (TUNE_BUDGET with --tune); recipe: the recipe's own")
+    ap.add_argument("--tuned", default=str(TUNED_FILE), help="the tuned-settings file (read; written by --tune)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core here)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "efficacy"), help="run directories and results")
     args = ap.parse_args(argv)
-    recipe, out = Path(args.recipe).resolve(), Path(args.out).resolve()
-    budget = args.budget or ("recipe" if args.quick else "table")
-    if budget == "table":  # before the user's --set, so theirs win
-        args.common = [*FULL_TABLE_BUDGET, *args.common]
-    base = load_config(recipe, args.common)
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    arms = args.arms or (quick_arms(base.train.reference) if args.quick else ALL_ARMS)
-    plan = {arm: arm_overrides(arm, base) for arm in arms}
+    if args.tune and args.seeds and args.seeds != [0]:
+        raise SystemExit("--tune chooses on seed 0 only (the table's other seeds must not inform a choice)")
+    seeds = args.seeds or ([0] if (args.quick or args.tune) else [0, 1, 2])
+    budget = () if args.budget == "recipe" else TUNE_BUDGET if args.tune else TABLE_BUDGET
+    tuned_path = Path(args.tuned).resolve()
+    rows = task_rows(args.task, args.recipe)
+    if args.spin_regime:
+        from bench.efficacy_spin import spin_regime
+
+        return spin_regime(rows, args, seeds, tuned_path)
+    plans = [Plan(row, args, budget) for row in rows]
+    tuned = load_tuned(tuned_path)
+    arms_of = {p.name: task_arms(p.row, tuned, args) for p in plans}
     t0 = time.perf_counter()
-    print(f"efficacy: {recipe.name}, seeds {seeds}, arms {', '.join(arms)}, {args.jobs} at a time, out {out}",
-          flush=True)
-    print(f"  budget ({budget}): {base.iterations} iterations x {base.generation.prompts_per_iteration} prompts"
-          f" x {base.generation.n} samples per arm", flush=True)
+    what = "tune" if args.tune else "quick" if args.quick else "table"
+    print(f"efficacy {what}: seeds {seeds}, {args.jobs} at a time, out {Path(args.out).resolve()}", flush=True)
+    for p in plans:
+        b = p.base
+        print(f"  {p.name} ({p.recipe.name}): arms {', '.join(arms_of[p.name])}; {b.iterations} iterations x "
+              f"{b.generation.prompts_per_iteration} prompts x {b.generation.n} samples per arm", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        starts = {s["seed"]: s for s in pool.map(lambda s: prepare_start(recipe, out, s, args.common), seeds)}
-        for s in starts.values():
-            print(f"  start seed {s['seed']}: accuracy {s['accuracy']}, prepared in {s['seconds']:.0f} s", flush=True)
-        jobs = [(seed, arm) for seed in seeds for arm in arms]
-        futures = [pool.submit(run_arm, recipe, out, seed, arm, starts[seed], plan[arm], args.common)
-                   for seed, arm in jobs]
-        results = []
-        for i, fut in enumerate(futures, 1):
-            r = fut.result()
-            results.append(r)
-            state = "ok" if r["returncode"] == 0 else r.get("error") or f"FAILED (exit {r['returncode']})"
-            acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
-            print(f"  [{i}/{len(jobs)}] seed {r['seed']} {r['arm']}: {state}, accuracy {acc}, {r['wall_s']:.0f} s",
-                  flush=True)
-    (out / "results.json").write_text(json.dumps({"starts": starts, "runs": results}, indent=2))
-    for path in write_plots(out, seeds, arms):
-        print(f"  plot: {path}")
-    print(f"  total wall time {time.perf_counter() - t0:.0f} s; raw numbers in {out / 'results.json'}")
-    print_results(arms, results, starts)
-    for line in claims(results, base.train.reference):  # the last lines: what held at this scale
-        print(line)
-    return 0 if all(r["returncode"] == 0 for r in results) else 1
+        prepare(plans, seeds, pool)
+        if args.tune:
+            tune(plans, arms_of, pool, tuned_path)
+            ok = True
+        else:
+            ok = table(plans, arms_of, seeds, pool, tuned_path)
+    print(f"  total wall time {time.perf_counter() - t0:.0f} s")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Measurements, table and claims of ``bench.efficacy`` (see that module for the design).
 
-* ``measure``: a finished run's accuracy (from its run directory), its KL to the start policy and the
-  change of its chosen log-probs, both by a plain forward of the start and final policies over
-  iteration 0's samples and pairs (the learner's own tokenisation, ``selfplay.train.data.encode``).
-* ``summarise`` / ``print_results``: one row per arm over seeds (mean, sample sd, min).
+* ``measure``: a finished run's validation and test accuracy (``bench.efficacy_split``, from its eval
+  tables), optimizer steps, and with ``full`` its KL to the start policy and the change of its chosen
+  log-probs, both by a plain forward of the start and final policies over iteration 0's samples and
+  pairs (the learner's own tokenisation, ``selfplay.train.data.encode``).
+* ``summarise`` / ``table_lines``: one row per arm over seeds (mean, sample sd, min) of *test* accuracy;
+  validation numbers stay in ``results.json`` for the choices that need them.
 * ``claims``: each published claim as held / not held, computed from the same numbers; a difference is
-  called beyond seed noise only when it exceeds two standard errors of the two means.
+  called beyond seed noise only when it exceeds two standard errors of the two means. Where a claim
+  needs "the best preference arm", it is chosen by validation accuracy, never test.
 """
 
 from __future__ import annotations
@@ -42,21 +45,26 @@ def _shift(start: str, final: Path, table, column: str, cfg) -> float | None:
     return sum(a - b for a, b in zip(after, before)) / len(before)
 
 
-def measure(run_dir: Path, start_policy: str, finished: bool) -> dict[str, Any]:
-    """accuracy, start_accuracy, kl_to_start, chosen_logp_change, steps of one run (None where unknown)."""
-    import torch
-
+def measure(run_dir: Path, start_policy: str, finished: bool, full: bool = True) -> dict[str, Any]:
+    """validation / test accuracy (and the start's), steps, state, and with ``full`` kl_to_start and
+    chosen_logp_change of one run (None where unknown)."""
+    from bench.efficacy_split import run_split_scores
     from selfplay.config import load_config
     from selfplay.loop.compare import run_summary
     from selfplay.loop.rundir import RunDir, read_parquet
 
     summary = run_summary(run_dir)
-    out: dict[str, Any] = {"accuracy": summary.get("end"), "start_accuracy": summary.get("start"),
+    split = run_split_scores(run_dir)
+    out: dict[str, Any] = {"test": split["test"], "validation": split["validation"],
+                           "start_test": split["start_test"], "start_validation": split["start_validation"],
+                           "n_test": split["n_test"], "n_validation": split["n_validation"],
                            "state": summary["state"], "kl_to_start": None, "chosen_logp_change": None}
     rd = RunDir(run_dir)
     out["steps"] = sum(e["stages"].get("train", {}).get("steps", 0) for e in rd.manifest.get("iterations", {}).values())
-    if not finished or not rd.completed_iterations():
+    if not full or not finished or not rd.completed_iterations():
         return out
+    import torch
+
     torch.set_num_threads(1)
     cfg = load_config(rd.manifest["recipe"]).train
     final, it0 = rd.current_policy(), rd.iter_dir(0)
@@ -67,7 +75,9 @@ def measure(run_dir: Path, start_policy: str, finished: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- the table
-FIELDS = ("accuracy", "kl_to_start", "chosen_logp_change", "steps", "wall_s")
+FIELDS = ("test", "validation", "gain", "kl_to_start", "chosen_logp_change", "steps", "wall_s")
+LOSS_ARMS = ("dpo_previous", "dpo_initial", "ipo", "simpo", "kto", "spin")
+"""The arms of issue 26's first goal: each named loss above the start policy on every seed."""
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -77,14 +87,20 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "n": len(values)}
 
 
+def _gain(r: dict[str, Any]) -> float | None:
+    return None if r.get("test") is None or r.get("start_test") is None else r["test"] - r["start_test"]
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """arm -> {field: stats over the seeds that finished, "seeds": finished, "failed": count}."""
+    """arm -> {field: stats over the seeds that finished, "seeds": finished, "failed": count,
+    "settings": the arm's settings, "tuned": whether they came from the tuned file}."""
     out: dict[str, dict[str, Any]] = {}
     for arm in dict.fromkeys(r["arm"] for r in results):
-        ok = [r for r in results if r["arm"] == arm and r["returncode"] == 0]
+        mine = [r for r in results if r["arm"] == arm]
+        ok = [{**r, "gain": _gain(r)} for r in mine if r["returncode"] == 0]
         out[arm] = {f: _stats([r[f] for r in ok if r.get(f) is not None]) for f in FIELDS}
-        out[arm]["seeds"] = len(ok)
-        out[arm]["failed"] = sum(1 for r in results if r["arm"] == arm) - len(ok)
+        out[arm].update(seeds=len(ok), failed=len(mine) - len(ok), settings=mine[0].get("settings"),
+                        tuned=all(r.get("tuned", False) for r in mine))
     return out
 
 
@@ -93,33 +109,42 @@ def _num(x: float | None, spec: str) -> str:
 
 
 def table_lines(arms: tuple[str, ...] | list[str], summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The table: test accuracy only (mean ± sample sd, min over seeds; gain = test minus the start's)."""
+    from bench.efficacy_arms import describe
     from selfplay.loop.compare import format_table
 
-    headers = ("arm", "seeds", "accuracy mean ± sd", "min", "KL to start", "Δ chosen logp", "steps", "wall s")
+    headers = ("arm", "settings", "seeds", "test acc mean ± sd", "min", "min gain", "KL to start",
+               "Δ chosen logp", "steps", "wall s")
     rows = []
     for arm in arms:
         s = summary.get(arm)
         if s is None:
             continue
-        acc = s["accuracy"]
+        acc = s["test"]
         seeds = f"{s['seeds']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
-        rows.append((arm, seeds, f"{_num(acc['mean'], '.3f')} ± {_num(acc['sd'], '.3f')}", _num(acc["min"], ".3f"),
-                     _num(s["kl_to_start"]["mean"], ".4f"), _num(s["chosen_logp_change"]["mean"], "+.3f"),
-                     _num(s["steps"]["mean"], ".0f"), _num(s["wall_s"]["mean"], ".0f")))
-    return format_table(headers, rows, left={0, 1}).splitlines()
+        settings = describe(s["settings"]) + ("" if s["tuned"] else " (untuned)")
+        rows.append((arm, settings, seeds, f"{_num(acc['mean'], '.3f')} ± {_num(acc['sd'], '.3f')}",
+                     _num(acc["min"], ".3f"), _num(s["gain"]["min"], "+.3f"), _num(s["kl_to_start"]["mean"], ".4f"),
+                     _num(s["chosen_logp_change"]["mean"], "+.3f"), _num(s["steps"]["mean"], ".0f"),
+                     _num(s["wall_s"]["mean"], ".0f")))
+    return format_table(headers, rows, left={0, 1, 2}).splitlines()
+
+
+def start_line(starts: dict[int, dict[str, Any]]) -> str:
+    return ("start policy test accuracy: " + ", ".join(_num(s.get("test"), ".3f") for s in starts.values())
+            + f" (seeds {', '.join(map(str, starts))})")
 
 
 def print_results(arms, results: list[dict[str, Any]], starts: dict[int, dict[str, Any]]) -> None:
-    start = [s["accuracy"] for s in starts.values() if s["accuracy"] is not None]
     print()
-    print(f"start policy accuracy: {', '.join(f'{a:.3f}' for a in start)} (seeds {', '.join(map(str, starts))})")
+    print(start_line(starts))
     for line in table_lines(arms, summarise(results)):
         print(line)
     print()
 
 
 # ---------------------------------------------------------------------------------------- the claims
-def _compare(summary: dict, a: str, b: str, field: str = "accuracy") -> tuple[float, bool] | None:
+def _compare(summary: dict, a: str, b: str, field: str = "test") -> tuple[float, bool] | None:
     """(mean a - mean b, beyond two standard errors) or None when either arm has no value."""
     sa, sb = summary.get(a, {}).get(field), summary.get(b, {}).get(field)
     if not sa or not sb or sa["mean"] is None or sb["mean"] is None:
@@ -137,15 +162,31 @@ def _verdict(held: bool, beyond: bool, n_seeds: int) -> str:
     return ("HELD" if held else "NOT HELD") + (" beyond seed noise" if beyond else " (within seed noise)")
 
 
-def claims(results: list[dict[str, Any]], reference: str) -> list[str]:
-    """One line per published claim, held or not, from the measured table."""
+def best_by_validation(summary: dict[str, dict[str, Any]], arms: tuple[str, ...]) -> str | None:
+    """Of ``arms``, the one with the highest mean *validation* accuracy in this table (never test)."""
+    scored = [(summary[a]["validation"]["mean"], -i, a) for i, a in enumerate(arms)
+              if a in summary and summary[a]["validation"]["mean"] is not None]
+    return max(scored)[2] if scored else None
+
+
+def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[str]:
+    """One line per published claim (issue 26), held or not, from the measured table."""
+    from bench.efficacy_arms import PREFERENCE_ARMS
+
     summary = summarise(results)
     n = min((s["seeds"] for s in summary.values()), default=0)
-    lines = ["claims at this scale (computed from the table above):"]
+    lines = ["claims at this scale (test accuracy; computed from the table above):"]
+    for arm in LOSS_ARMS:
+        s = summary.get(arm)
+        if s is None or s["gain"]["min"] is None:
+            continue
+        held = s["gain"]["n"] == s["seeds"] + s["failed"] and s["gain"]["min"] > 0
+        lines.append(f"- {arm} ends above the start on every seed: smallest gain {s['gain']['min']:+.3f} over "
+                     f"{s['gain']['n']} seed(s) -> {'HELD' if held else 'NOT HELD'}")
     for online in ("dpo_previous", "dpo_initial"):
         c = _compare(summary, online, "dpo_offline")
         if c is not None:
-            lines.append(f"- online iterative DPO ({online}) beats offline DPO: accuracy {c[0]:+.3f} -> "
+            lines.append(f"- online iterative DPO ({online}) beats offline DPO: test {c[0]:+.3f} -> "
                          f"{_verdict(c[0] > 0, c[1], n)}")
     if not any(line.startswith("- online") for line in lines):
         lines.append("- online iterative DPO beats offline DPO: not measured (arms missing or failed)")
@@ -159,21 +200,28 @@ def claims(results: list[dict[str, Any]], reference: str) -> list[str]:
                      f"dpop {p:+.3f} -> {'HELD' if held else 'NOT HELD'}"
                      + ("" if held else f" ({dpo} {'lowered' if d < 0 else 'raised'} it, dpop "
                                         f"{'kept it up' if p >= 0 else 'lowered it too'})"))
+    best = best_by_validation(summary, PREFERENCE_ARMS)
+    for arm, what in (("rpo", "Iterative RPO"), (best, f"the best preference arm by validation ({best})")):
+        c = None if arm is None else _compare(summary, arm, "rft")
+        if c is None:
+            lines.append(f"- {what} beats RFT at equal samples: not measured (arms missing or failed)")
+        else:
+            lines.append(f"- {what} beats RFT at equal samples: test {c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
     c = _compare(summary, "spin", "sft")
-    if c is None:
-        lines.append("- SPIN beats more SFT: not measured (arms missing or failed)")
-    else:
-        lines.append(f"- SPIN beats more SFT (same steps): accuracy {c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
+    if c is not None:
+        lines.append(f"- SPIN vs more SFT from this start (not the paper's regime; see --spin-regime): test "
+                     f"{c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
     return lines
 
 
-def write_plots(out: Path, seeds, arms) -> list[Path]:
+def write_plots(out: Path, results: list[dict[str, Any]]) -> list[Path]:
     """``selfplay compare``'s overlay plot of each seed's arms."""
     from selfplay.loop.compare import compare_runs, write_plot
 
     paths = []
-    for seed in seeds:
-        dirs = [out / f"seed{seed}" / arm for arm in arms if (out / f"seed{seed}" / arm / "manifest.json").exists()]
+    for seed in sorted({r["seed"] for r in results}):
+        dirs = [r["run_dir"] for r in results if r["seed"] == seed and r.get("run_dir")
+                and (Path(r["run_dir"]) / "manifest.json").exists()]
         if dirs:
             paths.append(write_plot(compare_runs(dirs), out / f"compare_seed{seed}.png"))
     return paths
