@@ -616,8 +616,8 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _sampled_k(self) -> EvalConfig:
         if self.k is not None and self.temperature == 0:
-            raise ValueError(f"temperature: evaluation.k = {self.k} samples each prompt at evaluation.temperature, "
-                             "which is 0 (greedy: all k samples would be the same answer); set it > 0, e.g. 1.0")
+            raise ValueError(f"temperature: must be > 0 with evaluation.k = {self.k}: the k samples are drawn at "
+                             "it, and 0 (greedy) would give k copies of one answer; e.g. 1.0")
         return self
 
 

@@ -13,6 +13,9 @@ Choices:
   the train stage (it is recorded there whether or not the iteration was evaluated).
 * "end" is the last *evaluated* policy and "gain" is end minus the initial policy's accuracy; "best"
   names the iteration it came from. A directory that is not a run becomes a row saying why.
+* Runs evaluated with ``evaluation.k`` add ``pass@k`` and ``maj@k`` (of the "end" iteration) as two more
+  columns, headed ``pass@8`` when every such run used the same k, else each cell names its k; the plot
+  draws pass@k dashed beside the accuracy.
 * The plot has three panels (accuracy, reward margin, KL) over iterations, one line per run; missing
   points are skipped and the line joins the points that exist (Agg backend: headless nodes work).
 """
@@ -27,6 +30,7 @@ from typing import Any
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError
 
 SERIES = ("accuracy", "reward_margin", "kl")
+SAMPLED = ("pass@k", "maj@k")  # evaluation.k's metrics, per evaluated point
 
 
 def _read_eval(path: Path) -> dict[str, Any]:
@@ -58,9 +62,9 @@ def run_summary(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
     completed = rd.completed_iterations()
     points: list[dict[str, Any]] = []
     if manifest.get("prepared"):
-        points.append({"iteration": "initial", "accuracy": _number(_read_eval(rd.initial_dir / "eval.json")
-                                                                   .get("accuracy")),
-                       "reward_margin": None, "kl": None})
+        ev = _read_eval(rd.initial_dir / "eval.json")
+        points.append({"iteration": "initial", "accuracy": _number(ev.get("accuracy")),
+                       "reward_margin": None, "kl": None, **_sampled(ev)})
     for key in sorted(iterations, key=int):
         k = int(key)
         train = iterations[key].get("stages", {}).get("train", {})
@@ -68,13 +72,20 @@ def run_summary(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
         kl = _number(ev.get("kl"))
         points.append({"iteration": k, "accuracy": _number(ev.get("accuracy")),
                        "reward_margin": _number(train.get("reward_margin")),
-                       "kl": kl if kl is not None else _number(train.get("kl"))})
+                       "kl": kl if kl is not None else _number(train.get("kl")), **_sampled(ev)})
     seconds = manifest.get("prepare", {}).get("seconds", 0.0) + sum(
         s.get("seconds", 0.0) for entry in iterations.values() for s in entry.get("stages", {}).values())
     out.update(state=_state(manifest, completed, planned), planned=planned, completed=len(completed),
                points=points, seconds=round(seconds, 1))
     out.update(_figures(points))
     return out
+
+
+def _sampled(ev: dict[str, Any]) -> dict[str, Any]:
+    """pass@k and maj@k of one eval.json, with its k (nothing without ``evaluation.k``)."""
+    if ev.get("k") is None:
+        return {}
+    return {"k": ev["k"], **{key: _number(ev.get(key)) for key in SAMPLED}}
 
 
 def _state(manifest: dict[str, Any], completed: list[int], planned: int | None) -> str:
@@ -105,6 +116,7 @@ def _figures(points: list[dict[str, Any]]) -> dict[str, Any]:
         "gain": end["accuracy"] - start if end is not None and start is not None else None,
         "best": best["accuracy"] if best else None,
         "best_iteration": best["iteration"] if best else None,
+        **({"k": end["k"], **{key: end.get(key) for key in SAMPLED}} if end and end.get("k") is not None else {}),
         "reward_margin": last("reward_margin"),
         "kl": last("kl"),
     }
@@ -136,18 +148,45 @@ def _fmt(value: Any, signed: bool = False) -> str:
     return str(value)
 
 
+def _sampled_columns(summaries: list[dict[str, Any]]) -> tuple[list[str], int | None]:
+    """The pass@k/maj@k headers (none when no run has them) and the k they share (None: it differs)."""
+    ks = {s.get("k") for s in summaries if s.get("k") is not None}
+    if not ks:
+        return [], None
+    shared = ks.pop() if len(ks) == 1 else None
+    return [key.replace("@k", f"@{shared}") if shared else key for key in SAMPLED], shared
+
+
+def table_columns(summaries: list[dict[str, Any]]) -> tuple[str, ...]:
+    """``COLUMNS``, with pass@k and maj@k after ``gain`` when some run has them."""
+    extra, _ = _sampled_columns(summaries)
+    at = COLUMNS.index("gain") + 1
+    return (*COLUMNS[:at], *extra, *COLUMNS[at:])
+
+
 def table_rows(summaries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """The table's cells, one tuple per run (in ``COLUMNS`` order)."""
+    """The table's cells, one tuple per run (in ``table_columns`` order)."""
+    extra, shared = _sampled_columns(summaries)
+    at = COLUMNS.index("gain") + 1
+    width = len(COLUMNS) + len(extra)
+
+    def sampled(s: dict[str, Any]) -> tuple[str, ...]:
+        if not extra:
+            return ()
+        cells = tuple(_fmt(s.get(key)) for key in SAMPLED)
+        return cells if shared or s.get("k") is None else tuple(f"{c} (k={s['k']})" for c in cells)
+
     rows = []
     for s in summaries:
         if not s["points"] and "planned" not in s:
-            rows.append((s["run"], s["state"], *("-",) * (len(COLUMNS) - 2)))
+            rows.append((s["run"], s["state"], *("-",) * (width - 2)))
             continue
         best = "-" if s["best"] is None else f"{s['best']:.3f} ({s['best_iteration']})"
         curve = " ".join("-" if p["accuracy"] is None else f"{p['accuracy']:.2f}" for p in s["points"])
-        rows.append((s["run"], s["state"], f"{s['completed']}/{_fmt(s['planned'])}", _fmt(s["start"]),
-                     _fmt(s["end"]), _fmt(s["gain"], signed=True), best, _fmt(s["reward_margin"]),
-                     _fmt(s["kl"]), f"{s['seconds']:.0f}", curve))
+        cells = (s["run"], s["state"], f"{s['completed']}/{_fmt(s['planned'])}", _fmt(s["start"]),
+                 _fmt(s["end"]), _fmt(s["gain"], signed=True), best, _fmt(s["reward_margin"]),
+                 _fmt(s["kl"]), f"{s['seconds']:.0f}", curve)
+        rows.append((*cells[:at], *sampled(s), *cells[at:]))
     return rows
 
 
@@ -167,7 +206,7 @@ def format_table(headers: tuple[str, ...] | list[str], rows: list[tuple[str, ...
 
 def print_table(summaries: list[dict[str, Any]]) -> None:
     print("held-out accuracy: start = initial policy, end = last evaluated iteration, gain = end - start")
-    print(format_table(COLUMNS, table_rows(summaries)))
+    print(format_table(table_columns(summaries), table_rows(summaries)))
 
 
 def write_plot(summaries: list[dict[str, Any]], out: str | Path) -> Path:
@@ -189,13 +228,20 @@ def write_plot(summaries: list[dict[str, Any]], out: str | Path) -> Path:
             ys = [p[key] for p in s["points"] if p[key] is not None]
             if xs:
                 ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=s["run"])
+        sampled = [p for p in s["points"] if p.get("pass@k") is not None]
+        if sampled:  # evaluation.k: pass@k beside the accuracy, dashed, unlabelled (the legend is per run)
+            axes[0].plot([_x(p["iteration"]) for p in sampled], [p["pass@k"] for p in sampled], marker=".",
+                         linestyle="--", color=f"C{i % 10}")
     ticks = list(range(-1, most - 1)) if most else [-1]
     for ax, key in zip(axes, SERIES):
         ax.set_title(titles[key])
         ax.set_xlabel("iteration")
         ax.set_xticks(ticks, ["init" if t == -1 else str(t) for t in ticks])
         ax.grid(alpha=0.3)
-    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}  # every run, even without accuracy
+    if any(p.get("pass@k") is not None for s in summaries for p in s["points"]):
+        axes[0].set_title("held-out accuracy (dashed: pass@k)")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()  # every run, even without accuracy
+               if not h.get_label().startswith("_")}
     axes[0].legend(handles.values(), handles.keys(), fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -8,7 +8,8 @@ seconds with the field named, not minutes later inside an actor:
   ``vocab_size`` (:mod:`selfplay.models.check`; no weights are read);
 * data files: present, UTF-8 (the file and line of a bad byte);
 * the task itself (:mod:`selfplay.loop.inputs`): it builds, returns ``Example`` objects, has enough
-  prompts, a verifier scoring in [0, 1], pairs that differ, and prompts that fit the generator.
+  prompts, a verifier scoring in [0, 1] (one at all where ``evaluation.k`` asks for pass@k), pairs that
+  differ, and prompts that fit the generator.
 
 ``preflight`` returns the built task (so the run does not load the data twice) and the warnings to log.
 """
@@ -67,6 +68,10 @@ def preflight(cfg: RunConfig, source: str = "<recipe>", *, check_task: bool = Tr
     wants_eval = cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0
     if wants_eval and (too_few := _eval_rows(cfg, checked.task)):
         raise ConfigError(source, too_few)
+    ev = cfg.evaluation
+    if ev.k is not None and ev.num_prompts > 0 and checked.task is not None and not checked.task.has_verifier:
+        raise ConfigError(source, [f"evaluation.k: pass@k and maj@k need a verifier, and the {cfg.task.type} task "
+                                   "has none; unset evaluation.k (or give the task one)"])
     return checked
 
 

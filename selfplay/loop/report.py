@@ -1,4 +1,5 @@
-"""``selfplay report``: PNG plots of a run (per-iteration eval, reward margins, log-probs, stage times).
+"""``selfplay report``: PNG plots of a run (per-iteration eval with pass@k and maj@k where the run has them,
+reward margins, log-probs, stage times).
 
 Only matplotlib's non-interactive Agg backend is used, so it works on a headless cluster node.
 """
@@ -34,10 +35,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [str(r["iteration"]) for r in rows]
-    for key in ("accuracy", "win_rate", "mean_reward"):
+    k = next((r["k"] for r in rows if r.get("k") is not None), None)
+    for key in ("accuracy", "pass@k", "maj@k", "win_rate", "mean_reward"):  # pass@k, maj@k: with evaluation.k
         values = [r.get(key) for r in rows]
         if any(v is not None for v in values):
-            ax.plot(labels, [v if v is not None else float("nan") for v in values], marker="o", label=key)
+            ax.plot(labels, [v if v is not None else float("nan") for v in values], marker="o",
+                    label=key.replace("@k", f"@{k}"))
     ax.set_xlabel("iteration")
     ax.set_title("held-out evaluation")
     ax.legend()

@@ -401,11 +401,16 @@ class Runtime:
             self._sync = build_sync(self.cfg, self.rd.root / "weights")
         return self._sync
 
-    def sampling(self, seed: int, eval_mode: bool = False):
-        """Sampling for training generations, or for evaluation (one sample at the eval temperature)."""
+    def sampling(self, seed: int, eval_mode: bool = False, eval_samples: bool = False):
+        """Sampling for training generations, or for evaluation: the one answer per prompt (at the eval
+        temperature; greedy when ``evaluation.k`` is set), or with ``eval_samples`` the ``k`` samples."""
         from selfplay.generate.types import Sampling
 
+        ev = self.cfg.evaluation
+        if eval_mode and eval_samples:
+            return Sampling.from_config(self.cfg.generation, seed=seed, n=ev.k, temperature=ev.temperature,
+                                        logprobs=False)
         if eval_mode:
-            return Sampling.from_config(self.cfg.generation, seed=seed, n=1,
-                                        temperature=self.cfg.evaluation.temperature, logprobs=False)
+            return Sampling.from_config(self.cfg.generation, seed=seed, n=1, logprobs=False,
+                                        temperature=0.0 if ev.k is not None else ev.temperature)
         return Sampling.from_config(self.cfg.generation, seed=seed)

@@ -503,7 +503,8 @@ def evaluate(rt, it: Iteration) -> dict[str, Any]:
 
 def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path,
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Held-out evaluation: task accuracy (verifier), win rate vs the initial policy, mean judge score.
+    """Held-out evaluation: task accuracy (verifier), win rate vs the initial policy, mean judge score, and
+    with ``evaluation.k`` pass@k / maj@k over ``k`` samples per prompt.
     ``extra`` (this round's numbers, e.g. the rejected drift) is written into ``eval.json`` with it."""
     from selfplay.loop.evaluation import score_eval
 
@@ -517,8 +518,13 @@ def evaluate_policy(rt, policy_dir: Path, version: int, out_dir: Path,
     sampling = rt.sampling(seed=rt.cfg.seed, eval_mode=True)
     completions, _ = pool.generate(examples, sampling, shard_dir=None)
     responses = [c[0].text for c in completions]
+    samples = None
+    if rt.cfg.evaluation.k is not None:  # pass@k / maj@k: k more answers per prompt, sampled
+        sampled, _ = pool.generate(examples, rt.sampling(seed=rt.cfg.seed, eval_mode=True, eval_samples=True),
+                                   shard_dir=None)
+        samples = [[c.text for c in per_prompt] for per_prompt in sampled]
     baseline = rt.rd.initial_dir / "eval_generations.parquet"
-    result, table = score_eval(rt, examples, responses, baseline if version > 0 else None)
+    result, table = score_eval(rt, examples, responses, baseline if version > 0 else None, samples)
     result = {"version": version, "num_prompts": len(examples), **result, **(extra or {})}
     write_parquet(out_dir / "eval_generations.parquet", table)
     write_json(out_dir / "eval.json", result)

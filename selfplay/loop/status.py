@@ -1,4 +1,8 @@
-"""``selfplay status``: one row per iteration from the manifest and each iteration's eval.json."""
+"""``selfplay status``: one row per iteration from the manifest and each iteration's eval.json.
+
+The pass@k and maj@k columns (``evaluation.k``) are shown only for runs that have them, headed with the
+run's k (``pass@8``); they take the place of the mean-reward column (``--json`` keeps it), so the table
+still fits 80 columns."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json
 COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
            "seconds")
 HEADERS = ("iter", "state", "pairs", "loss", "rew.acc", "acc", "win", "reward", "drift", "secs")
+EVAL_KEYS = ("accuracy", "win_rate", "mean_reward", "pass@k", "maj@k", "pass@1", "k")  # what rows take from eval.json
+SAMPLED = ("pass@k", "maj@k")  # columns after `acc` instead of `reward`, shown when some row has them
 
 
 def _eval(path: Path) -> dict[str, Any]:
@@ -30,7 +36,7 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
                      "error": failed.get("error")})
     if rd.manifest.get("prepared"):
         ev = _eval(rd.initial_dir / "eval.json")
-        rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in COLUMNS[5:9]},
+        rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in EVAL_KEYS},
                      "seconds": round(rd.manifest.get("prepare", {}).get("seconds", 0))})
     for key in sorted(rd.manifest.get("iterations", {}), key=int):
         entry = rd.manifest["iterations"][key]
@@ -50,7 +56,7 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             "pairs": stages.get("pairs", {}).get("pairs"),
             "loss": train.get("loss"),
             "reward_acc": train.get("reward_accuracy"),
-            **{c: ev.get(c) for c in ("accuracy", "win_rate", "mean_reward")},
+            **{c: ev.get(c) for c in EVAL_KEYS},
             "rejected_drift": train.get("rejected_drift"),
             "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
             **({"error": failed.get("error")} if failed is not None and failed.get("iteration") == k else {}),
@@ -75,11 +81,18 @@ def status_table(run_dir: str | Path, console=None) -> None:
     # "failed at ..." state), so the numbers are never cut short.
     table = Table(title=f"selfplay run {Path(run_dir)}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
                   show_edge=False, collapse_padding=True)
-    for header in HEADERS:
-        table.add_column(header, justify="right", no_wrap=header != "state", overflow="fold")
     rows = status_rows(run_dir)
+    columns, headers = list(COLUMNS), list(HEADERS)
+    k = next((row["k"] for row in rows if row.get("k") is not None), None)
+    if k is not None:  # after `acc`, headed with the run's k; `reward` makes room
+        del headers[columns.index("mean_reward")], columns[columns.index("mean_reward")]
+        at = columns.index("accuracy") + 1
+        columns[at:at] = SAMPLED
+        headers[at:at] = [name.replace("@k", f"@{k}") for name in SAMPLED]
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=header != "state", overflow="fold")
     for row in rows:
-        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in COLUMNS))
+        table.add_row(*(_fmt(row.get(c), 2 if c == "rejected_drift" else 3) for c in columns))
     console = console or Console()
     console.print(table)
     for row in rows:
