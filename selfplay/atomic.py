@@ -15,19 +15,46 @@ the new one, never half of one" is one piece of code. Choices:
   gets the modes an ordinary ``open``/``mkdir`` would give (:func:`umask_mode`), so teammates on shared
   storage can read a run as the user's umask allows; never world-writable, though, even under umask 0,
   since what a run directory holds is trusted when the run resumes.
+* A process may guard a directory (:func:`guarded`): every write under it calls the guard's check before it
+  starts and again before its rename. The driver guards its run directory with "do I still own it?"
+  (:mod:`selfplay.loop.ownership`), so a driver that lost the run never writes into it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TMP_INFIX = ".tmp-"  # temporaries are ``.<final name>.tmp-<random>``: a glob finds leftovers of a crash
+
+_GUARDS: dict[str, Callable[[], None]] = {}  # directory -> check that raises when it may not be written
+
+
+@contextlib.contextmanager
+def guarded(root: str | Path, check: Callable[[], None]) -> Iterator[None]:
+    """Within the block, writes under ``root`` (in this process) call ``check()`` first; it raises to refuse."""
+    key = os.path.abspath(root)
+    _GUARDS[key] = check
+    try:
+        yield
+    finally:
+        _GUARDS.pop(key, None)
+
+
+def check_guard(path: str | Path) -> None:
+    """Call the check of every guarded directory that holds ``path`` (nothing when none is guarded)."""
+    if not _GUARDS:
+        return
+    where = os.path.abspath(path)
+    for root, check in list(_GUARDS.items()):
+        if where == root or where.startswith(root + os.sep):
+            check()
 
 
 def current_umask() -> int:
@@ -53,6 +80,7 @@ def umask_mode(path: Path, directory: bool = False) -> None:
 def write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
     path = Path(path)
+    check_guard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP_INFIX}", dir=path.parent)
     os.close(fd)
@@ -60,6 +88,7 @@ def write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         umask_mode(tmp)  # mkstemp's 0600 would hide the artifact from the user's group
         write(tmp)
+        check_guard(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -80,11 +109,13 @@ def replace_dir(final: str | Path, build: Callable[[Path], None], *, overwrite: 
 
     ``overwrite=False`` refuses to replace a non-empty ``final`` (the final rename fails with OSError)."""
     final = Path(final)
+    check_guard(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_INFIX}", dir=final.parent))
     try:
         umask_mode(tmp, directory=True)
         build(tmp)
+        check_guard(final)
         if overwrite and final.is_dir() and exchange(tmp, final):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now names the old tree
         elif overwrite and final.exists():

@@ -1,7 +1,7 @@
 """The ``selfplay`` command line.
 
-    selfplay run RECIPE [--run-dir D] [--set key=value ...]    run or resume a self-play run
-    selfplay prepare RECIPE [--run-dir D] [--set ...]          only build/warm-start the starting policy
+    selfplay run RECIPE [--run-dir D] [--set key=value ...] [--take-over]   run or resume a self-play run
+    selfplay prepare RECIPE [--run-dir D] [--set ...] [--take-over]         only build/warm-start the policy
     selfplay status RUN_DIR [--json]                           per-iteration table
     selfplay report RUN_DIR [--out DIR]                        PNG plots
     selfplay compare RUN_DIR... [--plot PNG] [--json]          several runs: one table, one overlay plot
@@ -28,6 +28,9 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run directory (default: runs/<name>); an existing one is resumed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set train.loss.beta=0.2 (repeatable)")
+    p.add_argument("--take-over", action="store_true",
+                   help="take the run directory over from a driver whose heartbeat is stale (its node lost); "
+                        "a live driver is never taken over, and a dead one on this host is taken without it")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,13 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
+        from selfplay.loop.ownership import OwnershipError
         from selfplay.loop.rundir import RunDirError
         from selfplay.loop.runtime import StageError
 
         if not isinstance(exc, StageError | RunDirError):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, StageError):
+        if isinstance(exc, OwnershipError):
+            pass  # the message says what to do
+        elif isinstance(exc, StageError):
             print("finished stages and earlier iterations are kept; fix the cause and rerun to resume (a changed "
                   "generation, judge, pairing, train or sync setting is taken: the iteration is redone from the "
                   "first stage it affects)", file=sys.stderr)
@@ -167,7 +173,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(status_rows(args.run_dir), indent=2))
         else:
+            from selfplay.loop.ownership import owner_line
+
             status_table(args.run_dir)
+            print(owner_line(args.run_dir))  # reads the owner record only: never takes it, never waits
         return 0
     if args.command == "report":
         from selfplay.loop.report import write_report
@@ -195,9 +204,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir(cfg, args.run_dir, args.recipe)
     if args.command == "prepare":
-        prepare_only(cfg, run_dir, source=args.recipe)
+        prepare_only(cfg, run_dir, source=args.recipe, take_over=args.take_over)
     else:
-        run(cfg, run_dir, source=args.recipe)
+        run(cfg, run_dir, source=args.recipe, take_over=args.take_over)
     return 0
 
 

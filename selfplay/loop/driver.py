@@ -7,6 +7,10 @@ that reads the previous stage's artifact from disk and writes its own atomically
 it as done only after that. Resuming is therefore just skipping the stages the manifest lists, and
 an interrupted run never mixes records from two attempts.
 
+A driver owns its run directory (:mod:`selfplay.loop.ownership`) before it reads or writes anything in
+it, and holds it until it exits: a second driver on the same directory is refused before any work, a
+crashed owner is taken over, and a driver that lost the run stops before its next write.
+
 The driver picks the stage list: offline pairs (``task.type: pairs``) read their pairs instead of
 generating and judging, and an iteration that built no pairs keeps its policy unchanged instead of
 training. Each stage gets its :class:`~selfplay.loop.stages.Iteration` and the parts it uses, built on
@@ -22,40 +26,50 @@ from typing import Any
 
 from selfplay.config import RunConfig
 from selfplay.loop import stages
+from selfplay.loop.ownership import Ownership, hold
 from selfplay.loop.preflight import preflight
 from selfplay.loop.rundir import RunDir
 from selfplay.loop.runtime import Runtime, open_run_dir
 
 
-def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>") -> RunDir:
-    """Run (or resume) every iteration of ``cfg`` in ``run_dir``."""
+def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
+        take_over: bool = False) -> RunDir:
+    """Run (or resume) every iteration of ``cfg`` in ``run_dir`` (``take_over``: take a stale owner's run)."""
     checked = preflight(cfg, source)
-    rd = open_run_dir(cfg, run_dir)
-    with Runtime(cfg, rd, console=console, task=checked.task) as rt:
-        _start(rt, checked.warnings)
-        if not rd.manifest.get("prepared"):
-            _stage(rt, "prepare", lambda: stages.prepare(rt))
-        for k in range(rd.next_iteration(), cfg.iterations):
-            if rd.manifest.get("stopped_early"):
-                break
-            run_iteration(rt, k)
-            stop_if_solved(rt, k)
-        rt.summary()
+    with hold(run_dir, take_over=take_over) as owner:
+        rd = open_run_dir(cfg, run_dir)
+        with Runtime(cfg, rd, console=console, task=checked.task) as rt:
+            _start(rt, checked.warnings, owner)
+            if not rd.manifest.get("prepared"):
+                _stage(rt, "prepare", lambda: stages.prepare(rt))
+            for k in range(rd.next_iteration(), cfg.iterations):
+                if rd.manifest.get("stopped_early"):
+                    break
+                run_iteration(rt, k)
+                stop_if_solved(rt, k)
+            rt.summary()
     return rd
 
 
-def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>") -> RunDir:
+def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
+                 take_over: bool = False) -> RunDir:
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
     checked = preflight(cfg, source)
-    rd = open_run_dir(cfg, run_dir)
-    with Runtime(cfg, rd, console=console, task=checked.task) as rt:
-        _start(rt, checked.warnings)
-        if not rd.manifest.get("prepared"):
-            _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
+    with hold(run_dir, take_over=take_over) as owner:
+        rd = open_run_dir(cfg, run_dir)
+        with Runtime(cfg, rd, console=console, task=checked.task) as rt:
+            _start(rt, checked.warnings, owner)
+            if not rd.manifest.get("prepared"):
+                _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
     return rd
 
 
-def _start(rt: Runtime, warnings: list[str]) -> None:
+def _start(rt: Runtime, warnings: list[str], owner: Ownership) -> None:
+    if owner.took_over is not None:
+        rt.rd.log_takeover(owner.took_over)
+        previous = owner.took_over["previous"]
+        rt.log(f"took the run over from pid {previous['pid']} on host {previous['host']} "
+               f"({owner.took_over['reason']}); logged in the manifest under takeovers")
     rt.rd.clear_failure()
     leftovers = rt.rd.remove_leftovers()
     if leftovers:
@@ -63,6 +77,9 @@ def _start(rt: Runtime, warnings: list[str]) -> None:
                + ", ".join(str(p.relative_to(rt.rd.root)) for p in leftovers[:5]))
     for warning in warnings:
         rt.log(f"warning: {warning}")
+    rt.rd.manifest["cores"] = rt.cores.as_dict()  # what `auto` became on this machine (this start's)
+    rt.rd.save()
+    rt.log(rt.cores.line())
     for line in rt.rd.resume_notes():
         rt.log(line)
 

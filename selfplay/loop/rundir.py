@@ -6,7 +6,8 @@ Layout (the contract users and ``selfplay status`` rely on)::
       manifest.json            recipe, package versions, each iteration's completed stages + timings,
                                SHA-256 pins of the inputs outside the run (``inputs``: policy.path,
                                task.path, ...; a resume refuses a changed one), recipe changes
-                               taken on resume, and the last failure (``failed``, shown by status)
+                               taken on resume, take-overs of a dead driver's run (``takeovers``),
+                               and the last failure (``failed``, shown by status)
       recipe.yaml              the resolved recipe the run was started with
       initial/policy/          the starting policy (preset built offline, after the optional SFT warm start;
                                a ``policy.path`` run without a warm start reads that directory, pinned)
@@ -17,6 +18,7 @@ Layout (the contract users and ``selfplay status`` rely on)::
         train_metrics.jsonl  policy/  eval.json
         checkpoint/          while a round runs with ``train.checkpoint_every`` (removed by export)
       tensorboard/
+      owner/record.json        the driver holding the run (host, pid, heartbeat: its mtime); see ownership.py
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 leaves either the previous artifact or the new one, never half a file; a failed write (disk full,
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfplay.atomic import TMP_INFIX, replace_dir, write_file  # noqa: F401  (replace_dir: part of the run-dir API)
+from selfplay.atomic import TMP_INFIX, check_guard, replace_dir, write_file  # noqa: F401  (replace_dir: run-dir API)
 from selfplay.loop import faults
 
 STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
@@ -222,6 +224,7 @@ class RunDir:
     def remove_leftovers(self) -> list[Path]:
         """Delete the temporaries of writes that never finished (``.<name>.tmp-*``: a driver killed between
         writing one and renaming it). Nothing reads them; called by the driver when it takes the run."""
+        check_guard(self.root)
         found = sorted(self.root.rglob(f".*{TMP_INFIX}*")) if self.root.is_dir() else []
         removed: list[Path] = []
         for path in found:
@@ -233,6 +236,11 @@ class RunDir:
                 path.unlink(missing_ok=True)
             removed.append(path)
         return removed
+
+    def log_takeover(self, entry: dict[str, Any]) -> None:
+        """Record that this run was taken over from another driver (who, when, why: ``takeovers``)."""
+        self.manifest.setdefault("takeovers", []).append(entry)
+        self.save()
 
     # --- failures (``selfplay status`` shows them; the next run clears them)
     def record_failure(self, k: int | None, stage: str, error: str) -> None:
@@ -273,6 +281,7 @@ class RunDir:
     def supersede(self, k: int, stages: list[str], artifacts: list[str]) -> list[str]:
         """Forget ``stages`` of iteration ``k`` and move ``artifacts`` (names in its directory) aside
         into ``iter_k/superseded/<n>/``: redone work never appends to, or resumes from, the old."""
+        check_guard(self.root)
         entry = self.manifest.get("iterations", {}).get(str(k))
         for stage in stages:
             if entry is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig, dump_config
+from selfplay.loop.ownership import OwnershipLostError
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError, write_text
 
 # Fields a resumed run may change; anything else would mix two different experiments in one directory.
@@ -267,7 +268,7 @@ class Runtime:
         where = "prepare" if k is None else f"iteration {k}, stage {name}"
         try:
             yield
-        except StageError:
+        except (StageError, OwnershipLostError):  # lost the run: not this stage's failure, nothing to record
             raise
         except KeyboardInterrupt:
             raise
