@@ -73,8 +73,6 @@ from bench.efficacy_tune import (
 
 TABLE_BUDGET = ("iterations=3", "generation.prompts_per_iteration=2048")
 """The table's budget: 3 iterations of 2048 prompts (x the recipe's n samples), 30% of the quick start's."""
-BENCH_EVAL = ("evaluation.num_prompts=1000",)
-"""Held-out prompts per evaluation: about 500 in each half."""
 BEST_FROM = "quickstart"
 """The task whose tuned validation accuracies pick the reduced tasks' best preference arm."""
 
@@ -112,16 +110,18 @@ class Plan:
         self.row, self.name = row, row.name
         self.recipe = (ROOT / row.recipe).resolve()
         self.out = Path(args.out).resolve() / row.name
-        self.common = [*BENCH_EVAL, *row.overrides, *args.common]
+        evals = row.eval_overrides()
+        self.common = [*evals, *row.overrides, *args.common]  # every run of the task, its starts too
         self.budget = list(budget)
-        self.base = load_config(self.recipe, [*self.common, *self.budget])
+        self.shared = [*evals, *row.overrides, *self.budget, *args.common]  # the user's --set wins
+        self.base = load_config(self.recipe, self.shared)
         task = self.base.task
         if task.type == "pairs":
             raise SystemExit(f"{self.recipe}: a `pairs` task has no held-out problems to score")
         self.starts: dict[int, dict[str, Any]] = {}
 
     def sets(self, arm: str, seed: int, settings: dict[str, Any]) -> list[str]:
-        return [*self.common, *self.budget, *start_sets(seed, self.starts[seed]), *arm_overrides(arm, self.base),
+        return [*self.shared, *start_sets(seed, self.starts[seed]), *arm_overrides(arm, self.base),
                 *settings_overrides(arm, settings)]
 
     def run(self, arm: str, seed: int, settings: dict[str, Any], full: bool, **info: Any) -> dict[str, Any]:

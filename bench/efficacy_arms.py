@@ -164,20 +164,29 @@ class TaskRow:
     """Path of the recipe, relative to the repository root (or absolute)."""
     overrides: tuple[str, ...] = ()
     arms: tuple[str, ...] = ALL_ARMS
-    spin_pool: tuple[str, ...] = ("generation.prompt_source=fixed", "generation.prompts_per_iteration=1000")
-    """The SPIN regime's fixed prompt set (its "SFT data"): the same prompts every iteration. Sorting's
-    task draws a pool of 1000 training problems for ``fixed``."""
+    eval_prompts: int | None = 1000
+    """``evaluation.num_prompts`` of every run (about half in each split); None keeps the recipe's (a task
+    whose held-out space has repeats cannot be asked for as many prompts as it draws)."""
+    spin_prompts: int = 250
+    """The SPIN regime's fixed prompt set (its "SFT data", ``generation.prompt_source: fixed``): this many
+    prompts, the same in every iteration of the plateau run and of the runs after it."""
+
+    def eval_overrides(self) -> tuple[str, ...]:
+        return () if self.eval_prompts is None else (f"evaluation.num_prompts={self.eval_prompts}",)
 
 
 TASKS: dict[str, TaskRow] = {
     "quickstart": TaskRow("quickstart", "recipes/quickstart.yaml"),
-    # reasoning-gym tasks with answers short enough for the nano models (a number of a few digits);
-    # `recipes/reasoning_gym.yaml` holds the settings shared by every reasoning-gym task.
+    # reasoning-gym tasks with answers short enough for the nano models, on `recipes/reasoning_gym.yaml`
+    # (chain_sum is its own task: 2-digit sums and differences); spell_backward (reverse a 3-6 letter word)
+    # is a skill of another kind, with the bare word as the prompt as the recipe does for chain_sum.
     "rg_chain_sum": TaskRow("rg_chain_sum", "recipes/reasoning_gym.yaml", ("task.name=chain_sum",),
-                            REDUCED_ARMS),
-    "rg_gcd": TaskRow("rg_gcd", "recipes/reasoning_gym.yaml", ("task.name=gcd",), REDUCED_ARMS),
+                            REDUCED_ARMS, eval_prompts=None),
+    "rg_spell_backward": TaskRow("rg_spell_backward", "recipes/reasoning_gym.yaml", (
+        "task.name=spell_backward", "task.config={min_word_len: 3, max_word_len: 6}",
+        "task.prompt_template='{metadata[word]}='"), REDUCED_ARMS, eval_prompts=None),
 }
-TABLE_TASKS = ("quickstart", "rg_chain_sum", "rg_gcd")
+TABLE_TASKS = ("quickstart", "rg_chain_sum", "rg_spell_backward")
 
 
 def resolve_arms(arms: tuple[str, ...], best: str | None) -> tuple[str, ...]:

@@ -5,10 +5,11 @@ on prompts of that same SFT data: the claim is that SPIN improves a policy that 
 no longer improves. The main table starts every arm from a short warm start, where more SFT still
 gains, so it does not test that. This mode does, per seed:
 
-1. **Plateau.** A fixed prompt set stands for the SFT data (``TaskRow.spin_pool``: the same prompts every
-   iteration). Continued SFT on its reference answers (the ``sft`` arm, at its tuned settings) runs
-   ``PLATEAU_ITERATIONS`` rounds from the seed's start, evaluated after each. The plateau is the first
-   iteration whose *validation* accuracy is within ``PLATEAU_TOLERANCE`` of the best of them.
+1. **Plateau.** A fixed prompt set stands for the SFT data (``TaskRow.spin_prompts`` prompts,
+   ``generation.prompt_source: fixed``, the same in every iteration). Continued SFT on its reference
+   answers (the ``sft`` arm, at its tuned settings) runs ``ITERATIONS`` rounds from the seed's start,
+   evaluated after each. The plateau is the first iteration whose *validation* accuracy is within
+   ``PLATEAU_TOLERANCE`` of the best of them.
 2. **From the plateau**, ``spin`` and ``sft`` each run ``ITERATIONS`` more rounds on the same prompt set
    at their tuned settings. Both build their rows the same way (judge ``sft``, pairing ``reference``, one
    row per prompt whose sample differs from the reference), SPIN with the sample as rejected side and SFT
@@ -16,6 +17,11 @@ gains, so it does not test that. This mode does, per seed:
    prints both.
 
 The verdict compares test accuracy over the seeds (two standard errors, as the table's claims).
+
+The fixed set is the first ``spin_prompts`` of a seeded shuffle of the task's training pool, whose size
+the loop derives from ``prompts_per_iteration x iterations`` (at least 1000). So the plateau run and the
+runs after it have the same ``iterations`` and the same prompts per iteration: then they draw the same
+pool and the same fixed set (``pool_size`` checks it).
 """
 
 from __future__ import annotations
@@ -25,9 +31,14 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PLATEAU_ITERATIONS = 6
 PLATEAU_TOLERANCE = 0.01
-ITERATIONS = 3
+ITERATIONS = 4
+
+
+def pool_size(cfg) -> int:
+    """The training pool the loop's task factory draws for ``cfg`` (``selfplay.loop.factory``'s rule for
+    a run without a warm start), of which ``fixed`` takes its prompts."""
+    return max(1000, cfg.generation.prompts_per_iteration * cfg.iterations)
 
 
 def plateau_iteration(curve: list[float | None], tolerance: float = PLATEAU_TOLERANCE) -> int | None:
@@ -59,14 +70,17 @@ def spin_regime(rows, args: argparse.Namespace, seeds: list[int], tuned_path: Pa
 
 
 def _one_task(row, args: argparse.Namespace, seeds: list[int], tuned: dict) -> bool:
-    from bench.efficacy import TABLE_BUDGET, Plan, prepare
+    from bench.efficacy import Plan, prepare
     from bench.efficacy_arms import SPACES, describe
     from bench.efficacy_report import _compare, _verdict, summarise, table_lines
     from bench.efficacy_tune import tuned_settings
 
-    budget = [b for b in TABLE_BUDGET if not b.startswith("iterations=")]
-    plateau_plan = Plan(row, args, (*budget, *row.spin_pool, f"iterations={PLATEAU_ITERATIONS}"))
-    after_plan = Plan(row, args, (*budget, *row.spin_pool, f"iterations={ITERATIONS}"))
+    regime = ("generation.prompt_source=fixed", f"generation.prompts_per_iteration={row.spin_prompts}",
+              f"iterations={ITERATIONS}")
+    plateau_plan, after_plan = Plan(row, args, regime), Plan(row, args, regime)
+    if pool_size(plateau_plan.base) != 1000:
+        raise SystemExit(f"--spin-regime: {row.spin_prompts} prompts x {ITERATIONS} iterations is over the "
+                         "1000-problem pool that keeps the fixed set the same in every run; use fewer")
     settings = {a: tuned_settings(tuned, row.name, a) or SPACES[a].default() for a in ("sft", "spin")}
     untuned = [a for a in settings if tuned_settings(tuned, row.name, a) is None]
     print(f"spin regime on {row.name}: sft {describe(settings['sft'])}, spin {describe(settings['spin'])}"

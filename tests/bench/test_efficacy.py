@@ -28,7 +28,7 @@ from bench.efficacy_arms import (
     settings_overrides,
 )
 from bench.efficacy_report import best_by_validation, claims, summarise, table_lines
-from bench.efficacy_spin import plateau_iteration
+from bench.efficacy_spin import ITERATIONS, plateau_iteration, pool_size
 from bench.efficacy_split import run_split_scores, split_of, split_scores
 from bench.efficacy_tune import (
     STAGES,
@@ -137,7 +137,7 @@ def test_settings_are_named_in_errors_and_described_compactly():
 
 
 def test_task_rows_and_their_arms():
-    assert [r.name for r in task_rows(["all"], None)] == ["quickstart", "rg_chain_sum", "rg_gcd"]
+    assert [r.name for r in task_rows(["all"], None)] == ["quickstart", "rg_chain_sum", "rg_spell_backward"]
     assert task_rows([], str(QUICKSTART))[0].name == "quickstart"  # the recipe of a known task is that task
     assert task_rows([], str(ROOT / "recipes" / "spin_quickstart.yaml"))[0].name == "spin_quickstart"
     with pytest.raises(SystemExit, match="unknown"):
@@ -146,7 +146,7 @@ def test_task_rows_and_their_arms():
     tuned = {"tasks": {"quickstart": {"arms": {"ipo": {"settings": {}, "validation": 0.5},
                                                "dpop": {"settings": {}, "validation": 0.4},
                                                "dpo_previous": {"settings": {}, "validation": 0.9}}}}}
-    rg = TASKS["rg_gcd"]
+    rg = TASKS["rg_spell_backward"]
     # the best *other* preference arm by the quick start's validation (plain DPO is in the set anyway)
     assert task_arms(rg, tuned, args()) == ("sft", "rft", "dpo_previous", "ipo", "spin")
     assert task_arms(rg, {"tasks": {}}, args()) == ("sft", "rft", "dpo_previous", "dpop", "spin")
@@ -224,7 +224,8 @@ def test_tuned_file_round_trip_and_the_best_arm_by_validation(tmp_path):
     assert back == json.loads(json.dumps(data))  # what was written is what is read
     assert tuned_settings(back, "quickstart", "dpo_previous") == {"lr": 1e-5, "epochs": 2, "beta": 0.5,
                                                                   "nll_weight": 0.0}
-    assert tuned_settings(back, "quickstart", "kto") is None and tuned_settings(back, "rg_gcd", "sft") is None
+    assert tuned_settings(back, "quickstart", "kto") is None
+    assert tuned_settings(back, "rg_spell_backward", "sft") is None
     assert len(back["tasks"]["quickstart"]["arms"]["sft"]["trials"]) == len(sft)
     assert best_preference_arm(back, "quickstart", PREFERENCE_ARMS) == "dpo_previous"
     # a second --tune of another arm keeps the first's entries
@@ -331,3 +332,16 @@ def test_the_plateau_is_the_first_round_within_tolerance_of_the_best():
     assert plateau_iteration([0.40, 0.55, 0.595, 0.60, 0.58]) == 2
     assert plateau_iteration([None, 0.3, 0.2]) == 1
     assert plateau_iteration([]) is None and plateau_iteration([None]) is None
+
+
+def test_the_spin_regime_keeps_one_fixed_prompt_set_and_every_task_row_loads():
+    for row in TASKS.values():
+        regime = ["generation.prompt_source=fixed", f"generation.prompts_per_iteration={row.spin_prompts}",
+                  f"iterations={ITERATIONS}"]
+        cfg = load_config(ROOT / row.recipe, [*row.eval_overrides(), *row.overrides, *regime])
+        assert pool_size(cfg) == 1000, row.name  # plateau and later runs draw the same pool, so the same set
+        assert cfg.judge.type == "verifier", row.name
+        for arm in row.arms:
+            if arm in ALL_ARMS:
+                load_config(ROOT / row.recipe, [*row.overrides, *arm_overrides(arm, cfg)])
+    assert TASKS["rg_spell_backward"].overrides[0] == "task.name=spell_backward"
