@@ -40,6 +40,7 @@ from typing import Any
 import ray
 
 from actors.shard_run import run_shards
+from selfplay.config.cores import count, generator_threads
 from selfplay.generate import Completion, Sampling, make_engine
 from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path
 from selfplay.remote import RemoteCallError, call_all, ray_get, targets
@@ -130,6 +131,8 @@ class GeneratorActor:
 
     @ray.method(**_RETRY)
     def info(self) -> dict[str, Any]:
+        import torch
+
         ctx = ray.get_runtime_context()
         return {
             **self.engine.info(),
@@ -139,6 +142,7 @@ class GeneratorActor:
             "worker_id": ctx.get_worker_id(),  # changes when Ray restarts this actor
             "restarted": ctx.was_current_actor_reconstructed,
             "pid": os.getpid(),
+            "threads": torch.get_num_threads(),  # what setup_env set: the resolved generator threads
         }
 
     # --- fault injection (tests): state of this process only, so a restarted replica is healthy
@@ -196,12 +200,13 @@ def place_generators(gen_cfg: Any, resources: Any, timeout_s: float) -> tuple[An
     strategy = str(getattr(resources, "placement", "pack")).upper()
     bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
     tag = uuid.uuid4().hex[:8]  # Ray names (`ray list actors`/`placement-groups`, fault tests)
-    pg = placement_group([bundle] * gen_cfg.replicas, strategy=strategy, name=f"selfplay-generators-{tag}")
-    ray_get(pg.ready(), f"placement group of {gen_cfg.replicas} generators {bundle} ({strategy})", timeout_s)
+    replicas = count(gen_cfg.replicas)
+    pg = placement_group([bundle] * replicas, strategy=strategy, name=f"selfplay-generators-{tag}")
+    ray_get(pg.ready(), f"placement group of {replicas} generators {bundle} ({strategy})", timeout_s)
     return pg, [
         {"name": f"selfplay-generator-{tag}-{i}", "num_cpus": cpus, "num_gpus": gpus or None,
          "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
-        for i in range(gen_cfg.replicas)
+        for i in range(replicas)
     ]
 
 
@@ -227,12 +232,12 @@ class GeneratorPool:
         self.gen_cfg = gen_cfg
         self.start_timeout_s, self.shard_timeout_s = start_timeout_s, shard_timeout_s
         self.call_timeout_s, self.shard_retries = call_timeout_s, shard_retries
-        self.names = [f"generator-{i}" for i in range(gen_cfg.replicas)]
+        self.names = [f"generator-{i}" for i in range(count(gen_cfg.replicas))]
         self._pg, placed = place_generators(gen_cfg, resources, start_timeout_s)
         kwargs = {"dtype": dtype, "max_model_len": gen_cfg.max_model_len, "seed": seed, **(engine_kwargs or {})}
         if gen_cfg.backend == "vllm":
             kwargs["tensor_parallel_size"] = gen_cfg.tensor_parallel_size
-        threads = getattr(resources, "threads_per_actor", 1)
+        threads = generator_threads(resources)
         cls = ray.remote(GeneratorActor)
         self.actors = [
             cls.options(**options, max_restarts=self.max_restarts, max_task_retries=0)
@@ -254,14 +259,19 @@ class GeneratorPool:
         """``sampling.n`` completions per prompt, in prompt order, and the seconds it took.
 
         With ``shard_dir``, shards already there (from an interrupted call with the same request) are
-        reused and only missing ones generated. ``on_shard(index)`` runs after each shard is stored.
+        reused and only missing ones generated; without it (evaluation, the LLM judge), the prompts are
+        cut into at least one shard per replica (each prompt's seed is its index, so the cut changes no
+        sample). ``on_shard(index)`` runs after each shard is stored.
         A replica that dies meanwhile is restored and only its unfinished shard is generated again.
         """
         start = time.perf_counter()
         prompts = list(prompts)
         self.heal()
         version = self.version()
-        shards = plan_shards(prompts, self.gen_cfg.shard_size, sampling, version)
+        size = self.gen_cfg.shard_size
+        if shard_dir is None:  # nothing to resume from: at least one shard per replica, so every one works
+            size = max(1, min(size, -(-len(prompts) // len(self.actors))))
+        shards = plan_shards(prompts, size, sampling, version)
         set_aside: list[str] = []
         done = completed_shards(shard_dir, shards, set_aside) if shard_dir is not None else set()
         todo = [s for s in shards if s.index not in done]

@@ -43,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from selfplay.config.cores import count
 from selfplay.config.schema import ResourcesConfig
 from selfplay.remote import RemoteCallError, all_ready, describe, first_ready, ray_get
 from selfplay.sync.nccl import BroadcastSenderMixin
@@ -150,7 +151,7 @@ class LearnerGroup:
             from selfplay.train import Learner
 
             self._local = Learner(model_path, cfg, seed=run_seed, output_dir=out,
-                                  threads=self.resources.threads_per_actor)
+                                  threads=count(self.resources.threads_per_actor))
             return
         self._start(str(model_path), cfg, run_seed, out, setup_timeout_s)
 
@@ -170,7 +171,7 @@ class LearnerGroup:
             self.shutdown()
             raise LearnerGroupError(f"LearnerGroup: no room for {self.num_learners} learner(s) of {bundle} "
                                     f"within {setup_timeout_s:.0f}s (placement {res.placement})") from None
-        threads = res.threads_per_actor
+        threads = count(res.threads_per_actor)
         for rank in range(self.num_learners):
             strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
             self.actors.append(LearnerActor.options(

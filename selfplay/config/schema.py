@@ -206,8 +206,9 @@ class GenerationConfig(Section):
     """Stop strings (the EOS token always stops)."""
     logprobs: bool = False
     """Keep per-token sampling log-probs in generations.parquet."""
-    replicas: PositiveInt = 1
-    """Generator actors (each owns one engine)."""
+    replicas: PositiveInt | Literal["auto"] = "auto"
+    """Generator actors (each owns one engine). `auto`: on one machine without GPUs, one per core (each
+    with one thread, or the cores `resources.generator_threads` leaves); on a Ray cluster or with GPUs, 1."""
     tensor_parallel_size: PositiveInt = 1
     """GPUs per generator engine (GPU clusters only)."""
     max_model_len: PositiveInt = 512
@@ -645,8 +646,14 @@ class ResourcesConfig(Section):
     max_restarts: Annotated[int, Field(ge=0)] = 3
     """How often Ray restarts a dead generator; it reloads the current policy and only its unfinished shard
     is generated again. Learner ranks are not restarted: a lost rank fails the round; a rerun resumes it."""
-    threads_per_actor: PositiveInt = 1
-    """torch/OpenMP threads in each actor (set explicitly: oversubscription is the main CPU slowdown)."""
+    threads_per_actor: PositiveInt | Literal["auto"] = "auto"
+    """torch/OpenMP threads in each learner and model judge (and each generator unless `generator_threads`
+    is set). `auto`: on one machine without GPUs, every core divided among the learners (the stages take
+    turns, so the one that works gets the machine); on a Ray cluster or with GPUs, 1. What a run chose is
+    in its log and manifest (`cores`)."""
+    generator_threads: PositiveInt | Literal["auto"] = "auto"
+    """torch/OpenMP threads in each generator engine. `auto`: `threads_per_actor` when that is a number,
+    else the cores divided among `generation.replicas` (1 when the replicas are `auto` too)."""
     judge_cpus: Annotated[float, Field(gt=0.0)] | None = None
     """CPUs of a model judge's actor (reward_model, pairwise); default `generator_cpus`."""
     judge_gpus: Annotated[float, Field(ge=0.0)] | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig
+from selfplay.config.cores import count
 
 ACTOR_JUDGES = ("reward_model", "pairwise")  # model judges hosted in a Ray actor of their own
 
@@ -63,7 +64,8 @@ def build_judge_from_config(cfg: RunConfig, task: Any) -> tuple[Any, Any]:
         from actors.judge import spawn_judge
 
         cpus, gpus = judge_resources(cfg)
-        return spawn_judge(cfg.judge, num_cpus=cpus, num_gpus=gpus, threads=cfg.resources.threads_per_actor), None
+        threads = count(cfg.resources.threads_per_actor)
+        return spawn_judge(cfg.judge, num_cpus=cpus, num_gpus=gpus, threads=threads), None
     from selfplay.judges import build_judge
 
     if cfg.judge.type == "llm_judge":

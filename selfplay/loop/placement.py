@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from selfplay.config import ConfigError, RunConfig
+from selfplay.config.cores import count
 
 Bundle = dict[str, float]
 EPS = 1e-9
@@ -63,7 +64,7 @@ def plan_groups(cfg: RunConfig) -> list[Group]:
                         res.generator_resources)
     groups: list[Group] = []
     if cfg.task.type != "pairs" or cfg.evaluation.num_prompts > 0:
-        groups.append(Group("generators", (generator,) * cfg.generation.replicas, strategy))
+        groups.append(Group("generators", (generator,) * count(cfg.generation.replicas), strategy))
     if cfg.judge is not None and cfg.judge.type in ("reward_model", "pairwise"):
         cpus, gpus = judge_resources(cfg)
         groups.append(Group(f"judge ({cfg.judge.type})", (_bundle(cpus, gpus),), "PACK"))

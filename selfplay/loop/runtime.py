@@ -78,7 +78,9 @@ def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
         return rd
     rd.check_pins()
     old = rd.manifest.get("recipe", {})
-    changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k) and k not in RESUMABLE_CHANGES)
+    mine, theirs = _identity(recipe), _identity(old)
+    changed = sorted(k for k in set(theirs) | set(mine)
+                     if theirs.get(k) != mine.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         _accept_changes(rd, cfg, changed)
     if old != recipe:
@@ -86,6 +88,20 @@ def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
         rd.save()
         write_text(rd.root / "recipe.yaml", dump_config(cfg))
     return rd
+
+
+# Where work runs, not what it computes: generation shards are reused by any number of replicas, and the
+# thread counts only place the same arithmetic (`auto` may resolve differently on the machine a run resumes on).
+_PLACEMENT_ONLY = {"generation": ("replicas",), "resources": ("threads_per_actor", "generator_threads")}
+
+
+def _identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` without the replica and thread counts, for comparing a resumed run's recipe with its own."""
+    out = dict(recipe)
+    for section, keys in _PLACEMENT_ONLY.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
 
 
 def _accept_changes(rd: RunDir, cfg: RunConfig, changed: list[str]) -> None:
@@ -158,7 +174,10 @@ class _Starting:
 
 class Runtime:
     def __init__(self, cfg: RunConfig, rd: RunDir, console=None, task=None):
-        self.cfg = cfg
+        from selfplay.config.cores import resolve_for_this_process
+
+        # `auto` replicas and threads resolved once, here: every part is built from this copy
+        self.cfg, self.cores = resolve_for_this_process(cfg)
         self.rd = rd
         self.console = console
         self._task = task  # preflight's, already checked (None: built on first use)

@@ -178,7 +178,8 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
     write_parquet(it.dir / "generations.parquet", table)
     tokens = sum(len(t) for t in table.column("response_token_ids").to_pylist())
     info = {"prompts": len(prompts), "samples": table.num_rows, "tokens": tokens,
-            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+            "generator_threads": [i.get("threads") for i in pool.info()]}  # one entry per replica that ran
     if pool.last_run.get("unreadable"):  # damaged shards from an earlier attempt, generated again
         info["unreadable_shards"] = pool.last_run["unreadable"]
     if pool.last_run.get("restored"):  # generators Ray restarted mid-stage, and the shards they redid
@@ -204,15 +205,16 @@ def scored_by_shard(rt, it: Iteration) -> bool:
 
 def room_beside_generation(cfg) -> bool:
     """Whether the learners may score shards while the generators sample: with GPU learners, or when the
-    threads of every learner and generator fit this machine's cores. On a 2-core machine with 2 threads
-    per actor, scoring beside vLLM made generation 5.7x slower (bench.iteration --threads 2: 11.3 s
-    against 2.0 s); grouping by shard, and so the numbers, do not depend on this."""
-    import os
+    threads of every learner and generator fit this machine's cores (with `auto` replicas and threads,
+    generation alone takes every core, so it does not). On a 2-core machine with 2 threads per actor,
+    scoring beside vLLM made generation 5.7x slower (bench.iteration --threads 2: 11.3 s against 2.0 s);
+    grouping by shard, and so the numbers, do not depend on this."""
+    from selfplay.config.cores import machine_cores, resolve
 
-    res = cfg.resources
-    if res.learner_gpus:
+    if cfg.resources.learner_gpus:
         return True
-    return (res.learners + cfg.generation.replicas) * res.threads_per_actor <= (os.cpu_count() or 1)
+    c = resolve(cfg, machine_cores(), cluster=False)  # a run's cfg is resolved already: read back as set
+    return cfg.resources.learners * c.learner_threads + c.replicas * c.generator_threads <= c.cores
 
 
 def shard_groups(rt, it: Iteration, generations) -> list:

@@ -19,12 +19,15 @@ MICRO = {
                "warmstart": {"examples": 256, "epochs": 1, "learning_rate": 3.0e-3, "micro_batch_size": 32}},
     "task": {"type": "arithmetic", "level": 1},
     "generation": {"backend": "vllm", "prompts_per_iteration": 48, "n": 4, "temperature": 1.0, "max_tokens": 6,
-                   "shard_size": 16},
+                   "shard_size": 16, "replicas": 1},
     "judge": {"type": "verifier"},
     "pairing": {"strategy": "best_worst", "drop_ties": False},
     "train": {"loss": {"type": "sigmoid", "beta": 0.1}, "reference": "previous", "learning_rate": 1.0e-3,
               "micro_batch_size": 16, "warmup_ratio": 0.0},
     "evaluation": {"num_prompts": 48},
+    # One engine and one thread per actor, pinned: `auto` would give this machine's every core to each stage
+    # (a second vLLM engine per run); the one e2e run of `auto` is tests/e2e/test_no_pairs.py's early stop.
+    "resources": {"threads_per_actor": 1},
 }
 
 
@@ -33,15 +36,17 @@ def selfplay_cmd(*args: str) -> list[str]:
 
 
 def run_driver(recipe, run_dir, kill_at: str | None = None, timeout: float = 600,
-               env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+               env: dict[str, str | None] | None = None, cpus: set[int] | None = None) -> subprocess.CompletedProcess:
     """`selfplay run RECIPE --run-dir RUN_DIR` in its own session, optionally with a kill point
-    (``SELFPLAY_KILL_AT``) and environment changes (``env``: None unsets); afterwards the whole session is
-    killed, so the embedded Ray of a driver that died by SIGKILL does not outlive it."""
+    (``SELFPLAY_KILL_AT``), environment changes (``env``: None unsets) and only the cores ``cpus`` (its CPU
+    affinity, which everything it starts inherits); afterwards the whole session is killed, so the embedded
+    Ray of a driver that died by SIGKILL does not outlive it."""
     changes = {"SELFPLAY_KILL_AT": kill_at or None, **(env or {})}
     env = {k: v for k, v in os.environ.items() if k not in changes}
     env.update({k: v for k, v in changes.items() if v is not None})
     proc = subprocess.Popen(selfplay_cmd("run", str(recipe), "--run-dir", str(run_dir)), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:

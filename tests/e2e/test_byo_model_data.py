@@ -3,7 +3,7 @@ presets (``selfplay.models.families``) given as ``policy.path``, a jsonl of mult
 ``dataset`` task and a user's judge, through the guide's recipe (``docs/examples/chat_dataset.yaml``):
 evaluate the start, generate (vLLM), judge, pairs, DPO on two ZeRO-3 ranks, export, verified sync,
 evaluate. The recipe is the one the docs show; only ``policy.path`` is set here (and, for Gemma-2, the
-probe tolerance docs/models.md gives for it).
+probe tolerance docs/models.md gives for it), and one generator replica instead of ``auto``'s one per core.
 
 Choices:
 
@@ -47,6 +47,7 @@ def test_chat_dataset_recipe_on_a_family_checkpoint(family, tmp_path):
     model_dir = build_family(tmp_path / f"{family}-chat", family)
     recipe = yaml.safe_load((ROOT / "docs/examples/chat_dataset.yaml").read_text())
     recipe["policy"]["path"] = str(model_dir)
+    recipe.setdefault("generation", {})["replicas"] = 1  # what this test checks needs one engine, not one per core
     if family in PROBE_TOLERANCE:
         recipe["sync"] = {"probe_tolerance": PROBE_TOLERANCE[family]}
     path = tmp_path / "recipe.yaml"

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 SHRINK = ["iterations=1", "train.lora.r=8", "policy.warmstart.examples=256", "policy.warmstart.epochs=2",
           "generation.prompts_per_iteration=64", "generation.n=4", "generation.shard_size=64",
-          "pairing.drop_ties=false", "evaluation.num_prompts=32", "evaluation.win_rate=false"]
+          "pairing.drop_ties=false", "evaluation.num_prompts=32", "evaluation.win_rate=false",
+          "generation.replicas=1", "resources.threads_per_actor=1"]  # one engine, one thread: not `auto`
 
 
 def lora_params(config: dict, r: int) -> int:

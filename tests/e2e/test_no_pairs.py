@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import subprocess
 
 import pytest
@@ -55,10 +56,23 @@ def test_an_all_solved_run_finishes_and_keeps_its_policy(tmp_path):
 
 
 def test_a_recipe_can_stop_once_the_training_prompts_are_solved(tmp_path):
+    """Also the e2e check of `auto` replicas and threads (MICRO pins them): on at most two of this machine's
+    cores, the run starts the replicas it resolved, each engine with the threads it resolved."""
+    from selfplay.config import load_config
+    from selfplay.config.cores import resolve
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    recipe = {**SOLVED, "iterations": 3, "stop_when_solved": 0.9, "generation": {**SOLVED["generation"],
+              "replicas": "auto"}, "resources": {"threads_per_actor": "auto"}}
     run = tmp_path / "run"
-    result = run_driver(_write(tmp_path, {**SOLVED, "iterations": 3, "stop_when_solved": 0.9}), run)
+    result = run_driver(_write(tmp_path, recipe), run, cpus=set(cores), env={"RAY_ADDRESS": None})
     assert result.returncode == 0, result.stdout[-4000:]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stopped_early"] == {"after_iteration": 0, "solved_share": 1.0, "threshold": 0.9}
     assert list(manifest["iterations"]) == ["0"]
     assert "stopping early" in result.stdout
+    want = resolve(load_config(recipe), len(cores), cluster=False)
+    assert manifest["cores"] == want.as_dict() and "cores:" in result.stdout  # and the log's line
+    assert manifest["recipe"]["generation"]["replicas"] == "auto"  # the recipe as written; `cores` says what ran
+    started = manifest["iterations"]["0"]["stages"]["generate"]["generator_threads"]  # reported by each engine
+    assert started == [want.generator_threads] * want.replicas

@@ -145,6 +145,19 @@ def test_changed_pairing_redoes_from_pairs_and_seed_is_refused(tmp_path):
         open_run_dir(_cfg(**{"pairing.min_margin": 0.5}, seed=3), tmp_path / "run")
 
 
+def test_replica_and_thread_counts_are_not_part_of_a_runs_identity(tmp_path):
+    """A run started with today's pinned counts resumes with `auto` (or other counts) and redoes nothing:
+    they decide where work runs, not what it computes."""
+    rd = open_run_dir(_cfg(**{"generation.replicas": 1, "resources.threads_per_actor": 1}), tmp_path / "run")
+    _mid_iteration(rd, 0, ["generate", "judge", "pairs", "reference"])
+    rd = open_run_dir(_cfg(**{"generation.replicas": "auto", "resources.threads_per_actor": "auto"}), tmp_path / "run")
+    assert list(rd.manifest["iterations"]["0"]["stages"]) == ["generate", "judge", "pairs", "reference"]
+    assert rd.notes == [] and "recipe_changes" not in rd.manifest
+    assert rd.manifest["recipe"]["generation"]["replicas"] == "auto"  # the recipe as now written
+    rd = open_run_dir(_cfg(**{"generation.replicas": 4, "resources.learners": 2}), tmp_path / "run")
+    assert "recipe changed (resources)" in rd.notes[0]  # the learner count is still a change
+
+
 # ------------------------------------------------------------------------------------ failures, status
 
 

@@ -180,14 +180,14 @@ def test_what_was_scored_ahead_is_dropped_when_the_weights_change(learner, tiny_
 
 
 def test_shards_are_scored_beside_generation_only_where_the_threads_fit(monkeypatch):
-    import os
-
+    import selfplay.config.cores as cores
     from selfplay.config import load_config
     from selfplay.loop.stages import room_beside_generation
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cores, "machine_cores", lambda: 2)
     base = {"policy": {"preset": "nano"}, "task": {"type": "arithmetic"}, "judge": {"type": "sft"},
-            "pairing": {"strategy": "reference"}}
-    assert room_beside_generation(load_config(base))  # 1 learner + 1 generator, 1 thread each, 2 cores
+            "pairing": {"strategy": "reference"}, "generation": {"replicas": 1}}
+    one = {**base, "resources": {"threads_per_actor": 1}}
+    assert room_beside_generation(load_config(one))  # 1 learner + 1 generator, 1 thread each, 2 cores
     assert not room_beside_generation(load_config({**base, "resources": {"threads_per_actor": 2}}))
     assert room_beside_generation(load_config({**base, "resources": {"threads_per_actor": 2, "learner_gpus": 1}}))
