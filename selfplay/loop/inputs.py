@@ -111,7 +111,8 @@ def check_task(cfg: RunConfig, task: Any) -> tuple[list[str], list[str]]:
         who = f"task.target: {cfg.task.target}" if cfg.task.type == "python" else "task: the verifier"
         problems.extend(f"{who} {p}" for p in _verifier_problems(task, train[:3]))
     if cfg.task.type == "pairs":
-        same = [i for i, r in enumerate(getattr(task, "rows", [])) if r["chosen"].strip() == r["rejected"].strip()]
+        same = [i for i, r in enumerate(getattr(task, "rows", [])) if isinstance(r["chosen"], str)  # multi-turn
+                and isinstance(r["rejected"], str) and r["chosen"].strip() == r["rejected"].strip()]  # sides differ
         if same:
             problems.append(f"task.path: {len(same)} of {len(task.rows)} pairs have chosen == rejected (rows "
                             f"{', '.join(map(str, same[:5]))}{', ...' if len(same) > 5 else ''}): such a pair "
