@@ -669,6 +669,36 @@ class ResourcesConfig(Section):
         return self
 
 
+class LoggingConfig(Section):
+    """Where a run's metrics go besides its run directory: per optimizer step (`train/*`, on
+    `train/global_step`) and per iteration (`eval/*`, `pairs/*`, `round/*`, `seconds/*`, on `iteration`,
+    the policy version). A resumed run continues the same tracked run, without repeating a step."""
+
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    """Experiment trackers: `tensorboard` (`RUN_DIR/tensorboard`), `wandb` (its files in `RUN_DIR/wandb`;
+    `WANDB_MODE=offline` works without a network, `wandb sync` uploads later), `mlflow`. wandb and mlflow are
+    the optional extra `pip install -e '.[tracking]'`."""
+    project: str | None = None
+    """wandb project and mlflow experiment name; default `selfplay`."""
+    run_name: str | None = None
+    """Name of the tracked run; default the run directory's name."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`, `file:/path`); default MLflow's own
+    (`MLFLOW_TRACKING_URI`, ...). MLflow 3 refuses a `file:` store unless `MLFLOW_ALLOW_FILE_STORE=true`."""
+
+    @field_validator("backends")
+    @classmethod
+    def _installed(cls, backends: list[str]) -> list[str]:
+        import importlib.util
+
+        if len(set(backends)) < len(backends):
+            raise ValueError(f"backends: {backends} names a backend twice")
+        for name in backends:
+            if name != "tensorboard" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"{name} is not installed; install the tracking extra: pip install -e '.[tracking]'")
+        return backends
+
+
 class RunConfig(Section):
     """A whole self-play run."""
 
@@ -696,6 +726,7 @@ class RunConfig(Section):
     sync: SyncConfig = SyncConfig()
     evaluation: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

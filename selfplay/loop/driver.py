@@ -96,6 +96,7 @@ def run_iteration(rt: Runtime, k: int) -> None:
         _stage(rt, name, call, k)
     _stage(rt, "evaluate", lambda: stages.evaluate(rt, it), k)
     rt.rd.mark_complete(k, policy_version=it.version)
+    rt.track()  # the iteration's numbers, now that it is complete
 
 
 Stages = list[tuple[str, Callable[[], dict[str, Any] | None]]]
@@ -159,3 +160,4 @@ def _stage(rt: Runtime, name: str, fn: Callable[[], dict[str, Any] | None], k: i
     else:
         rt.rd.mark_stage(k, name, seconds, info)
     rt.log(f"  {name}: {seconds:.1f}s {stages.brief(info)}")
+    rt.track()  # e.g. a round's steps once its train stage is recorded

@@ -30,7 +30,7 @@ from selfplay.loop.ownership import OwnershipLostError
 from selfplay.loop.rundir import STAGES, RunDir, RunDirError, write_text
 
 # Fields a resumed run may change; anything else would mix two different experiments in one directory.
-RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved")
+RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved", "logging")
 # The first stage whose output a section's settings shape. A changed section is accepted on resume: the
 # current iteration is redone from that stage on, and completed iterations keep what they were made with.
 # Sections not listed (name, seed, policy, task) shape everything already produced: changed only while
@@ -190,6 +190,7 @@ class Runtime:
         self._ray_env = contextlib.ExitStack()  # what the embedded Ray changed: undone when it stops
         self._sync = None
         self._judge_pool = None  # the LLM judge's own generator pool
+        self._tracker = None  # logging.backends, built at the first track()
 
     # --- lifecycle
     def __enter__(self) -> Runtime:
@@ -209,7 +210,7 @@ class Runtime:
         if self._generators is None and self._starting_generators is not None:
             self._generators = self._starting_generators.built()
         parts = ((self._judge, "close"), (self._judge_pool, "shutdown"), (self._generators, "shutdown"),
-                 (self._learners, "shutdown"))
+                 (self._learners, "shutdown"), (self._tracker, "close"))
         try:
             for part, method in parts:
                 if part is not None and hasattr(part, method):
@@ -281,6 +282,15 @@ class Runtime:
     # --- logging
     def log(self, message: str) -> None:
         self.console.log(message)
+
+    def track(self) -> None:
+        """Bring the experiment trackers (``logging.backends``) up to date with the run directory."""
+        if self._tracker is None:
+            from selfplay.loop.tracking import RunTracker
+
+            self._tracker = RunTracker(self.cfg, self.rd)
+        for problem in self._tracker.sync():
+            self.log(f"warning: {problem}")
 
     @contextlib.contextmanager
     def stage_context(self, name: str, k: int | None):
