@@ -132,6 +132,78 @@ class WordProblemTaskConfig(Section):
     """Give prompts as chat messages instead of plain text."""
 
 
+EXTRACTIONS = Literal["auto", "answer_tag", "boxed", "marker", "last_number", "none"]
+
+
+def _need_tasks_extra(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} needs the `tasks` extra ({module} is not installed): pip install -e '.[tasks]'")
+
+
+class GraderConfig(Section):
+    """Turns a dataset's reference column into a verifier (`judge: {type: verifier}`); `grader: math` is
+    short for `grader: {type: math}`. The answer is extracted from the response and the reference alike."""
+
+    type: Literal["exact", "numeric", "regex", "math"]
+    """`exact`: normalised string match; `numeric`: the answers read as numbers (`1/2` = `0.5`, `1,234` = 1234)
+    match within `tolerance`; `regex`: `pattern` extracts, then exact; `math`: HF math-verify (LaTeX,
+    `\\boxed{}`, fractions; the `tasks` extra)."""
+    extract: EXTRACTIONS = "auto"
+    """Where the answer is: `answer_tag` (`<answer>..</answer>`), `boxed` (last `\\boxed{}`), `marker` (after
+    the last of `markers`), `last_number`, `none` (the whole text), or `auto`: the first of tags, boxed and
+    marker that is there, else the whole text. A response without an answer scores 0."""
+    markers: list[Annotated[str, Field(min_length=1)]] = ["####", "The answer is", "Answer:"]
+    """Markers for `extract: marker`/`auto` (case-insensitive; the rest of the line after the last one)."""
+    reference_extract: Literal["same", "whole"] = "same"
+    """`same`: the reference's answer is extracted like the response's (GSM8K's `#### 42`); `whole`: the
+    reference is the bare answer. A reference the grader cannot read fails at load, naming file and row."""
+    pattern: str | None = None
+    """`regex` only: the extraction pattern (last match; group `answer`, else group 1, else the match)."""
+    tolerance: Annotated[float, Field(ge=0.0)] = 1e-6
+    """`numeric` only: |answer - reference| <= tolerance x max(1, |reference|)."""
+    case_sensitive: bool = False
+    """`exact` and `regex`: compare case-sensitively."""
+    timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """`math` only: seconds math-verify may spend on one answer; past it the answer scores 0 and is counted."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> GraderConfig:
+        if (self.type == "regex") != (self.pattern is not None):
+            raise ValueError("pattern: needed by (and only by) the `regex` grader")
+        if self.pattern is not None:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern: {self.pattern!r} is not a regular expression: {exc}") from None
+        if self.type == "math":
+            _need_tasks_extra("math_verify", "grader `math`")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """Keyword arguments of ``selfplay.tasks.graders.build_grader`` for this grader."""
+        out: dict[str, Any] = {"extract": self.extract, "markers": list(self.markers),
+                               "reference_extract": self.reference_extract}
+        if self.type == "numeric":
+            out["tolerance"] = self.tolerance
+        if self.type in ("exact", "regex"):
+            out["case_sensitive"] = self.case_sensitive
+        if self.type == "regex":
+            out["pattern"] = self.pattern
+            out.pop("extract")
+        if self.type == "math":
+            out["timeout_s"] = self.timeout_s
+        return out
+
+
 class DatasetTaskConfig(Section):
     type: Literal["dataset"]
     path: str
@@ -146,6 +218,38 @@ class DatasetTaskConfig(Section):
     """Separate held-out file; when absent, `eval_fraction` of `path` is held out (seeded)."""
     eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     """Fraction of `path` held out for evaluation when `eval_path` is not given."""
+    grader: GraderConfig | None = None
+    """Make `reference_column` a verifier (`exact`, `numeric`, `regex`, `math`), so `judge: {type: verifier}`
+    grades samples with no Python; every row then needs a reference the grader can read."""
+
+
+class ReasoningGymTaskConfig(Section):
+    """Procedural problems from reasoning-gym (`reasoning_gym.create_dataset`), scored by the dataset's own
+    `score_answer` (partial credit kept). Needs the `tasks` extra."""
+
+    type: Literal["reasoning_gym"]
+    name: Annotated[str, Field(min_length=1)]
+    """The reasoning-gym dataset, e.g. `chain_sum`, `spell_backward`, `count_bits`."""
+    config: dict[str, Any] = {}
+    """Its configuration (`reasoning_gym.create_dataset(name, **config)`); `seed` and `size` are the task's."""
+    prompt_template: str | None = None
+    """Replaces reasoning-gym's instructions: a `str.format` template over `{question}` and
+    `{metadata[...]}`, e.g. `"{metadata[expression]} ="` for `chain_sum`."""
+    chat: bool = False
+    """Give prompts as chat messages instead of plain text."""
+    extract: EXTRACTIONS = "auto"
+    """Where the answer is in a response, as for a dataset `grader` (default `auto`: tags, boxed, marker, else
+    the whole text); `score_answer` then scores that answer."""
+    markers: list[Annotated[str, Field(min_length=1)]] = ["####", "The answer is", "Answer:"]
+    """Markers for `extract: marker`/`auto`."""
+
+    @model_validator(mode="after")
+    def _installed(self) -> ReasoningGymTaskConfig:
+        _need_tasks_extra("reasoning_gym", "task `reasoning_gym`")
+        for reserved in ("seed", "size"):
+            if reserved in self.config:
+                raise ValueError(f"config.{reserved}: set by the task (the run's seed, its train and eval sizes)")
+        return self
 
 
 class PairsTaskConfig(Section):
@@ -179,7 +283,7 @@ class PythonTaskConfig(Section):
 
 TaskConfig = Annotated[
     ArithmeticTaskConfig | SortingTaskConfig | WordProblemTaskConfig | DatasetTaskConfig | PairsTaskConfig
-    | PythonTaskConfig,
+    | ReasoningGymTaskConfig | PythonTaskConfig,
     Field(discriminator="type"),
 ]
 
@@ -587,6 +691,11 @@ class SyncConfig(Section):
     probe_tolerance: Annotated[float, Field(gt=0.0)] | None = None
     """Largest allowed |log-prob| difference on the probe batch (default 1e-3 in float32, 2e-2 in bfloat16,
     where vLLM's kernels and the learner's legitimately differ by a few 1e-3)."""
+    lora: Literal["auto", "adapter", "merged"] = "auto"
+    """With `train.lora`: `adapter` ships only the adapter tensors, which the generators serve through
+    vLLM's LoRA support on base weights they load once; `merged` ships the whole merged model every sync.
+    `auto`: `adapter` with vLLM generators and the object_store or filesystem method, else `merged`.
+    When the base is pushed as well is in docs/lora.md."""
 
 
 class EvalConfig(Section):
@@ -735,6 +844,9 @@ class RunConfig(Section):
             raise ValueError("sync.method: `nccl` needs GPUs on learners and generators; use object_store")
         if self.generation.tensor_parallel_size > 1 and self.resources.generator_gpus == 0:
             raise ValueError("generation.tensor_parallel_size: > 1 needs resources.generator_gpus > 0")
+        if self.sync.lora == "adapter" and (self.generation.backend != "vllm" or self.sync.method == "nccl"):
+            raise ValueError("sync.lora: `adapter` needs generation.backend vllm and sync.method object_store or "
+                             f"filesystem (got {self.generation.backend}, {self.sync.method}); use auto or merged")
         if self.train.loss.type == "odpo" and isinstance(self.task, PairsTaskConfig):
             raise ValueError("train.loss.type: odpo's per-pair offsets come from judge scores, and offline "
                              "`pairs` have none; use sigmoid, or generate and judge the pairs")
@@ -771,8 +883,18 @@ class RunConfig(Section):
         if strategy == "best" and self.train.loss.type != "sft":
             raise ValueError(f"pairing.strategy: `best` makes SFT targets without a rejected side; it needs "
                              f"train.loss.type `sft` (got {self.train.loss.type!r})")
-        if self.judge.type == "verifier" and isinstance(self.task, DatasetTaskConfig | PairsTaskConfig):
-            raise ValueError(f"judge.type: a `{self.task.type}` task has no verifier; use reward_model, llm_judge, ...")
+        if self.judge.type == "verifier" and isinstance(self.task, PairsTaskConfig):
+            raise ValueError("judge.type: a `pairs` task has no verifier; use reward_model, llm_judge, ...")
+        if self.judge.type == "verifier" and isinstance(self.task, DatasetTaskConfig) and self.task.grader is None:
+            raise ValueError("judge.type: a `dataset` task has no verifier without task.grader (e.g. `grader: numeric` "
+                             "on its reference column); or use reward_model, llm_judge, ...")
+
+    @property
+    def adapter_sync(self) -> bool:
+        """Whether syncs ship the LoRA adapters alone (`train.lora` on, `sync.lora` resolved)."""
+        if self.train.lora.r == 0 or self.sync.lora == "merged":
+            return False
+        return self.generation.backend == "vllm" and self.sync.method != "nccl"
 
     @property
     def probe_tolerance(self) -> float:

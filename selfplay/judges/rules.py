@@ -5,6 +5,9 @@
   the verifier sees what the task produced. The verifier contract is a score in [0, 1] or ``None``
   (undecided: the sample takes part in no pair); anything else (above 1, negative, not a number) is a
   ``JudgeError`` naming the task, the prompt and the value, and a NaN is refused by ``run_judge``.
+  A task with ``grader_counts()`` (dataset graders, reasoning-gym) scores an answer its grader failed on
+  (raised, timed out) as 0 and counts it; the judge's ``stats`` give the counts of its last ``score`` call
+  (``grader_errors``, ``grader_timeouts``), so the judge stage records them per iteration.
 * ``SFTJudge`` (SPIN) scores a sample 1.0 when it equals the reference after whitespace normalisation
   and 0.0 otherwise; the ``reference`` pairing strategy then makes (reference, sample) pairs from the
   0.0 samples only, so a sample identical to the reference never becomes a "rejected" copy of it.
@@ -34,15 +37,23 @@ class VerifierJudge:
             kind = type(task).__name__ if task is not None else "None"
             raise ValueError(f"judge.type 'verifier' needs a task with a verifier; {kind} has none")
         self.task = task
+        self.stats: dict[str, int] = {}
 
     def score(self, groups: list[PromptGroup]) -> Scores:
         from selfplay.tasks.base import Example
 
+        before = self._grader_counts()
         out: Scores = []
         for g in groups:
             example = Example(id=g.prompt_id, prompt=g.prompt, reference=g.reference, meta=dict(g.meta))
             out.append([self._check(self.task.score(example, r), g.prompt_id) for r in g.responses])
+        after = self._grader_counts()
+        self.stats = {k: v - before.get(k, 0) for k, v in after.items()}
         return out
+
+    def _grader_counts(self) -> dict[str, int]:
+        counts = getattr(self.task, "grader_counts", None)
+        return dict(counts()) if callable(counts) else {}
 
     def _check(self, value: Any, prompt_id: str) -> float | None:
         from selfplay.judges.base import JudgeError

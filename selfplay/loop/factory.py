@@ -36,9 +36,14 @@ def build_task_from_config(cfg: RunConfig):
     if t.type == "word_problems":
         return build_task("word_problems", chat=t.chat, **sizes)
     if t.type == "dataset":
+        grader = None if t.grader is None else {"type": t.grader.type, **t.grader.params()}
         return build_task("dataset", path=t.path, prompt_column=t.prompt_column, reference_column=t.reference_column,
                           id_column=t.id_column, eval_path=t.eval_path, eval_fraction=t.eval_fraction,
-                          split_seed=cfg.seed)
+                          split_seed=cfg.seed, grader=grader)
+    if t.type == "reasoning_gym":
+        return build_task("reasoning_gym", name=t.name, config=dict(t.config), seed=cfg.seed,
+                          prompt_template=t.prompt_template, chat=t.chat, extract=t.extract, markers=list(t.markers),
+                          **sizes)
     if t.type == "pairs":
         return PairsTask(t.path, t.prompt_column, t.chosen_column, t.rejected_column, t.eval_fraction, cfg.seed,
                          chunks=t.chunks, segment_turns=cfg.train.loss.segment_turns)

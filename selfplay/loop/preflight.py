@@ -65,7 +65,7 @@ def preflight(cfg: RunConfig, source: str = "<recipe>", *, check_task: bool = Tr
     if problems:
         raise ConfigError(source, problems)
     checked = _check_task(cfg, source) if check_task else Preflight()
-    wants_eval = cfg.task.type == "dataset" and cfg.evaluation.num_prompts > 0
+    wants_eval = cfg.task.type in ("dataset", "reasoning_gym") and cfg.evaluation.num_prompts > 0
     if wants_eval and (too_few := _eval_rows(cfg, checked.task)):
         raise ConfigError(source, too_few)
     ev = cfg.evaluation
@@ -104,6 +104,10 @@ def _eval_rows(cfg: RunConfig, task: Any = None) -> list[str]:
     wanted = cfg.evaluation.num_prompts
     if wanted <= held_out:
         return []
+    if cfg.task.type == "reasoning_gym":  # a small problem space repeats itself: fewer distinct problems
+        return [f"evaluation.num_prompts: {wanted} is more than the {held_out} distinct held-out problems of "
+                f"reasoning_gym {cfg.task.name} with config {cfg.task.config}; set evaluation.num_prompts <= "
+                f"{held_out} (or widen the config)"]
     where = (f"task.eval_path {cfg.task.eval_path}" if cfg.task.eval_path else
              f"task.path {cfg.task.path} with task.eval_fraction {cfg.task.eval_fraction}")
     return [f"evaluation.num_prompts: {wanted} is more than the {held_out} held-out rows of {where}; "

@@ -7,7 +7,10 @@
   train_size, eval_size)``
 * ``word_problems`` -> ``WordProblemTask(chat, train_size, eval_size)``
 * ``dataset`` -> ``DatasetTask(path, prompt_column, reference_column, id_column, eval_path,
-  eval_fraction, split_seed, split, eval_split)``
+  eval_fraction, split_seed, split, eval_split, grader)``; ``grader`` (``{"type": "numeric", ...}``,
+  :mod:`selfplay.tasks.graders`) makes the reference column a verifier
+* ``reasoning_gym`` -> ``ReasoningGymTask(name, config, train_size, eval_size, seed, prompt_template, chat,
+  extract, markers)`` (the ``tasks`` extra; imported only when asked for)
 * ``python`` -> ``load_object(target)(**params)``: a user's class or factory named ``"module:attr"``
   (imported from the current directory), checked to implement the ``Task`` API.
 
@@ -25,7 +28,7 @@ from selfplay.tasks.dataset import DatasetTask
 from selfplay.tasks.sorting import SortingTask
 from selfplay.tasks.word_problems import WordProblemTask
 
-TASK_KINDS = ("arithmetic", "sorting", "word_problems", "dataset", "python")
+TASK_KINDS = ("arithmetic", "sorting", "word_problems", "dataset", "reasoning_gym", "python")
 
 __all__ = [
     "LEVELS",
@@ -52,6 +55,10 @@ def build_task(kind: str, **params: Any) -> Task:
         return _call(WordProblemTask, params, "word_problems task")
     elif kind == "dataset":
         return _call(DatasetTask, params, "dataset task")
+    elif kind == "reasoning_gym":
+        from selfplay.tasks.reasoning_gym_task import ReasoningGymTask
+
+        return _call(ReasoningGymTask, params, "reasoning_gym task")
     elif kind == "python":
         from selfplay.plugins import load_object
 

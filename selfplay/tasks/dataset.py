@@ -1,8 +1,10 @@
 """Prompts from a real dataset: a ``.parquet`` / ``.jsonl`` file or a ``datasets`` ``save_to_disk`` folder.
 
 The prompt column holds plain text or chat messages (``[{"role": ..., "content": ...}]``); an optional
-reference column holds strings (or nulls). There is no verifier: ``has_verifier`` is False and ``score``
-raises ``NoVerifierError`` - pair such a task with a judge.
+reference column holds strings (or nulls). Without a ``grader`` there is no verifier: ``has_verifier`` is
+False and ``score`` raises ``NoVerifierError`` - pair such a task with a judge. With one
+(:mod:`selfplay.tasks.graders`: ``exact``, ``numeric``, ``regex``, ``math``) the reference column is the
+verifier: ``score`` extracts the response's answer and the reference's the same way and compares them.
 
 Choices:
 
@@ -20,6 +22,10 @@ Choices:
   ``train_examples``.
 * ``train_examples(n, seed)``: ``n=None`` is every row in file order; otherwise a ``seed``-ed sample of
   ``n`` rows, kept in file order. Asking for more rows than the split has is an error.
+* With a grader, every row (train and eval) needs a reference the grader can read; one it cannot (no
+  ``#### answer``, no number, nothing math-verify parses) is an error when the task is built, naming the
+  file and the row. The warm start still trains on the whole reference (GSM8K's worked solution).
+  ``grader_counts()`` gives the answers the grader failed on so far (raised or timed out: scored 0).
 * Ids: the ``id_column`` value when given (must be unique), else ``"{file stem}-{row}"`` (a folder:
   ``"{name}.{split}-{row}"``; ``.eval`` is added when the eval source would repeat the prefix). Other columns
   are kept in ``Example.meta`` (with ``source`` and ``row``) for judges that need them.
@@ -35,6 +41,7 @@ from typing import Any
 
 from selfplay.tasks.base import Example, NoVerifierError, first_of_each, held_out_keys, prompt_key
 from selfplay.tasks.formats import split_conversation
+from selfplay.tasks.graders import Grader, build_grader
 
 ROLES = ("system", "user", "assistant")
 
@@ -70,7 +77,7 @@ def read_rows(path: Path, split: str | None = None) -> list[Any]:
 
 
 class DatasetTask:
-    """Prompts (and optional references) from a dataset file; no verifier."""
+    """Prompts (and optional references) from a dataset file; a verifier when a ``grader`` is given."""
 
     has_verifier = False
 
@@ -85,9 +92,14 @@ class DatasetTask:
         split_seed: int = 0,
         split: str = "train",
         eval_split: str | None = None,
+        grader: Grader | dict[str, Any] | None = None,
     ) -> None:
         if not 0.0 <= eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        if isinstance(grader, dict):
+            grader = build_grader(**grader)
+        self.grader = grader
+        self.has_verifier = grader is not None
         self.path = Path(path)
         self.columns = (prompt_column, reference_column, id_column)
         train = self._load(self.path, split, _tag(self.path, split))
@@ -115,6 +127,8 @@ class DatasetTask:
         overlap = {e.id for e in self._train} & {e.id for e in self._eval}
         if overlap:
             raise ValueError(f"{self.path}: ids appear in both train and eval: {sorted(overlap)[:5]}")
+        if self.grader is not None:
+            self._check_references(self._train + self._eval)
 
     def train_examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
         return _take(self._train, n, seed, f"{self.path} (train)")
@@ -123,10 +137,32 @@ class DatasetTask:
         return _take(self._eval, n, seed, f"{self.path} (eval)")
 
     def score(self, example: Example, response: str) -> float:
-        raise NoVerifierError(
-            f"dataset task {self.path} has no verifier (has_verifier=False); "
-            "configure a judge to score its responses"
-        )
+        if self.grader is None:
+            raise NoVerifierError(
+                f"dataset task {self.path} has no verifier (has_verifier=False); "
+                "configure a judge to score its responses, or give the task a grader"
+            )
+        if example.reference is None:
+            raise ValueError(f"example {example.id} has no reference to grade against")
+        return self.grader.score(response, example.reference)
+
+    def grader_counts(self) -> dict[str, int]:
+        """Answers the grader failed on so far (raised or timed out, each scored 0)."""
+        return self.grader.counts.as_dict() if self.grader is not None else {}
+
+    def _check_references(self, examples: list[Example]) -> None:
+        """Every row's reference must be one the grader can read; the first bad one is named."""
+        column = self.columns[1] or "the assistant reply"
+        for e in examples:
+            where = f"{e.meta.get('source', self.path)}: row {e.meta.get('row', '?')}"
+            if e.reference is None:
+                raise ValueError(f"{where}: no reference in column {column!r}; the {self.grader.kind} grader "
+                                 "needs one on every row")
+            try:
+                self.grader.check_reference(e.reference)
+            except ValueError as exc:
+                raise ValueError(f"{where}: column {column!r}: the {self.grader.kind} grader cannot read this "
+                                 f"reference: {exc}") from None
 
     def _load(self, path: Path, split: str | None, tag: str) -> list[Example]:
         prompt_col, ref_col, id_col = self.columns

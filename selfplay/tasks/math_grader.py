@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
 import time
 from typing import Any
 
-from selfplay.tasks.graders import Grader, GraderTimeout
+from selfplay.tasks.grading import Grader, GraderTimeout
 
 START_TIMEOUT_S = 120.0
 
@@ -51,13 +52,17 @@ class MathGrader(Grader):
         state["_child"] = None
         return state
 
-    def _gold(self, text: str) -> str:
-        reply = self._call({"op": "parse", "text": text})
-        if not reply.get("parsed"):
-            raise ValueError(f"math-verify parses nothing from the reference's answer {text[-80:]!r}")
-        return text
+    def _answer(self, response: str) -> list[str] | None:
+        found = super()._answer(response)
+        return None if found is None else readings(found, structured=found != response.strip())
 
-    def _compare(self, answer: str, gold: str) -> float:
+    def _gold(self, text: str, structured: bool = False) -> list[str]:
+        texts = readings(text, structured)
+        if not self._call({"op": "parse", "texts": texts}).get("parsed"):
+            raise ValueError(f"math-verify parses nothing from the reference's answer {text[-80:]!r}")
+        return texts
+
+    def _compare(self, answer: list[str], gold: list[str]) -> float:
         return float(bool(self._call({"op": "verify", "gold": gold, "answer": answer})["correct"]))
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +110,7 @@ class _Child:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
-        what = request.get("answer", request.get("text", ""))
+        what = (request.get("answer") or request.get("texts") or [""])[0]
         return json.loads(self._read_line(timeout_s, f"math-verify on {str(what)[:60]!r}"))
 
     def _read_line(self, timeout_s: float, what: str) -> bytes:
@@ -150,10 +155,10 @@ def serve() -> None:
         try:
             request = json.loads(raw)
             if request["op"] == "parse":
-                reply: dict[str, Any] = {"parsed": bool(_parse(parse, parsed, request["text"]))}
+                reply: dict[str, Any] = {"parsed": bool(_parse(parse, parsed, request["texts"]))}
             else:
                 gold = _parse(parse, parsed, request["gold"])
-                answer = parse(_as_math(request["answer"]), parsing_timeout=None)
+                answer = _parse(parse, {}, request["answer"])
                 reply = {"correct": bool(gold and answer and verify(gold, answer, timeout_seconds=None))}
         except Exception as exc:  # noqa: BLE001  (reported to the parent, which counts it)
             reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -161,17 +166,33 @@ def serve() -> None:
         out.flush()
 
 
-def _parse(parse: Any, cache: dict[str, Any], text: str) -> Any:
-    if text not in cache:
+def _parse(parse: Any, cache: dict[str, Any], texts: list[str]) -> Any:
+    """The first non-empty parse of ``texts`` (the readings of one answer, in order)."""
+    key = "\x00".join(texts)
+    if key not in cache:
         if len(cache) > 65536:
             cache.clear()
-        cache[text] = parse(_as_math(text), parsing_timeout=None)
-    return cache[text]
+        cache[key] = []
+        for text in texts:
+            cache[key] = parse(text, parsing_timeout=None)
+            if cache[key]:
+                break
+    return cache[key]
 
 
-def _as_math(text: str) -> str:
-    """A bare LaTeX answer (``\\frac{1}{2}``) in ``$...$``, so math-verify's LaTeX reader sees it."""
-    return f"${text}$" if "\\" in text and "$" not in text and "\\(" not in text and "\\[" not in text else text
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+
+
+def readings(text: str, structured: bool) -> list[str]:
+    """How math-verify should read an answer, in order of preference.
+
+    An answer found by extraction (a ``\\boxed{}``'s content, the text after ``####``) is usually a bare
+    expression: math-verify's LaTeX reader needs it in ``$...$`` (it reads ``x+1`` only so), with the raw
+    text as a second try. Text with words in it (a whole response, ``#### about 12``) is read raw, where
+    math-verify finds the answer itself: in ``$...$`` its words would read as products of symbols."""
+    delimited = any(d in text for d in ("$", "\\(", "\\["))
+    wrapped = [] if delimited or _WORD.search(text) else [f"${text}$"]
+    return wrapped + [text] if structured else [text] + wrapped
 
 
 if __name__ == "__main__":
