@@ -201,7 +201,9 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
         (p.out / "results.json").write_text(json.dumps({"starts": p.starts, "runs": mine}, indent=2))
         for path in write_plots(p.out, mine):
             print(f"  plot: {path}")
-        print(f"\n{p.name} ({p.recipe.name}; {' '.join(p.budget)}; raw numbers in {p.out / 'results.json'})")
+        b = p.base
+        print(f"\n{p.name} ({p.recipe.name}; {b.iterations} iterations x {b.generation.prompts_per_iteration} prompts "
+              f"x {b.generation.n} samples per arm; raw numbers in {p.out / 'results.json'})")
         print_results(arms_of[p.name], mine, p.starts)
         for line in claims(mine, "previous"):
             print(line)
