@@ -85,12 +85,12 @@ class LearnerActor(BroadcastSenderMixin):
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, model_path: str, cfg: Any, rank: int, world_size: int, seed: int, master_addr: str,
-              master_port: int, output_dir: str | None, timeout_s: float) -> int:
+              master_port: int, output_dir: str | None, timeout_s: float, tensorboard: bool = True) -> int:
         from selfplay.train import Learner
 
         self.learner = Learner(model_path, cfg, rank=rank, world_size=world_size, seed=seed,
                                output_dir=output_dir, master_addr=master_addr, master_port=master_port,
-                               threads=self.threads, timeout_s=timeout_s)
+                               threads=self.threads, timeout_s=timeout_s, tensorboard=tensorboard)
         return rank
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +134,7 @@ class LearnerGroup:
     def __init__(self, model_path: str | Path, cfg: Any, num_learners: int = 1,
                  resources: ResourcesConfig | None = None, run_seed: int = 0, *, local: bool = False,
                  output_dir: str | Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 setup_timeout_s: float = SETUP_TIMEOUT_S) -> None:
+                 setup_timeout_s: float = SETUP_TIMEOUT_S, tensorboard: bool = True) -> None:
         self.resources = resources or ResourcesConfig(learners=num_learners)
         self.num_learners = num_learners
         self.timeout_s = timeout_s
@@ -150,12 +150,13 @@ class LearnerGroup:
                 raise ValueError(f"local=True runs one in-process learner; got num_learners={num_learners}")
             from selfplay.train import Learner
 
-            self._local = Learner(model_path, cfg, seed=run_seed, output_dir=out,
+            self._local = Learner(model_path, cfg, seed=run_seed, output_dir=out, tensorboard=tensorboard,
                                   threads=count(self.resources.threads_per_actor))
             return
-        self._start(str(model_path), cfg, run_seed, out, setup_timeout_s)
+        self._start(str(model_path), cfg, run_seed, out, setup_timeout_s, tensorboard)
 
-    def _start(self, model_path: str, cfg: Any, seed: int, output_dir: str | None, setup_timeout_s: float) -> None:
+    def _start(self, model_path: str, cfg: Any, seed: int, output_dir: str | None, setup_timeout_s: float,
+               tensorboard: bool = True) -> None:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -181,7 +182,7 @@ class LearnerGroup:
             ).remote(threads))
         addr, port = self._gather("rendezvous", [self.actors[0].rendezvous.remote()], setup_timeout_s)[0]
         refs = [actor.setup.remote(model_path, cfg, rank, self.num_learners, seed, addr, port, output_dir,
-                                   setup_timeout_s)
+                                   setup_timeout_s, tensorboard)
                 for rank, actor in enumerate(self.actors)]
         self._gather("setup", refs, setup_timeout_s)
 

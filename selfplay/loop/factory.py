@@ -117,7 +117,7 @@ def build_learners(cfg: RunConfig, policy_dir: Path, output_dir: Path):
     from actors.learner import LearnerGroup
 
     return LearnerGroup(policy_dir, cfg.train, cfg.resources.learners, cfg.resources, cfg.seed,
-                        output_dir=output_dir)
+                        output_dir=output_dir, tensorboard="tensorboard" in cfg.logging.backends)
 
 
 def build_sync(cfg: RunConfig, weights_dir: Path):

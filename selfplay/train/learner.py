@@ -92,7 +92,7 @@ class Learner:
     def __init__(self, model_path: str | Path, cfg: Any, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  output_dir: str | Path | None = None, master_addr: str | None = None,
                  master_port: int | None = None, local_rank: int = 0, threads: int | None = None,
-                 timeout_s: float = 1800.0) -> None:
+                 timeout_s: float = 1800.0, tensorboard: bool = True) -> None:
         from selfplay.env import setup_env
 
         setup_env(threads)
@@ -101,7 +101,8 @@ class Learner:
         init_distributed(rank, world_size, master_addr, master_port, local_rank, timeout_s)
         self.engine = self.optimizer = None
         self.reload(model_path, cfg)
-        self.metrics = MetricsWriter(output_dir if rank == 0 else None)
+        self._tensorboard = tensorboard  # False: the steps go to train_metrics.jsonl only (logging.backends)
+        self.metrics = MetricsWriter(output_dir if rank == 0 else None, tensorboard=tensorboard)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         # TensorBoard stays in output_dir/tensorboard when the step log moves (the loop: one run of
         # curves over every round, on the global step, instead of one per iteration directory)
@@ -460,7 +461,8 @@ class Learner:
         """Write ``train_metrics.jsonl`` to ``out_dir`` from now on (rank 0); TensorBoard events too, unless
         the learner was started with an ``output_dir``: they stay in its ``tensorboard/``."""
         self.metrics.close()
-        self.metrics = MetricsWriter(out_dir if self.rank == 0 else None, tensorboard_dir=self._tensorboard_dir)
+        self.metrics = MetricsWriter(out_dir if self.rank == 0 else None, tensorboard=self._tensorboard,
+                                     tensorboard_dir=self._tensorboard_dir)
         self.output_dir = Path(out_dir) if out_dir is not None else None
 
     def shutdown(self) -> None:
