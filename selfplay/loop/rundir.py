@@ -17,7 +17,9 @@ Layout (the contract users and ``selfplay status`` rely on)::
         generations.parquet  judgments.parquet  pairs.parquet  reference.parquet
         train_metrics.jsonl  policy/  eval.json
         checkpoint/          while a round runs with ``train.checkpoint_every`` (removed by export)
-      tensorboard/
+      tensorboard/             TensorBoard events (steps from the learner, iterations from the driver)
+      tracking.json            each tracker's run id and last logged step and iteration (selfplay.loop.tracking)
+      wandb/                   wandb's run files, when it is a backend
       owner/record.json        the driver holding the run (host, pid, heartbeat: its mtime); see ownership.py
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
