@@ -19,6 +19,8 @@ Fault tolerance (the loop itself is :mod:`actors.shard_run`):
   directory it was built from or told about (``remember_policy``, which the driver calls after each
   sync with the exported ``policy/``), or the buckets of the last pool-level ``load_buckets`` (kept in
   the object store). ``restore`` reloads that into the replica and verifies the version (and checksum).
+  After an adapter-only LoRA sync that is the base directory plus the adapter directory served on it
+  (``remember_policy(path, version, base=...)``), so a restarted replica gets base + current adapter.
 * Restarts are noticed by each replica's Ray worker id: ``heal`` (run before ``generate`` and
   ``expect_version``) restores any replica whose process changed since the pool last saw it.
 * Placement: one placement group of R bundles, ``resources.placement`` (pack | spread | strict_pack |
@@ -100,6 +102,27 @@ class GeneratorActor:
 
         return self.engine.load_buckets(read_weights_dir(path, version), version)
 
+    def load_adapter(self, blobs: Sequence[Any], version: int) -> str:
+        """Serve a LoRA adapter (buckets of its tensors, or ObjectRefs to them) on the base this engine holds."""
+        if blobs and isinstance(blobs[0], ray.ObjectRef):
+            blobs = ray.get(list(blobs))
+        return self.engine.load_adapter(blobs, version)
+
+    def load_adapter_path(self, path: str, version: int) -> str:
+        from selfplay.sync.filesystem import read_weights_dir
+
+        return self.engine.load_adapter(read_weights_dir(path, version), version)
+
+    @ray.method(**_RETRY)
+    def load_adapter_dir(self, path: str, version: int) -> str:
+        """Serve a PEFT adapter directory (``adapter_model.safetensors``) through the verified adapter path."""
+        from safetensors.torch import load_file
+
+        from selfplay.sync.buckets import pack_buckets
+
+        tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
+        return self.engine.load_adapter(list(pack_buckets(tensors.items(), version=version)), version)
+
     @ray.method(**_RETRY)
     def load_dir(self, path: str, version: int) -> str:
         """Load a Hugging Face directory's weights into the running engine, through the same verified
@@ -116,13 +139,17 @@ class GeneratorActor:
         return self.engine.load_buckets(list(pack_buckets(tensors.items(), version=version)), version)
 
     @ray.method(**_RETRY)
-    def restore(self, version: int, path: str | None = None, buckets: Any = None) -> dict[str, Any]:
+    def restore(self, version: int, path: str | None = None, buckets: Any = None,
+                adapter: str | None = None) -> dict[str, Any]:
         """Bring this (restarted) replica to ``version``: load ``buckets`` if given, else the HF directory
-        ``path`` (nothing to load when this replica was started from it at that version). Returns ``info``."""
+        ``path`` (nothing to load when this replica was started from it at that version), then the LoRA
+        ``adapter`` directory on top when given. Returns ``info``."""
         if buckets is not None:
             self.load_buckets(buckets, version)
-        elif path is not None and (path != self.model_path or self.engine.version != version):
+        elif path is not None and (path != self.model_path or (adapter is None and self.engine.version != version)):
             self.load_dir(path, version)
+        if adapter is not None:
+            self.load_adapter_dir(adapter, version)
         return self.info()
 
     @ray.method(**_RETRY)
@@ -186,6 +213,12 @@ class PolicySource:
     path: str | None = None  # a Hugging Face directory
     buckets: Any = None  # an ObjectRef to the buckets of a pool-level load_buckets
     checksum: str | None = None  # the sync checksum those buckets load with
+    adapter: str | None = None  # a PEFT adapter directory served on top of path/buckets (adapter-only sync)
+
+    @property
+    def base(self) -> str | None:
+        """The directory of the weights under the adapter (or of the whole policy), when one is known."""
+        return self.path if self.buckets is None else None
 
 
 def place_generators(gen_cfg: Any, resources: Any, timeout_s: float) -> tuple[Any, list[dict[str, Any]]]:
@@ -284,10 +317,15 @@ class GeneratorPool:
         return out, time.perf_counter() - start
 
     # --- restarts
-    def remember_policy(self, path: str | Path, version: int) -> None:
+    def remember_policy(self, path: str | Path, version: int, *, base: str | Path | None = None) -> None:
         """Record that every replica now holds ``version``, whose weights are the HF directory ``path``
-        (a sync that addresses the actors directly does not pass through the pool: tell it here)."""
-        self.policy = PolicySource(version, path=str(path))
+        (a sync that addresses the actors directly does not pass through the pool: tell it here).
+        With ``base`` (an adapter-only sync), the replicas hold the base directory ``base`` and serve the
+        adapter ``path/adapter`` on it; a restarted replica gets both back."""
+        if base is None:
+            self.policy = PolicySource(version, path=str(path))
+        else:
+            self.policy = PolicySource(version, path=str(base), adapter=str(Path(path) / "adapter"))
 
     def submit_restore(self, a: int, version: int) -> Any:
         """Start restoring replica ``a`` (restarted by Ray) to the pool's policy; returns the call's ref.
@@ -297,7 +335,7 @@ class GeneratorPool:
             raise RemoteCallError(
                 f"{self.names[a]} must be restored to version {version}, but the pool only knows where "
                 f"version {p.version} is; call GeneratorPool.remember_policy(path, version) after each sync")
-        return self.actors[a].restore.remote(p.version, p.path, p.buckets)
+        return self.actors[a].restore.remote(p.version, p.path, p.buckets, p.adapter)
 
     def check_restored(self, a: int, ref: Any, version: int) -> dict[str, Any]:
         """Wait for :meth:`submit_restore`'s call and verify the replica holds ``version`` (and checksum)."""

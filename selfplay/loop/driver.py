@@ -35,8 +35,8 @@ from selfplay.loop.runtime import Runtime, open_run_dir
 def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
         take_over: bool = False) -> RunDir:
     """Run (or resume) every iteration of ``cfg`` in ``run_dir`` (``take_over``: take a stale owner's run)."""
-    checked = preflight(cfg, source)
-    with hold(run_dir, take_over=take_over) as owner:
+    with hold(run_dir, take_over=take_over) as owner:  # first: a second driver is refused before any work
+        checked = preflight(cfg, source)
         rd = open_run_dir(cfg, run_dir)
         with Runtime(cfg, rd, console=console, task=checked.task) as rt:
             _start(rt, checked.warnings, owner)
@@ -54,8 +54,8 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<re
 def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
                  take_over: bool = False) -> RunDir:
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
-    checked = preflight(cfg, source)
-    with hold(run_dir, take_over=take_over) as owner:
+    with hold(run_dir, take_over=take_over) as owner:  # first: a second driver is refused before any work
+        checked = preflight(cfg, source)
         rd = open_run_dir(cfg, run_dir)
         with Runtime(cfg, rd, console=console, task=checked.task) as rt:
             _start(rt, checked.warnings, owner)

@@ -342,6 +342,7 @@ class Ownership:
         self.took_over = took_over  # the take-over to log in the manifest (None: nobody held the run)
         self.bound = bound
         self.lost: str | None = None  # why this driver no longer owns the run
+        self.created: Path | None = None  # the outermost directory that taking the run created
         self._interrupt = interrupt
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="selfplay-owner-heartbeat", daemon=True)
@@ -399,6 +400,20 @@ class Ownership:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+    def remove_if_empty(self) -> None:
+        """Remove the directories taking the run created, if nothing was written into them (a run refused
+        by its recipe check leaves no empty run directory behind)."""
+        if self.created is None:
+            return
+        for path in (self.root, *self.root.parents):
+            try:
+                path.rmdir()
+            except OSError:
+                return
+            if path == self.created:
+                return
+
+
 def acquire(run_dir: str | Path, *, take_over: bool = False, interrupt: bool = True) -> Ownership:
     """Own ``run_dir`` (created if missing) or raise :class:`OwnershipError` naming the holder.
 
@@ -408,6 +423,11 @@ def acquire(run_dir: str | Path, *, take_over: bool = False, interrupt: bool = T
         raise RunDirError(f"run directory {root} is a file, not a directory; choose another --run-dir")
     bound = stale_after()
     mine = OwnerRecord.of_this_process()
+    created = None  # the outermost directory this call creates: removed again if the run never starts
+    for parent in (root, *root.parents):
+        if parent.exists():
+            break
+        created = parent
     try:
         # Never world-writable, whatever the umask: what is in it is trusted on resume (see docs/security.md).
         root.mkdir(mode=0o775, parents=True, exist_ok=True)
@@ -416,7 +436,9 @@ def acquire(run_dir: str | Path, *, take_over: bool = False, interrupt: bool = T
         raise RunDirError(f"run directory {root} is not writable ({exc.strerror or exc}); fix its permissions "
                           "or choose another --run-dir") from None
     _sweep(root, bound)
-    return Ownership(root, mine, took_over, bound, interrupt)
+    own = Ownership(root, mine, took_over, bound, interrupt)
+    own.created = created
+    return own
 
 
 @contextlib.contextmanager
@@ -424,9 +446,11 @@ def hold(run_dir: str | Path, *, take_over: bool = False, interrupt: bool = True
     """Own ``run_dir`` for the block: every atomic write under it first checks ownership; released at the
     end. An interrupt sent by the heartbeat on losing the run surfaces as :class:`OwnershipLostError`."""
     own = acquire(run_dir, take_over=take_over, interrupt=interrupt)
+    finished = False
     try:
         with guarded(own.root, own.check):
             yield own
+        finished = True
     except KeyboardInterrupt:
         if own.lost is not None:
             raise OwnershipLostError(own.lost) from None
@@ -437,6 +461,8 @@ def hold(run_dir: str | Path, *, take_over: bool = False, interrupt: bool = True
         except KeyboardInterrupt:  # the heartbeat's interrupt, arriving as the block ended: its error stands
             if own.lost is None:
                 raise
+        if not finished:
+            own.remove_if_empty()
 
 
 def owner_line(run_dir: str | Path) -> str:

@@ -446,11 +446,20 @@ def export(it: Iteration, learners: Callable[[], Any]) -> dict[str, Any]:
 
 
 def sync(rt, it: Iteration, pool, learners) -> dict[str, Any]:
-    """The exported policy into the generators: pushed through the configured sync, verified on a probe."""
+    """The exported policy into the generators: pushed through the configured sync, verified on a probe.
+    With an adapter-only LoRA sync (``sync.lora``) only the adapter moves, plus the learner's base when the
+    generators do not hold it yet (``lora_parts``; docs/lora.md says when)."""
     if pool is None:
         return _start_generators(rt, it)
-    report = rt.weight_sync.push(learners, pool, it.version)
-    pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
+    if rt.cfg.adapter_sync:
+        from selfplay.sync.base import lora_parts
+
+        base = learners.lora_base()
+        report = rt.weight_sync.push(learners, pool, it.version, lora_parts(base, pool.policy.base))
+        pool.remember_policy(it.policy_out, it.version, base=base)  # a restarted generator: base + adapter
+    else:
+        report = rt.weight_sync.push(learners, pool, it.version)
+        pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
     faults.kill_point("sync", it.k)  # crash tests: generators hold the new weights, the manifest does not say so
     return {"version": it.version, **report.as_dict()}
 
