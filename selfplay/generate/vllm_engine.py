@@ -18,6 +18,18 @@ vllm. Choices:
 * ``info()["last_load"]`` says what the last sync cost here: seconds to verify, seconds in the engine.
 * ``probe_logps`` uses ``prompt_logprobs=0``: the log-prob of each given token under the model, the
   same quantity the learner computes, for sync verification.
+* LoRA (``lora=AdapterSpec``, from ``train.lora`` with ``sync.lora: adapter``): the engine starts with
+  ``enable_lora`` on the base weights and serves the adapter of the last :meth:`VLLMEngine.load_adapter`
+  on every request (``lora_request``). The adapter arrives as verified buckets of PEFT-named tensors and
+  is handed to vLLM as an adapter directory under a new integer id per load (see ``adapter.py``). A full
+  load (``load_buckets``) replaces the base, after which no adapter is served until the next
+  ``load_adapter``: the full weights a sync pushes are either a merged policy or a base whose adapter
+  follows. The probe cannot use ``prompt_logprobs`` on an engine started for adapters (with or without
+  one applied): vLLM's LoRA logits processor maps one adapter row per request, not per prompt token,
+  and raises (on CPU: ``einsum(): subscript b has size 2 ...``, vLLM issues 16668 and 29955), after
+  which the in-process engine hangs. So there each probe position is its own one-token request on the prefix,
+  asking for the log-prob of the next probe token (``logprob_token_ids``: the raw log-prob, before any
+  sampling transform); prefix caching shares the prefixes' work.
 * On the CPU backend, chunked prefill is off (:func:`cpu_scheduler_kwargs`). With it on, a prompt that
   does not fit the step's token budget is prefilled in chunks, and vLLM samples a token after each
   partial chunk and discards it. For a seeded request it then rewinds the request's generator with
@@ -49,6 +61,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from selfplay.generate.adapter import AdapterSpec, adapter_names, write_adapter_dir
 from selfplay.generate.types import Completion, Sampling, encode_prompts, engine_info
 from selfplay.generate.weights import checkpoint_names, decode_sync, load_stats
 from selfplay.sync.buckets import joined
@@ -99,6 +112,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         kv_cache_gb: int | None = None,
         gpu_memory_utilization: float | None = None,
+        lora: AdapterSpec | None = None,
         **llm_kwargs: Any,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -115,6 +129,8 @@ class VLLMEngine:
         self._chunked_cpu = on_cpu and bool(llm_kwargs.get("enable_chunked_prefill"))
         if gpu_memory_utilization is not None:
             llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if lora is not None:
+            llm_kwargs = {"enable_lora": True, "max_lora_rank": lora.max_lora_rank(), "max_loras": 1, **llm_kwargs}
         self.model_path = Path(model_path)
         self._llm = LLM(
             model=str(model_path),
@@ -135,6 +151,11 @@ class VLLMEngine:
         self.version = version
         self.checksum: str | None = None
         self.last_load: dict[str, Any] | None = None
+        self.lora = lora
+        self._adapter: Any = None  # the LoRARequest every request carries (None: the base alone)
+        self._adapter_ids = 0
+        self._adapter_root: Path | None = None
+        self._adapter_names = adapter_names(self._names, lora.target_modules) if lora is not None else []
 
     # ------------------------------------------------------------------------------------ generation
     def generate(
@@ -151,7 +172,8 @@ class VLLMEngine:
             )
         ids = encode_prompts(self.tokenizer, list(prompts))
         params = [self._params(sampling, first_index + i) for i in range(len(ids))]
-        outputs = self._llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        outputs = self._llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False,
+                                     lora_request=self._adapter)
         result = []
         for i, out in enumerate(outputs):
             group = []
@@ -198,6 +220,8 @@ class VLLMEngine:
         for i, seq in enumerate(sequences):
             if len(seq) < 2:
                 raise ValueError(f"probe sequence {i} has {len(seq)} tokens; at least 2 are needed")
+        if self.lora is not None:  # an engine started for adapters, whether one is applied now or not
+            return self._probe_prefixes(sequences)
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, detokenize=False)
         outputs = self._llm.generate(
             [{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False
@@ -206,6 +230,19 @@ class VLLMEngine:
             [float(pos[t].logprob) for pos, t in zip(out.prompt_logprobs[1:], seq[1:])]
             for out, seq in zip(outputs, sequences)
         ]
+
+    def _probe_prefixes(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """``probe_logps`` on an engine started for adapters: a one-token request per position (module docstring)."""
+        from vllm import SamplingParams
+
+        prompts, params = [], []
+        for seq in sequences:
+            for t in range(1, len(seq)):
+                prompts.append({"prompt_token_ids": list(seq[:t])})
+                params.append(SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[int(seq[t])],
+                                             detokenize=False))
+        outputs = iter(self._llm.generate(prompts, params, use_tqdm=False, lora_request=self._adapter))
+        return [[float(next(outputs).outputs[0].logprobs[0][int(t)].logprob) for t in seq[1:]] for seq in sequences]
 
     # ------------------------------------------------------------------------------------ weights
     def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
@@ -226,14 +263,61 @@ class VLLMEngine:
         except Exception:
             self.version, self.checksum = BROKEN, None
             raise
+        self._drop_adapter()  # the full weights are a merged policy, or a base whose adapter comes next
         self._llm.reset_prefix_cache()
         self.version, self.checksum = version, digest
         self.last_load = load_stats(blobs, version, verified - start, time.perf_counter() - verified)
         return digest
+
+    def load_adapter(self, blobs: Sequence[Any], version: int) -> str:
+        """Verify buckets of LoRA adapter tensors (PEFT names, exactly this model's targeted layers), then
+        serve that adapter on the current base as ``version``. Returns the sync checksum.
+
+        Raises :class:`~selfplay.sync.buckets.BucketError` (engine unchanged) on a corrupt, stale or
+        incomplete adapter, and ``RuntimeError`` when the engine was not started for adapters."""
+        from vllm.lora.request import LoRARequest
+
+        if self.lora is None:
+            raise RuntimeError("this engine serves no LoRA adapters (started without lora=AdapterSpec); "
+                               "push merged weights (sync.lora: merged)")
+        start = time.perf_counter()
+        named, digest = decode_sync(blobs, version, self._adapter_names)
+        verified = time.perf_counter()
+        if self._adapter_root is None:
+            import tempfile
+
+            self._adapter_root = Path(tempfile.mkdtemp(prefix="selfplay-adapters-"))
+        self._adapter_ids += 1
+        path = write_adapter_dir(self._adapter_root / f"v{version}-{self._adapter_ids}", named, self.lora)
+        request = LoRARequest(f"selfplay-v{version}-{self._adapter_ids}", self._adapter_ids, str(path))
+        self._drop_adapter()
+        try:
+            if not self._llm.llm_engine.add_lora(request):
+                raise RuntimeError(f"vLLM refused the adapter of version {version} ({path})")
+        except Exception:
+            self.version, self.checksum = BROKEN, None
+            raise
+        self._adapter = request
+        self._llm.reset_prefix_cache()
+        self.version, self.checksum = version, digest
+        self.last_load = {**load_stats(blobs, version, verified - start, time.perf_counter() - verified),
+                          "adapter": True}
+        return digest
+
+    def _drop_adapter(self) -> None:
+        """Stop serving the current adapter and forget its files (vLLM holds its own copy once added)."""
+        if self._adapter is None:
+            return
+        import shutil
+
+        self._llm.llm_engine.remove_lora(self._adapter.lora_int_id)
+        shutil.rmtree(self._adapter.lora_path, ignore_errors=True)
+        self._adapter = None
 
     def _check_usable(self) -> None:
         if self.version == BROKEN:
             raise RuntimeError("this engine's last weight load failed part way; it needs a new sync")
 
     def info(self) -> dict[str, Any]:
-        return engine_info(self)
+        """``engine_info``, plus ``adapter``: whether a LoRA adapter is served on top of the base."""
+        return {**engine_info(self), "adapter": self._adapter is not None}

@@ -18,15 +18,35 @@ method): a hung transfer (TRL #6797) becomes an error, not a stalled run. Loadin
 (``load_buckets``/``load_path``) pass ``retry_dead=True``: a generator that dies while Ray restarts it
 is called again once it is back (Ray queues the call meanwhile), within the same deadline and at most
 ``RETRIES`` times, because a load replaces every weight and is safe to repeat.
+
+What a push carries is a sequence of *parts* (:data:`Part`), each exported and loaded as its own set of
+buckets, verified once at the end: ``policy`` (the learner's weights, LoRA adapters merged in; the
+default), or with LoRA and ``sync.lora: adapter`` ``adapter`` (the adapter tensors alone, loaded with
+``load_adapter`` on the base the generators hold), preceded by ``base`` (the base weights, loaded with
+``load_buckets``) when the generators' base is not the learner's (:func:`lora_parts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from selfplay.remote import RemoteCallError, all_ready, is_remote, ray_get
+
+Part = Literal["policy", "base", "adapter"]
+LOAD_METHOD: dict[str, str] = {"policy": "load_buckets", "base": "load_buckets", "adapter": "load_adapter"}
+"""The generator method that loads each part's buckets."""
+
+
+def lora_parts(learner_base: str | None, generators_base: str | None) -> tuple[Part, ...]:
+    """The parts of an adapter-only sync: the adapter alone when the generators serve it on the learner's
+    own base (the same directory), else the base first (a full push) and the adapter on it."""
+    from pathlib import Path
+
+    same = (learner_base is not None and generators_base is not None
+            and Path(learner_base).resolve() == Path(generators_base).resolve())
+    return ("adapter",) if same else ("base", "adapter")
 
 
 class SyncError(RuntimeError):
@@ -45,6 +65,7 @@ class SyncReport:
     generators: list[str] = field(default_factory=list)
     verify_s: float | None = None
     max_diff: float | None = None
+    parts: list[str] = field(default_factory=lambda: ["policy"])
 
     @property
     def seconds(self) -> float:
@@ -62,9 +83,20 @@ class SyncReport:
 class WeightSync(Protocol):
     method: str
 
-    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
-        """Deliver the learner's current weights to every generator as ``version`` (and verify them)."""
+    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
+        """Deliver ``parts`` of the learner's current weights to every generator as ``version`` (and verify)."""
         ...
+
+
+def combine(reports: Sequence[SyncReport]) -> SyncReport:
+    """One report for the parts of a push, in order: bytes, buckets and seconds add up; the checksum is the
+    last part's (what the generators report holding once all parts are loaded)."""
+    last = reports[-1]
+    if len(reports) == 1:
+        return last
+    return SyncReport(last.method, last.version, sum(r.buckets for r in reports), sum(r.bytes for r in reports),
+                      last.checksum, sum(r.export_s for r in reports), sum(r.transfer_s for r in reports),
+                      last.generators, parts=[p for r in reports for p in r.parts])
 
 
 # ------------------------------------------------------------------------------- the learner side
@@ -95,22 +127,28 @@ class Exported:
     count: int
 
 
-def export(learner: Any, bucket_mb: float, version: int, timeout: float) -> Exported:
-    """Ask the learner side for its buckets. A remote export stays in the object store; its summary is
-    computed next to the data (by the exporting rank, or a small task) instead of pulling it into the driver."""
+def export(learner: Any, bucket_mb: float, version: int, timeout: float, part: Part = "policy") -> Exported:
+    """Ask the learner side for its buckets of ``part``. A remote export stays in the object store; its summary
+    is computed next to the data (by the exporting rank, or a small task) instead of pulling it into the driver."""
     if hasattr(learner, "export_ref"):  # a learner group: every rank exports, rank 0's buckets stay remote
-        ref, summary = learner.export_ref(bucket_mb, version, timeout=timeout)
+        ref, summary = learner.export_ref(bucket_mb, version, timeout=timeout, **_part(part))
         if ref is None:  # the group's learner runs in this process: summary holds the buckets themselves
             return Exported(list(summary), None, *summarize(summary))
         return Exported(None, ref, *summary)
     if is_remote(learner, "export_weights"):
-        ref = learner.export_weights.remote(bucket_mb, version)
+        ref = learner.export_weights.remote(bucket_mb, version, **_part(part))
         if not all_ready([ref], timeout):
             raise RemoteCallError(f"learner.export_weights did not answer within {timeout:.0f} s", "timeout")
         checksum, nbytes, count = ray_get(_remote(summarize).remote(ref), "summarize(buckets)", timeout)
         return Exported(None, ref, checksum, nbytes, count)
-    blobs = list(learner.export_weights(bucket_mb, version))
+    blobs = list(learner.export_weights(bucket_mb, version, **_part(part)))
     return Exported(blobs, None, *summarize(blobs))
+
+
+def _part(part: Part) -> dict[str, Any]:
+    """The export call's ``part`` keyword; none for ``policy``, so a learner side that predates parts (or
+    wraps one, as the fault tests do) still answers a plain sync."""
+    return {} if part == "policy" else {"part": part}
 
 
 _REMOTE: dict[Any, Any] = {}

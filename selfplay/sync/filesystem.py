@@ -2,13 +2,14 @@
 
 For clusters with a shared filesystem (NFS, Lustre) and for keeping every synced version inspectable.
 Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manifest.json``
-(version, bucket count, bytes, checksum). Choices:
+(version, bucket count, bytes, checksum); the ``base`` and ``adapter`` parts of an adapter-only sync
+(:mod:`selfplay.sync.base`) go to ``v{version:06d}-base`` and ``v{version:06d}-adapter``. Choices:
 
 * Atomic: a version directory is written under a temporary name and renamed, so a directory that
   exists is complete; a generator never reads a half-written sync.
 * Generators read the files and go through the same verified load as every other method (checksum per
   bucket, version, complete names), rather than vLLM's own reload-from-path, which would skip checks.
-* Only the newest ``keep`` versions are kept.
+* Only the newest ``keep`` versions are kept (with all their parts).
 * A generator reads each file into memory it owns (one copy) rather than mapping it: the bytes it
   verifies are then the bytes it loads, even if something rewrote the shared file in between, and a
   file removed on another NFS client cannot fault (SIGBUS) the generator mid-load. Verification and
@@ -21,21 +22,25 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from selfplay.atomic import replace_dir
 from selfplay.remote import RemoteCallError, call_all, ray_get, targets
-from selfplay.sync.base import SyncError, SyncReport, _remote, export, summarize
+from selfplay.sync.base import Part, SyncError, SyncReport, _remote, combine, export, summarize
 from selfplay.sync.buckets import BucketError, bucket_parts
 from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
 
+PATH_METHOD: dict[str, str] = {"policy": "load_path", "base": "load_path", "adapter": "load_adapter_path"}
+"""The generator method that loads each part from its directory."""
 
-def version_dir(root: str | Path, version: int) -> Path:
-    return Path(root) / f"v{version:06d}"
+
+def version_dir(root: str | Path, version: int, part: Part = "policy") -> Path:
+    return Path(root) / (f"v{version:06d}" if part == "policy" else f"v{version:06d}-{part}")
 
 
-def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str:
+def write_weights_dir(root: str | Path, version: int, blobs: list[bytes], part: Part = "policy") -> str:
     """Write one sync's buckets atomically; returns the version directory."""
 
     def build(tmp: Path) -> None:
@@ -48,7 +53,7 @@ def write_weights_dir(root: str | Path, version: int, blobs: list[bytes]) -> str
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     # A re-push of the same version replaces it whole, in one exchange of names (selfplay.atomic).
-    return str(replace_dir(version_dir(root, version), build))
+    return str(replace_dir(version_dir(root, version, part), build))
 
 
 def read_weights_dir(path: str | Path, version: int, attempts: int = 5) -> list[bytes]:
@@ -106,10 +111,13 @@ def _swapped(path: Path, fd: int) -> bool:
 
 
 def prune(root: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` version directories."""
-    versions = sorted(Path(root).glob("v[0-9]*"))
-    for old in versions[: max(0, len(versions) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete all but the newest ``keep`` versions' directories (every part of a version stays or goes)."""
+    dirs = sorted(Path(root).glob("v[0-9]*"))
+    versions = sorted({d.name[:7] for d in dirs})
+    kept = set(versions[max(0, len(versions) - keep):])
+    for old in dirs:
+        if old.name[:7] not in kept:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class _PathLoader:
@@ -120,6 +128,9 @@ class _PathLoader:
 
     def load_path(self, path: str, version: int) -> str:
         return self.engine.load_buckets(read_weights_dir(path, version), version)
+
+    def load_adapter_path(self, path: str, version: int) -> str:
+        return self.engine.load_adapter(read_weights_dir(path, version), version)
 
 
 class FilesystemSync:
@@ -141,24 +152,33 @@ class FilesystemSync:
         self.keep = keep
         self.early = EarlyProbes()
 
-    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
         named = [(n, t if hasattr(t, "load_path") else _PathLoader(t)) for n, t in targets(generators)]
+        reports = [self._deliver(learner, named, version, part, last=i == len(parts) - 1)
+                   for i, part in enumerate(parts)]
+        prune(self.root, self.keep)
+        return finish(combine(reports), learner, generators, self.probe, self.timeout_s, self.early)
+
+    def _deliver(self, learner: Any, named: list[tuple[str, Any]], version: int, part: Part, last: bool
+                 ) -> SyncReport:
+        """Export one part, write it and have every generator load it; that part's report (not yet verified)."""
         start = time.perf_counter()
-        ex = export(learner, self.bucket_mb, version, self.timeout_s)
+        ex = export(learner, self.bucket_mb, version, self.timeout_s, part)
         export_s = time.perf_counter() - start
-        self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
+        if last:
+            self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
 
         start = time.perf_counter()  # writing the files is part of the transfer
         if ex.blobs is not None:
-            path = write_weights_dir(self.root, version, ex.blobs)
+            path = write_weights_dir(self.root, version, ex.blobs, part)
         else:  # written by a task next to the learner's buckets, not through the driver
-            task = _remote(write_weights_dir).remote(str(self.root), version, ex.ref)
+            task = _remote(write_weights_dir).remote(str(self.root), version, ex.ref, part)
             path = ray_get(task, "write_weights_dir", self.timeout_s)
         try:
-            checksums = call_all(named, "load_path", (path, version), self.timeout_s, retry_dead=True)
+            checksums = call_all(named, PATH_METHOD[part], (path, version), self.timeout_s, retry_dead=True)
         except RemoteCallError as exc:
             raise SyncError(f"sync to version {version} from {path} failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
                                time.perf_counter() - start)
-        prune(self.root, self.keep)
-        return finish(report, learner, generators, self.probe, self.timeout_s, self.early)
+        report.parts = [part]
+        return report

@@ -28,11 +28,12 @@ NCCL needs one GPU per rank; the GPU test (``tests/sync/test_nccl_gpu.py``) was 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from selfplay.remote import RemoteCallError, is_remote, ray_get, targets
-from selfplay.sync.base import SyncError, SyncReport, summarize
+from selfplay.sync.base import Part, SyncError, SyncReport, summarize
 from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
 
 STORE_PREFIX = "selfplay-weight-sync"
@@ -183,7 +184,10 @@ class BroadcastSync:
         for name, ref in joins:
             ray_get(ref, f"{name}.broadcast_join", self.timeout_s)
 
-    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
+        if tuple(parts) != ("policy",):
+            raise SyncError(f"the nccl sync broadcasts merged weights only, not {list(parts)}; "
+                            "use sync.lora: merged, or sync.method object_store or filesystem")
         named = targets(generators)
         if not all(is_remote(t, "broadcast_receive") for _, t in named):
             raise SyncError("broadcast sync needs generator actors (GeneratorPool), not local engines")

@@ -12,10 +12,11 @@ value is stored as it was returned: ``bytes`` are copied once more by every read
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from selfplay.remote import RemoteCallError, call_all, is_remote, targets
-from selfplay.sync.base import SyncError, SyncReport, export
+from selfplay.sync.base import LOAD_METHOD, Part, SyncError, SyncReport, combine, export
 from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
 
 
@@ -44,16 +45,24 @@ class ObjectStoreSync:
         self.timeout_s = timeout_s
         self.early = EarlyProbes()
 
-    def push(self, learner: Any, generators: Any, version: int) -> SyncReport:
+    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
         named = targets(generators)
+        reports = [self._deliver(learner, named, version, part, last=i == len(parts) - 1)
+                   for i, part in enumerate(parts)]
+        return finish(combine(reports), learner, generators, self.probe, self.timeout_s, self.early)
+
+    def _deliver(self, learner: Any, named: list[tuple[str, Any]], version: int, part: Part, last: bool
+                 ) -> SyncReport:
+        """Export one part and load it into every generator; the report of that part (not yet verified)."""
         start = time.perf_counter()
-        ex = export(learner, self.bucket_mb, version, self.timeout_s)
+        ex = export(learner, self.bucket_mb, version, self.timeout_s, part)
         export_s = time.perf_counter() - start
-        self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
+        if last:
+            self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
 
         start = time.perf_counter()
         payload = ex.blobs
-        if any(is_remote(t, "load_buckets") for _, t in named):
+        if any(is_remote(t, LOAD_METHOD[part]) for _, t in named):
             import ray
 
             payload = ex.ref if ex.ref is not None else ray.put(as_arrays(ex.blobs))
@@ -62,9 +71,10 @@ class ObjectStoreSync:
                 "a remote learner's buckets cannot be pushed to local engines; use generator actors"
             )
         try:
-            checksums = call_all(named, "load_buckets", (payload, version), self.timeout_s, retry_dead=True)
+            checksums = call_all(named, LOAD_METHOD[part], (payload, version), self.timeout_s, retry_dead=True)
         except RemoteCallError as exc:
-            raise SyncError(f"sync to version {version} failed: {exc}") from exc
+            raise SyncError(f"sync to version {version} ({part}) failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
                                time.perf_counter() - start)
-        return finish(report, learner, generators, self.probe, self.timeout_s, self.early)
+        report.parts = [part]
+        return report

