@@ -96,14 +96,15 @@ class LearnerActor(BroadcastSenderMixin):
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.learner, method)(*args, **kwargs)
 
-    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None) -> list[Any]:
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None,
+                       part: str = "policy") -> list[Any]:
         """The buckets as numpy ``uint8`` views (see ``export_summarized``)."""
         from selfplay.sync.object_store import as_arrays
 
-        return as_arrays(self.learner.export_weights(bucket_mb, version, dtype))
+        return as_arrays(self.learner.export_weights(bucket_mb, version, dtype, part=part))
 
     @ray.method(num_returns=2)
-    def export_summarized(self, bucket_mb: float, version: int) -> tuple[list[Any], Any]:
+    def export_summarized(self, bucket_mb: float, version: int, part: str = "policy") -> tuple[list[Any], Any]:
         """The buckets (collective: every rank exports; rank 0 has them) and their small summary, as two
         objects: the group waits on the summary and leaves the buckets in the object store.
 
@@ -115,7 +116,7 @@ class LearnerActor(BroadcastSenderMixin):
         from selfplay.sync.base import summarize
         from selfplay.sync.object_store import as_arrays
 
-        blobs = self.learner.export_weights(bucket_mb, version, split=True)
+        blobs = self.learner.export_weights(bucket_mb, version, split=True, part=part)
         return as_arrays(blobs), summarize(blobs) if blobs else None
 
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -257,13 +258,14 @@ class LearnerGroup:
 
     # ------------------------------------------------------------------------------------ weight sync
     def export_ref(self, bucket_mb: float = 64.0, version: int = 0, *,
-                   timeout: float | None = None) -> tuple[Any, Any]:
-        """Every rank exports (collective); returns ``(rank 0's buckets as an ObjectRef, their summary)``,
-        the buckets never fetched here. In-process: ``(None, the buckets)``."""
+                   timeout: float | None = None, part: str = "policy") -> tuple[Any, Any]:
+        """Every rank exports ``part`` (collective; see ``Learner.export_weights``); returns ``(rank 0's
+        buckets as an ObjectRef, their summary)``, the buckets never fetched here. In-process:
+        ``(None, the buckets)``."""
         if self._local is not None:
-            return None, self._local.export_weights(bucket_mb, version)
+            return None, self._local.export_weights(bucket_mb, version, part=part)
         self._check_usable("export_weights")
-        pairs = [actor.export_summarized.remote(bucket_mb, version) for actor in self.actors]
+        pairs = [actor.export_summarized.remote(bucket_mb, version, part) for actor in self.actors]
         summaries = self._gather("export_weights", [s for _, s in pairs], timeout or QUICK_TIMEOUT_S)
         return pairs[0][0], summaries[0]
 
@@ -329,6 +331,10 @@ class LearnerGroup:
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
                        timeout: float | None = None) -> list[bytes]:
         return self._call("export_weights", bucket_mb, version, dtype, timeout=timeout or QUICK_TIMEOUT_S)
+
+    def lora_base(self, *, timeout: float | None = None) -> str | None:
+        """The directory holding exactly the learners' base weights (LoRA; see ``Learner.lora_base``)."""
+        return self._call("lora_base", timeout=timeout or QUICK_TIMEOUT_S)
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None, *, timeout: float | None = None) -> str:
         path = self._call("save_hf", str(out_dir), dtype, timeout=timeout or QUICK_TIMEOUT_S)

@@ -106,8 +106,13 @@ def build_generators(cfg: RunConfig, policy_dir: Path, version: int, *, gen_cfg:
     from actors.generator import GeneratorPool
     from selfplay.loop import faults
 
+    engine_kwargs = None
+    if gen_cfg is None and cfg.adapter_sync:  # the policy's generators serve LoRA adapters (sync.lora)
+        from selfplay.generate.adapter import AdapterSpec
+
+        engine_kwargs = {"lora": AdapterSpec.of(cfg.train.lora)}
     pool = GeneratorPool(policy_dir, gen_cfg or cfg.generation, cfg.resources, version=version,
-                         dtype=dtype or cfg.policy.dtype, seed=cfg.seed)
+                         dtype=dtype or cfg.policy.dtype, seed=cfg.seed, engine_kwargs=engine_kwargs)
     faults.hang_deadline(pool)  # crash tests (``hang@k``) only: a short shard deadline
     return pool
 

@@ -413,10 +413,15 @@ class Learner:
 
     # ---------------------------------------------------------------------------------------- outputs
     def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None,
-                       split: bool = False) -> list[Any]:
+                       split: bool = False, part: str = "policy") -> list[Any]:
         """Full HF-named weights as safetensors buckets on rank 0 (``[]`` elsewhere). Collective.
-        ``split=True`` may return split buckets that view the live parameters (see ``export_buckets``)."""
-        return ckpt.export_buckets(self.engine, bucket_mb, version, self._dtype(dtype), split)
+        ``split=True`` may return split buckets that view the live parameters (see ``export_buckets``).
+        ``part`` (LoRA): ``policy`` (merged), ``base`` or ``adapter`` (see ``lora.export_part``)."""
+        return ckpt.export_buckets(self.engine, bucket_mb, version, self._dtype(dtype), split, part)
+
+    def lora_base(self) -> str | None:
+        """The directory holding exactly this learner's base weights (LoRA), when known; else None."""
+        return self.lora.base if self.lora is not None else None
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
