@@ -81,7 +81,7 @@ def task_rows(names: list[str], recipe: str | None) -> list[TaskRow]:
     if recipe is not None:
         path = Path(recipe).resolve()
         same = [t for t in TASKS.values() if (ROOT / t.recipe).resolve() == path and not t.overrides]
-        return same or [TaskRow(path.stem, str(path))]
+        return same or [TaskRow(path.stem, str(path), eval_prompts=None)]  # the recipe's own evaluation size
     names = list(TABLE_TASKS) if "all" in names else names
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -115,8 +115,7 @@ class Plan:
         self.budget = list(budget)
         self.shared = [*evals, *row.overrides, *self.budget, *args.common]  # the user's --set wins
         self.base = load_config(self.recipe, self.shared)
-        task = self.base.task
-        if task.type == "pairs":
+        if self.base.task.type == "pairs":
             raise SystemExit(f"{self.recipe}: a `pairs` task has no held-out problems to score")
         self.starts: dict[int, dict[str, Any]] = {}
 
@@ -133,6 +132,9 @@ def prepare(plans: list[Plan], seeds: list[int], pool: ThreadPoolExecutor) -> No
     jobs = [(p, s) for p in plans for s in seeds]
     for (p, s), start in zip(jobs, pool.map(lambda j: prepare_start(j[0].recipe, j[0].out, j[1], j[0].common), jobs)):
         p.starts[s] = start
+        if start["validation"] is None and start["test"] is None:
+            raise SystemExit(f"{p.recipe}: the start's evaluation has no verifier scores (see {start['run_dir']}); "
+                             "bench.efficacy needs a task with a verifier and evaluation.num_prompts > 0")
         print(f"  {p.name} start seed {s}: validation {_f(start['validation'])}, test {_f(start['test'])}, "
               f"prepared in {start['seconds']:.0f} s", flush=True)
 

@@ -139,7 +139,8 @@ def test_settings_are_named_in_errors_and_described_compactly():
 def test_task_rows_and_their_arms():
     assert [r.name for r in task_rows(["all"], None)] == ["quickstart", "rg_chain_sum", "rg_spell_backward"]
     assert task_rows([], str(QUICKSTART))[0].name == "quickstart"  # the recipe of a known task is that task
-    assert task_rows([], str(ROOT / "recipes" / "spin_quickstart.yaml"))[0].name == "spin_quickstart"
+    adhoc = task_rows([], str(ROOT / "recipes" / "spin_quickstart.yaml"))[0]
+    assert (adhoc.name, adhoc.eval_prompts, adhoc.arms) == ("spin_quickstart", None, ALL_ARMS)
     with pytest.raises(SystemExit, match="unknown"):
         task_rows(["nope"], None)
     args = lambda **kw: argparse.Namespace(**{"arms": None, "quick": False, **kw})
