@@ -164,17 +164,26 @@ def test_planted_bug_is_caught(nano, tiny_model_dir, monkeypatch, bug):
 
 
 # ------------------------------------------------------------------------------------------ world size 2
-def test_ws2_zero2_round_equals_trl(tiny_model_dir, tmp_path):
-    """Two ranks (ZeRO-2, accumulation 2) against TRL at world size 1 with accumulation 4 (see the module
-    docstring): 7 pairs make a step of 4 and one of 3, the second with a weight-0 filler on rank 1."""
+@pytest.fixture(scope="module")
+def global4(tiny_model_dir, tmp_path_factory) -> Case:
+    """Steps of 4 and 3 pairs: ours at world size 1 with micro-batches of 2 (2 + 2, then 2 + 1), TRL with
+    one pair per micro-batch and accumulation 4 (the layout that takes the exact mean over pairs)."""
+    rows = make_pairs(N_PAIRS)
+    ours = run_ours(tiny_model_dir, chat_table(rows), train_config(2, zero_stage=0, micro_batch_size=2))
+    theirs = run_trl(tiny_model_dir, rows, flat(ours.order), 4, tmp_path_factory.mktemp("trl_g4"))
+    return Case(rows, ours, theirs)
+
+
+def test_ws2_zero2_round_equals_trl(global4, tiny_model_dir, tmp_path):
+    """Two ranks (ZeRO-2, one pair per micro-batch, accumulation 2) against TRL at world size 1 with
+    accumulation 4 (see the module docstring): a step of 4 pairs, then one of 3 and a weight-0 filler."""
     import pickle
 
     import pyarrow.parquet as pq
 
     from selfplay.train.engine import free_port
 
-    rows = make_pairs(N_PAIRS)
-    pq.write_table(chat_table(rows), tmp_path / "pairs.parquet")
+    pq.write_table(chat_table(global4.rows), tmp_path / "pairs.parquet")
     cfg = train_config(2, zero_stage=2)
     port, out = free_port(), tmp_path / "rank0.pkl"
     here = str(Path(__file__).parent)
@@ -186,7 +195,7 @@ def test_ws2_zero2_round_equals_trl(tiny_model_dir, tmp_path):
     logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
+            logs.append(p.communicate(timeout=300)[0])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -194,5 +203,23 @@ def test_ws2_zero2_round_equals_trl(tiny_model_dir, tmp_path):
     for rank, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {rank} exited {p.returncode}:\n{log[-4000:]}"
     ours = pickle.loads(out.read_bytes())
-    theirs = run_trl(tiny_model_dir, rows, flat(ours.order), 4, tmp_path / "trl")
-    _check_round(Case(rows, ours, theirs), [4, 3], tiny_model_dir)
+    assert ours.order == global4.ours.order  # the same steps as the world-size-1 layout (the plan depends on G)
+    _check_round(Case(global4.rows, ours, global4.theirs), [4, 3], tiny_model_dir)
+
+
+def test_micro_batch_split_changes_trls_step_not_ours(global4, tiny_model_dir, tmp_path):
+    """Finding: with a remainder, TRL's step depends on how it is cut into micro-batches; ours does not.
+
+    TRL takes the mean loss of each micro-batch and divides by the number of micro-batches, so the short
+    step (micro-batches of 2 and 1) weights its lone pair twice as much as each of the other two. A DPO
+    loss is the mean over the pairs of the step: ours divides the summed loss by the step's pair count,
+    so micro-batches of 2 give exactly TRL's one-pair-per-micro-batch round (asserted in full), while
+    TRL's own micro-batches of 2 agree on the full first step and not on the short second one.
+    """
+    _check_round(global4, [4, 3], tiny_model_dir)
+    split = run_trl(tiny_model_dir, global4.rows, flat(global4.ours.order), 2, tmp_path, micro_batch_size=2)
+    exact = global4.theirs.steps
+    assert split.steps[0]["loss"] == pytest.approx(exact[0]["loss"], rel=1e-5)
+    assert split.steps[0]["grad_norm"] == pytest.approx(exact[0]["grad_norm"], rel=1e-4)
+    assert split.steps[1]["loss"] != pytest.approx(exact[1]["loss"], rel=1e-2)
+    assert split.steps[1]["grad_norm"] != pytest.approx(exact[1]["grad_norm"], rel=1e-2)

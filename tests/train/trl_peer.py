@@ -60,13 +60,14 @@ def chat_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(out)
 
 
-def train_config(accumulation: int, zero_stage: int) -> Any:
+def train_config(accumulation: int, zero_stage: int, micro_batch_size: int = 1) -> Any:
     from selfplay.config.schema import LossConfig, TrainConfig
 
     return TrainConfig(loss=LossConfig(type="sigmoid", beta=BETA), learning_rate=LR, lr_schedule="constant",
-                       warmup_ratio=0.0, epochs=1, micro_batch_size=1, gradient_accumulation_steps=accumulation,
-                       max_grad_norm=CLIP, weight_decay=0.0, zero_stage=zero_stage, max_prompt_length=512,
-                       max_completion_length=512, length_grouping="random")
+                       warmup_ratio=0.0, epochs=1, micro_batch_size=micro_batch_size,
+                       gradient_accumulation_steps=accumulation, max_grad_norm=CLIP, weight_decay=0.0,
+                       zero_stage=zero_stage, max_prompt_length=512, max_completion_length=512,
+                       length_grouping="random")
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Round:
 
 # ------------------------------------------------------------------------------------------------- ours
 def _last_partial_plan(record: list):
-    """``plan_round`` with the steps that hold weight-0 fillers moved last, keeping the order otherwise.
+    """``plan_round`` with its short steps (fewer pairs than the fullest) moved last, in order otherwise.
 
     Our plan shuffles the order of optimizer steps, so the step with the remainder may come anywhere;
     HF's ``Trainer`` always ends an epoch with its short accumulation window. The same steps, in an order
@@ -96,7 +97,8 @@ def _last_partial_plan(record: list):
 
     def plan(*args: Any, **kwargs: Any) -> list:
         steps = batches.plan_round(*args, **kwargs)
-        steps = sorted(steps, key=lambda es: not all(all(m.real) for m in es[1].micros))
+        full = max(step.count for _, step in steps)
+        steps = sorted(steps, key=lambda es: es[1].count < full)
         record.append(steps)
         return steps
 
@@ -161,12 +163,9 @@ def rank_main(rank: int, world_size: int, port: int, model_dir: str, table_path:
 
 # ------------------------------------------------------------------------------------------------- TRL
 def run_trl(model_dir: Path, rows: list[dict[str, Any]], order: list[int], accumulation: int, out_dir: Path,
-            completion_ids: bool = False) -> Round:
-    """TRL 1.16's ``DPOTrainer`` on ``rows`` taken in ``order`` (table rows), one example per micro-batch,
-    ``accumulation`` micro-batches per optimizer step, at world size 1.
-
-    ``completion_ids``: the rows carry ``chosen_token_ids``/``rejected_token_ids`` (what our side trains
-    on), and TRL's tokenised completions are asserted to equal them."""
+            micro_batch_size: int = 1) -> Round:
+    """TRL 1.16's ``DPOTrainer`` on ``rows`` taken in ``order`` (table rows), ``micro_batch_size`` pairs per
+    micro-batch, ``accumulation`` micro-batches per optimizer step, at world size 1."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -177,8 +176,9 @@ def run_trl(model_dir: Path, rows: list[dict[str, Any]], order: list[int], accum
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     args = DPOConfig(
-        output_dir=str(out_dir), per_device_train_batch_size=1, gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=CLIP,
+        output_dir=str(out_dir), per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=accumulation, num_train_epochs=1, learning_rate=LR, lr_scheduler_type="constant",
+        warmup_steps=0, max_grad_norm=CLIP,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, beta=BETA, loss_type=["sigmoid"],
         precompute_ref_log_probs=True, precompute_ref_batch_size=4, train_sampling_strategy="sequential",
         max_length=None, disable_dropout=True, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
