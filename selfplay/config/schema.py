@@ -142,6 +142,12 @@ def _need_tasks_extra(module: str, what: str) -> None:
         raise ValueError(f"{what} needs the `tasks` extra ({module} is not installed): pip install -e '.[tasks]'")
 
 
+def _check_markers(value: list[str]) -> list[str]:
+    if not value or not all(m.strip() for m in value):
+        raise ValueError("give at least one marker, and no empty one (e.g. [\"####\", \"The answer is\"])")
+    return value
+
+
 class GraderConfig(Section):
     """Turns a dataset's reference column into a verifier (`judge: {type: verifier}`); `grader: math` is
     short for `grader: {type: math}`. The answer is extracted from the response and the reference alike."""
@@ -154,7 +160,7 @@ class GraderConfig(Section):
     """Where the answer is: `answer_tag` (`<answer>..</answer>`), `boxed` (last `\\boxed{}`), `marker` (after
     the last of `markers`), `last_number`, `none` (the whole text), or `auto`: the first of tags, boxed and
     marker that is there, else the whole text. A response without an answer scores 0."""
-    markers: list[Annotated[str, Field(min_length=1)]] = ["####", "The answer is", "Answer:"]
+    markers: list[str] = ["####", "The answer is", "Answer:"]
     """Markers for `extract: marker`/`auto` (case-insensitive; the rest of the line after the last one)."""
     reference_extract: Literal["same", "whole"] = "same"
     """`same`: the reference's answer is extracted like the response's (GSM8K's `#### 42`); `whole`: the
@@ -172,6 +178,11 @@ class GraderConfig(Section):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"type": data} if isinstance(data, str) else data
+
+    @field_validator("markers")
+    @classmethod
+    def _markers(cls, value: list[str]) -> list[str]:
+        return _check_markers(value)
 
     @model_validator(mode="after")
     def _fields_of_type(self) -> GraderConfig:
@@ -240,8 +251,13 @@ class ReasoningGymTaskConfig(Section):
     extract: EXTRACTIONS = "auto"
     """Where the answer is in a response, as for a dataset `grader` (default `auto`: tags, boxed, marker, else
     the whole text); `score_answer` then scores that answer."""
-    markers: list[Annotated[str, Field(min_length=1)]] = ["####", "The answer is", "Answer:"]
+    markers: list[str] = ["####", "The answer is", "Answer:"]
     """Markers for `extract: marker`/`auto`."""
+
+    @field_validator("markers")
+    @classmethod
+    def _markers(cls, value: list[str]) -> list[str]:
+        return _check_markers(value)
 
     @model_validator(mode="after")
     def _installed(self) -> ReasoningGymTaskConfig:
