@@ -91,7 +91,8 @@ class RunTracker:
     def sync(self) -> list[str]:
         """Log what each backend has not had yet. A backend that fails (a network error) is reported in the
         returned lines and tried again at the next sync; it never stops the run or the other backends."""
-        steps, points = train_steps(self.rd), iteration_points(self.rd)
+        wants_steps = any(t.name != "tensorboard" for t in self.trackers)
+        steps, points = train_steps(self.rd) if wants_steps else [], iteration_points(self.rd)
         problems = []
         for tracker in self.trackers:
             try:
