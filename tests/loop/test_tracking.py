@@ -182,3 +182,27 @@ def test_a_failing_backend_is_reported_and_retried_without_stopping_the_others(t
     assert tracker.sync() == [] and tracker.state["mlflow"]["last_step"] == 5
     tracker.close()
     assert not math.isnan(tracker.state["mlflow"]["last_iteration"])
+
+
+def test_a_backend_may_be_added_on_resume_and_catches_up(tracked_env):
+    """``logging`` is a change a resumed run takes: nothing already produced depends on it, and the added
+    backend gets the run's history from the run directory."""
+    from selfplay.loop.runtime import open_run_dir
+
+    cfg = load_config(RECIPE)
+    rd = open_run_dir(cfg, tracked_env / "run")
+    rd.manifest.update(prepared=True, prepare={"seconds": 1.0})
+    rd.save()
+    write_json(rd.initial_dir / "eval.json", {"version": 0, "num_prompts": 16, "accuracy": 0.125})
+    _iteration(rd, 0, first_step=1, steps=2)
+    uri = f"file:{tracked_env / 'mlruns'}"
+    more = load_config({**RECIPE, "logging": {"backends": ["tensorboard", "mlflow"], "mlflow_tracking_uri": uri}})
+    rd = open_run_dir(more, tracked_env / "run")  # no RunDirError: the recipe change is taken
+    assert rd.manifest["recipe"]["logging"]["backends"] == ["tensorboard", "mlflow"]
+    tracker = RunTracker(more, rd)
+    assert tracker.sync() == []
+    tracker.close()
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.state["mlflow"]["run_id"], "eval/accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.125), (1, 0.25)]
