@@ -34,6 +34,9 @@ export does) against pack + ``ray.put`` of the joined ones. From those it estima
 changes saves per update (the rows above already include them; estimates, labelled so), and prints
 each row's ratio without the probe (from the measured parts).
 
+LoRA rows (``--lora-rank``, default 8; 0 skips them; :mod:`bench.sync_lora`): per preset, an adapter-only
+sync against the merged one, bytes moved and seconds, and the same two projected to a 7B model in bytes.
+
 The last line reads ``full update worst ratio (medium+large): N.NNx`` over the object-store rows of the
 ``medium`` and ``large`` presets. Built models are cached under ``.cache/bench/``.
 """
@@ -65,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates before each timed series")
     parser.add_argument("--no-ideas", action="store_true", help="skip the in-process measurement of speed-ups")
+    parser.add_argument("--lora-rank", type=int, default=8,
+                        help="LoRA rank of the adapter-only vs merged rows (0: no LoRA rows)")
     args = parser.parse_args(argv)
-    if any(g < 1 for g in args.gens) or args.repeats < 1 or args.warmup < 0 or args.learners < 1:
-        parser.error("--gens, --repeats and --learners must be >= 1, --warmup >= 0")
+    if any(g < 1 for g in args.gens) or args.repeats < 1 or args.warmup < 0 or args.learners < 1 or args.lora_rank < 0:
+        parser.error("--gens, --repeats and --learners must be >= 1, --warmup and --lora-rank >= 0")
     return args
 
 
@@ -279,11 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     with embedded_ray(max(args.gens) + args.learners + 1):
         for preset in args.presets:
             bench_preset(preset, args, rows)
+            if args.lora_rank:
+                from bench.sync_lora import bench_lora
+                from selfplay.models import build_policy
+
+                bench_lora(preset, build_policy(CACHE / preset, preset=preset, tokenizer="char", seed=0), args, rows)
         if not args.no_ideas:
             for preset in args.presets:
                 print_ideas(preset, measure_ideas(preset, args.bucket_mb), rows)
+    if args.lora_rank:
+        from bench.sync_lora import print_lora_summary
+        from selfplay.config.schema import LORA_DEFAULT_TARGETS
+
+        print_lora_summary(rows, args.lora_rank, list(LORA_DEFAULT_TARGETS))
     print("\nfull update / in-process copy of the same bytes (goal: <= 3x):")
-    for r in rows:
+    for r in (r for r in rows if r["method"] == "object_store"):
         print(f"  {r['preset']:>6} ZeRO-{r['zero']} gens={r['gens']}: {r['ratio']:.2f}x "
               f"({r['full_s']:.3f} s vs {r['bound_s']:.3f} s)")
     worst = worst_ratio(rows)

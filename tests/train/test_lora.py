@@ -120,6 +120,32 @@ def test_lora_round_trains_only_adapters_and_export_matches(learner, tiny_model_
     saved = merged.state_dict()
     assert set(exported) == {k for k in saved if not k.endswith("inv_freq")}
     assert all(torch.equal(exported[k], saved[k]) for k in exported)
+    _check_sync_parts(learner, tiny_model_dir, exported, out)
+
+
+def _check_sync_parts(learner, tiny_model_dir, merged: dict, out) -> None:
+    """An adapter-only sync's parts (sync.lora: adapter): ``base`` is the unchanged base under HF names,
+    ``adapter`` exactly the targeted layers' PEFT tensors (those ``adapter/`` holds), and base + alpha/r B A
+    is the merged export."""
+    from safetensors.torch import load_file
+
+    from selfplay.generate.adapter import adapter_names
+    from selfplay.generate.weights import checkpoint_names
+
+    base = weights(learner.export_weights(0.5, 1, part="base"))
+    adapter = weights(learner.export_weights(0.5, 1, part="adapter"))
+    assert learner.lora_base() == str(tiny_model_dir)
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert set(base) == set(merged) and all(torch.equal(base[k], initial[k]) for k in initial)
+    assert sorted(adapter) == adapter_names(checkpoint_names(tiny_model_dir), cfg().lora.target_modules)
+    saved = load_file(str(out / ADAPTER_DIR / "adapter_model.safetensors"))
+    assert set(saved) == set(adapter) and all(torch.equal(saved[k], adapter[k]) for k in adapter)
+    for name in adapter:
+        if ".lora_A." in name:
+            module = name.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b = adapter[name.replace(".lora_A.", ".lora_B.")]
+            want = base[module + ".weight"] + LORA["alpha"] / LORA["r"] * (b @ adapter[name])
+            assert torch.allclose(merged[module + ".weight"], want, atol=1e-6, rtol=0), module
 
 
 @pytest.mark.slow
