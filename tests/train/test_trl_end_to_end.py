@@ -2,7 +2,7 @@
 
 One start policy and one pairs table (chat prompts of about 300 tokens, chosen and rejected answers of
 different lengths), one plain DPO round on each side: sigmoid loss, beta 0.1, fp32, dropout off, AdamW
-(betas 0.9/0.999, eps 1e-8, weight decay 0), constant lr, no warm-up, gradient clipping at 0.5, one pair
+(betas 0.9/0.999, eps 1e-8, weight decay 0), constant lr, no warm-up, gradient clipping at 5, one pair
 per micro-batch and accumulation with a remainder (7 pairs: steps of 3, 3 and 1 at world size 1; of 4
 and 3 at world size 2 x accumulation 2). Asserted (tolerances in ``trl_peer``): the tokens, the reference
 log-probs against TRL's precomputed ones, every step's loss, pre-clip gradient norm, chosen and rejected
@@ -31,7 +31,12 @@ How the two are made to do the same thing:
 
 The comparison must fail when the path is broken: ``test_planted_bug_is_caught`` runs our side with a
 shift, a prompt/completion boundary or a padding mask broken on purpose and asserts the comparison
-raises.
+raises. (A boundary one token early adds the same prompt token's log-prob to chosen and rejected, which
+cancels in the DPO margin: the gradient and the weights stay TRL's, and only the log-prob values, the
+reference columns first, show it.)
+
+A finding, asserted in ``test_micro_batch_split_changes_trls_step_not_ours``: with a remainder, TRL's
+step is a mean of micro-batch means, ours the mean over the step's pairs (the DPO loss of the batch).
 """
 
 from __future__ import annotations
@@ -98,18 +103,24 @@ def test_ws1_round_equals_trl(nano, tiny_model_dir):
 def test_qwen2_round_equals_trl(tmp_path):
     """Another family (tied embeddings, q/k/v biases, no bos, ChatML, BPE): our text encoding differs from
     TRL's only by the newline ChatML writes after the closing eos; with the template's ids the rounds agree."""
+    from transformers import AutoTokenizer
+
     from selfplay.models.families import build_family
+    from selfplay.train.data import encode_pairs
 
     model_dir = build_family(tmp_path / "qwen2", "qwen2", seed=0)
     rows = make_pairs(N_PAIRS, prompt_chars=380)
-    from_text = run_ours(model_dir, chat_table(rows), train_config(3, zero_stage=0))
+    cfg = train_config(3, zero_stage=0)
+    from_text = encode_pairs(chat_table(rows), AutoTokenizer.from_pretrained(model_dir), cfg)
     ids_rows = template_completions(model_dir, rows)
-    ours = run_ours(model_dir, chat_table(ids_rows), train_config(3, zero_stage=0))
+    ours = run_ours(model_dir, chat_table(ids_rows), cfg)
     theirs = run_trl(model_dir, rows, flat(ours.order), 3, tmp_path / "trl")
     newline = theirs.tokens[0][1][-1]
-    for row, (prompt, chosen, rejected) in from_text.tokens.items():
-        assert prompt == theirs.tokens[row][0]
-        assert [*chosen, newline] == theirs.tokens[row][1] and [*rejected, newline] == theirs.tokens[row][2]
+    for row, prompt, chosen, rejected in zip(from_text.rows, from_text.prompts, from_text.completions["chosen"],
+                                             from_text.completions["rejected"]):
+        assert prompt == theirs.tokens[int(row)][0]
+        assert [*chosen, newline] == theirs.tokens[int(row)][1]
+        assert [*rejected, newline] == theirs.tokens[int(row)][2]
     _check_round(Case(ids_rows, ours, theirs), [3, 3, 1], model_dir)
 
 
