@@ -163,3 +163,6 @@ def test_status_report_and_compare_show_pass_and_maj_at_k(tmp_path):
     one = compare_runs([run])
     assert table_columns(one)[6:8] == ("pass@8", "maj@8") and table_rows(one)[0][6:8] == ("0.610", "0.250")
     assert [p["pass@k"] for p in one[0]["points"]][:2] == [0.1234, 0.5]
+    from selfplay.loop.compare import write_plot
+
+    assert write_plot(both, tmp_path / "compare.png").stat().st_size > 0  # pass@k dashed beside the accuracy
