@@ -6,7 +6,7 @@ Prints ``owned <token>`` (or ``refused <message>``) on one line. Then it holds t
 clean exit: the run is released) or SIGKILL (a crash: the record is left). With ``--probe`` it writes
 ``RUN_DIR/probe.txt`` through :mod:`selfplay.atomic` every few milliseconds, as a driver writes artifacts;
 losing the run ends it with exit status 3 and ``lost <message>``. ``--go FILE`` waits for FILE to exist
-before trying, so that several holders race for the run at the same moment.
+before trying (saying ``waiting`` first), so that several holders race for the run at the same moment.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main(argv: list[str]) -> int:
     run_dir = Path(argv[0])
     go = Path(argv[argv.index("--go") + 1]) if "--go" in argv else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit: `hold` releases on the way out
+    if go is not None:
+        print("waiting", flush=True)
     while go is not None and not go.exists():
         time.sleep(0.002)
     try:
