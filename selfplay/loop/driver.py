@@ -82,6 +82,7 @@ def _start(rt: Runtime, warnings: list[str], owner: Ownership) -> None:
     rt.log(rt.cores.line())
     for line in rt.rd.resume_notes():
         rt.log(line)
+    rt.track()  # the trackers start (or reopen their runs) before any work, and catch up on a resume
 
 
 def run_iteration(rt: Runtime, k: int) -> None:

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfplay.loop.rundir import STAGES, RunDir, read_json, read_jsonl, write_json
+from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json, read_jsonl, write_json
 from selfplay.loop.trackers import Tracker, build_tracker, finite
 
 STATE_FILE = "tracking.json"
@@ -75,6 +75,10 @@ def iteration_points(rd: RunDir) -> list[tuple[int, dict[str, float]]]:
     return points
 
 
+class TrackerStartError(RunDirError):
+    """A backend of ``logging.backends`` could not start (``selfplay run`` reports it before any work)."""
+
+
 class RunTracker:
     """The run's trackers, one per ``logging.backends`` entry, kept in step with the run directory."""
 
@@ -85,7 +89,13 @@ class RunTracker:
         config = json.loads(json.dumps(rd.manifest.get("recipe", {}), default=str))
         self.trackers: list[Tracker] = []
         for name in cfg.logging.backends:
-            self.trackers.append(build_tracker(name, cfg.logging, rd.root, self.state.setdefault(name, {}), config))
+            try:
+                self.trackers.append(build_tracker(name, cfg.logging, rd.root, self.state.setdefault(name, {}),
+                                                   config))
+            except Exception as exc:  # e.g. wandb online without a login: before any work, naming the backend
+                self.close()
+                raise TrackerStartError(f"logging.backends: {name} could not start ({type(exc).__name__}: {exc})"
+                                        ) from exc
             self._save()  # a new run id is kept before anything is logged to it
 
     def sync(self) -> list[str]:

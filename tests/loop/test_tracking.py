@@ -206,3 +206,16 @@ def test_a_backend_may_be_added_on_resume_and_catches_up(tracked_env):
 
     history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.state["mlflow"]["run_id"], "eval/accuracy")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.125), (1, 0.25)]
+
+
+def test_a_backend_that_cannot_start_fails_before_any_work_naming_it(tmp_path, monkeypatch):
+    """MLflow 3 refuses a ``file:`` store unless told otherwise: the run stops at once, saying which backend."""
+    from selfplay.loop.tracking import TrackerStartError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = load_config({**RECIPE, "logging": {"backends": ["tensorboard", "mlflow"],
+                                             "mlflow_tracking_uri": f"file:{tmp_path / 'mlruns'}"}})
+    rd = RunDir(tmp_path / "run")
+    rd.create({}, "", {})
+    with pytest.raises(TrackerStartError, match="logging.backends: mlflow could not start.*MLFLOW_ALLOW_FILE_STORE"):
+        RunTracker(cfg, rd)
