@@ -145,3 +145,13 @@ def test_a_driver_that_lost_the_run_stops_before_its_next_write(tmp_path, monkey
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_ray_job_driver_names_its_job(monkeypatch):
+    # what `ray job submit` puts in its driver's environment (ray/dashboard/modules/job/job_supervisor.py)
+    config = {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_7f3a", "job_name": "raysubmit_7f3a"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(config))
+    record = OwnerRecord.of_this_process()
+    assert record.job == "raysubmit_7f3a" and record.who().endswith("(ray job raysubmit_7f3a)")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert OwnerRecord.of_this_process().job is None
