@@ -122,3 +122,53 @@ def test_malformed_conversational_rows_name_row_and_column(tmp_path, bad, messag
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "0+1=", "chosen": "1", "rejected": "2"}, bad])
     with pytest.raises(ValueError, match=message):
         PairsTask(path)
+
+
+# --- multi-turn sessions (SDPO)
+def _turn(role, text):
+    return {"role": role, "content": text}
+
+
+HIST = [SYSTEM, _turn("user", "My neighbour parks in front of my garage. How do I raise it?")]
+GOOD = [_turn("assistant", "Try a friendly chat first."), _turn("user", "And if that fails?"),
+        _turn("assistant", "Offer to share the driveway on weekends.")]
+BAD = [_turn("assistant", "Call a tow truck."), _turn("user", "That seems harsh."), _turn("assistant", "Whatever.")]
+
+
+def test_multi_turn_sessions_keep_their_turns_and_share_the_history_in_the_prompt(tmp_path):
+    """Whole sessions (the authors' layout), an explicit prompt with continuations, and a session whose
+    error comes at its second assistant turn: the shared messages become the prompt in every case."""
+    rows = [{"chosen": HIST + GOOD, "rejected": HIST + BAD},
+            {"prompt": HIST, "chosen": GOOD, "rejected": BAD},
+            {"chosen": HIST + GOOD[:2] + [_turn("assistant", "Agree a time."), _turn("user", "Thanks!"),
+                                          _turn("assistant", "Good luck.")],
+             "rejected": HIST + GOOD[:2] + BAD[:1]}]
+    task = PairsTask(_write(tmp_path / "sessions.jsonl", rows), eval_fraction=0.0, segment_turns=1)
+    table = task.pairs_table().to_pylist()
+    for rec in table[:2]:
+        assert json.loads(rec["prompt"]) == HIST
+        assert json.loads(rec["chosen"]) == GOOD and json.loads(rec["rejected"]) == BAD
+    late = table[2]
+    assert json.loads(late["prompt"]) == HIST + GOOD[:2]  # the first exchange is shared history
+    assert len(json.loads(late["chosen"])) == 3 and late["rejected"] == "Call a tow truck."  # one reply: text
+    assert task.eval_examples() == [] and task.train_examples()[0].reference == GOOD[0]["content"]
+
+
+@pytest.mark.parametrize(("bad", "kwargs", "message"), [
+    ({"chosen": HIST + GOOD, "rejected": HIST + GOOD}, {}, r"row 1: the 'chosen' and 'rejected' sessions never differ"),
+    ({"chosen": HIST + GOOD, "rejected": HIST + GOOD[:1]}, {}, r"row 1: .* sessions differ only in length"),
+    ({"prompt": HIST, "chosen": GOOD, "rejected": BAD}, {"segment_turns": 3},
+     r"row 1: a segment longer than the session: train.loss.segment_turns=3, but column 'chosen' has 2 assistant"),
+    ({"chosen": HIST + [_turn("user", "hm")] + GOOD, "rejected": HIST + BAD}, {},
+     r"row 1: roles out of order: 'chosen' and 'rejected' first differ at message 2, which must be an assistant "
+     r"turn on both sides \(got 'user' and 'assistant'\)"),
+    ({"prompt": HIST, "chosen": [GOOD[0], GOOD[2]], "rejected": BAD}, {},
+     r"row 1: column 'chosen': roles out of order: messages 0 and 1 are both 'assistant' turns"),
+    ({"prompt": HIST, "chosen": GOOD, "rejected": [BAD[0], SYSTEM, BAD[2]]}, {},
+     r"row 1: column 'rejected': roles out of order: message 1 is a system message"),
+])
+def test_bad_sessions_get_one_message_naming_the_row(tmp_path, bad, kwargs, message):
+    good = {"prompt": HIST, "chosen": GOOD + GOOD[1:], "rejected": BAD + BAD[1:]}  # 3 assistant turns each
+    with pytest.raises(ValueError, match=message) as info:
+        PairsTask(_write(tmp_path / "bad.jsonl", [good, bad]), **kwargs)
+    assert "bad.jsonl: row 1" in str(info.value)
