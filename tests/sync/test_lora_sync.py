@@ -5,7 +5,8 @@ learner (real DeepSpeed, real PEFT) that trains one DPO round. The adapter sync 
 bytes only, pass the verification every sync passes (checksums, version, probe log-probs), and leave the
 generator computing what the merged model computes: its greedy outputs and their log-probs are then
 compared with the same engine after a merged push (which replaces the base and drops the adapter), and
-after a base + adapter push back. A replica Ray restarts gets base + current adapter back from the pool.
+after a base + adapter push back (through the filesystem method). A replica Ray restarts gets base +
+current adapter back from the pool.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from selfplay.generate import Sampling
 from selfplay.generate.adapter import AdapterSpec
 from selfplay.sync import ProbeSpec
 from selfplay.sync.base import lora_parts
+from selfplay.sync.filesystem import FilesystemSync
 from selfplay.sync.object_store import ObjectStoreSync
 
 pytestmark = pytest.mark.slow  # a vLLM engine and a DeepSpeed learner start, and one DPO round runs
@@ -58,7 +60,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     """A LoRA learner after one DPO round, and its exported policy directory (merged + ``adapter/``)."""
     from selfplay.train import Learner
 
-    cfg = TrainConfig(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=2,
+    cfg = TrainConfig(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant",
                       lora={"r": R, "alpha": ALPHA})
     learner = Learner(tiny_model_dir, cfg, threads=1)
     learner.train_round(learner.compute_reference(pairs()))
@@ -78,7 +80,7 @@ def assert_same(adapter_out, merged_out, tolerance: float = 1e-4) -> None:
     assert worst <= tolerance, worst
 
 
-def test_adapter_sync_moves_only_the_adapter_and_serves_the_merged_policy(lora_pool, trained, tiny_model_dir):
+def test_adapter_sync_moves_only_the_adapter_and_serves_the_merged_policy(lora_pool, trained, tmp_path):
     learner, policy = trained
     base_out = outputs(lora_pool)
     base = learner.lora_base()
@@ -102,8 +104,11 @@ def test_adapter_sync_moves_only_the_adapter_and_serves_the_merged_policy(lora_p
     assert merged.parts == ["policy"] and merged.bytes == merged_bytes and lora_pool.info()[0]["adapter"] is False
     assert_same(served, outputs(lora_pool))
 
-    again = sync.push(learner, lora_pool, 3, lora_parts(base, str(policy)))  # base once, then the adapter
+    # base once, then the adapter; through the filesystem method (its own directories and load calls)
+    again = FilesystemSync(tmp_path, 64.0, probe=PROBE, timeout_s=300).push(learner, lora_pool, 3,
+                                                                            lora_parts(base, str(policy)))
     assert again.parts == ["base", "adapter"] and again.bytes == merged_bytes + adapter.bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000003-adapter", "v000003-base"]
     lora_pool.remember_policy(policy, 3, base=base)
     assert lora_pool.info()[0]["adapter"] is True
     assert_same(served, outputs(lora_pool))
