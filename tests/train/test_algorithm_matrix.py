@@ -1,12 +1,13 @@
 """The algorithm matrix: every algorithm on the menu runs a short real round through the real learner.
 
 Each case builds the table its recipe would produce (judged pairs with ODPO offsets, SPIN's reference
-pairs, offline pairs, sDPO chunks), trains a few optimizer steps on a nano Llama and checks that every
-step's loss is finite and that the policy's chosen-minus-rejected log-prob margin rose (SFT: the target's
-log-prob rose). The batch shape is micro-batch 1 with 4 accumulation steps on 5 pairs, so every epoch
-ends with weight-0 filler micro-batches (KTO's 10 rows give 2 per epoch). W=2 with ZeRO-2 (real Ray
-actors on gloo) runs the cases where ranks matter: KTO's reference point is averaged over both ranks,
-which the last test checks against the same step computed in one micro-batch on one rank.
+pairs, offline pairs, sDPO chunks, SDPO's multi-turn sessions), trains a few optimizer steps on a nano
+Llama and checks that every step's loss is finite and that the policy's chosen-minus-rejected log-prob
+margin rose (SFT: the target's log-prob rose; SDPO: the margin over its segment). The batch shape is
+micro-batch 1 with 4 accumulation steps on 5 pairs, so every epoch ends with weight-0 filler
+micro-batches (KTO's 10 rows give 2 per epoch). W=2 with ZeRO-2 (real Ray actors on gloo) runs the
+cases where ranks matter: KTO's reference point is averaged over both ranks, which the last test
+checks against the same step computed in one micro-batch on one rank.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def offline_task(tmp_path, chunks: int | None = None) -> PairsTask:
     return PairsTask(path, eval_fraction=0.1, split_seed=0, chunks=chunks)
 
 
-def margins(group, table: pa.Table) -> torch.Tensor:
+def margins(group, table: pa.Table, scoring: TrainConfig = SCORING) -> torch.Tensor:
     """Policy log p(chosen) - log p(rejected) per pair, under the weights held now."""
-    scored = group.compute_reference(table, cfg=SCORING)
+    scored = group.compute_reference(table, cfg=scoring)
     return torch.tensor(scored.column("ref_chosen_logps").to_pylist()) - torch.tensor(
         scored.column("ref_rejected_logps").to_pylist())
 
@@ -67,9 +68,10 @@ def margins(group, table: pa.Table) -> torch.Tensor:
 def preference_round(group, model_dir, loss: LossConfig, table: pa.Table, **shape) -> dict:
     cfg = TrainConfig(**{**SHAPE, **shape}, loss=loss)
     group.reload(model_dir, cfg)
-    before = margins(group, table)
+    scoring = SCORING.model_copy(update={"loss": LossConfig(segment_turns=loss.segment_turns)})  # SDPO: its segment
+    before = margins(group, table, scoring)
     summary = group.train_round(group.compute_reference(table, cfg=cfg), cfg)
-    gain = float((margins(group, table) - before).mean())
+    gain = float((margins(group, table, scoring) - before).mean())
     assert summary["losses"] and all(math.isfinite(x) for x in summary["losses"]), summary["losses"]
     assert gain > 0, f"{loss.type}: the chosen-rejected margin fell by {-gain:.4g} nats"
     return summary
@@ -129,7 +131,7 @@ def test_offline_pairs(w1, tiny_model_dir, tmp_path):
     preference_round(w1, tiny_model_dir, LossConfig(type="sigmoid"), offline_task(tmp_path).pairs_table(0))
 
 
-def test_sdpo_trains_chunks_in_turn_against_the_previous_model(w1, tiny_model_dir, tmp_path):
+def test_stepwise_sdpo_trains_chunks_in_turn_against_the_previous_model(w1, tiny_model_dir, tmp_path):
     task = offline_task(tmp_path, chunks=2)
     cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
     w1.reload(tiny_model_dir, cfg)
@@ -142,6 +144,16 @@ def test_sdpo_trains_chunks_in_turn_against_the_previous_model(w1, tiny_model_di
         summary = w1.train_round(with_ref, cfg)
         assert all(math.isfinite(x) for x in summary["losses"])
         assert float((margins(w1, chunk) - before).mean()) > 0
+
+
+def test_segment_level_sdpo_on_multi_turn_sessions(w1, tiny_model_dir):
+    """SDPO (Kong et al. 2025): the shipped social-agent sessions, a 2-turn segment from the first
+    difference; the margin over the segment's assistant tokens rises (any pair loss takes the segment)."""
+    task = PairsTask("docs/examples/multiturn_prefs.jsonl", eval_fraction=0.0, segment_turns=2)
+    pairs = task.pairs_table(0).slice(0, N_PAIRS)
+    assert all(json.loads(c)[1]["role"] == "user" for c in pairs.column("chosen").to_pylist())  # multi-turn sides
+    preference_round(w1, tiny_model_dir, LossConfig(type="sigmoid", segment_turns=2), pairs,
+                     max_prompt_length=320, max_completion_length=320)
 
 
 def test_sft_round(w1, tiny_model_dir):
