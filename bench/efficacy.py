@@ -65,6 +65,7 @@ from bench.efficacy_tune import (
     TUNED_FILE,
     best_preference_arm,
     load_tuned,
+    max_trials,
     record_arm,
     stage_settings,
     tuned_settings,
@@ -97,6 +98,8 @@ def task_arms(row: TaskRow, tuned: dict[str, Any], args: argparse.Namespace) -> 
     best = best_preference_arm(tuned, BEST_FROM, others)
     if best is None and others:
         best = "dpop"  # untuned: the quick start's own loss
+        print(f"  {row.name}: no tuned {BEST_FROM} preference arm in the tuned file; the best-arm slot runs dpop "
+              f"(tune {BEST_FROM} first)", flush=True)
     arms = resolve_arms(row.arms, best)
     return tuple(a for a in arms if a in QUICK_ARMS or a == best) if args.quick else arms
 
@@ -213,12 +216,25 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
     return ok
 
 
+def dry_run(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[int], tuned: dict[str, Any],
+            tuning: bool) -> str:
+    """What a command would run: starts, and per arm its runs (the search's most, when tuning) and settings."""
+    lines, total = [f"  starts: {len(plans) * len(seeds)} (selfplay prepare; reused where done)"], 0
+    for p in plans:
+        for a in arms_of[p.name]:
+            if tuning:
+                n = max_trials(SPACES[a])
+                lines.append(f"  {p.name} {a}: at most {n} tuning runs (seed 0)")
+            else:
+                n, settings = len(seeds), tuned_settings(tuned, p.name, a)
+                lines.append(f"  {p.name} {a}: {n} run(s), " + (describe(settings) if settings else
+                                                                 f"{describe(SPACES[a].default())} (untuned)"))
+            total += n
+    lines.append(f"  runs: {'at most ' if tuning else ''}{total}, {len(seeds)} seed(s); finished ones are reused")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    # The measurements' heavy imports happen here, once, before the pool's threads would race on them.
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
-    import selfplay.train.reference  # noqa: F401
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", nargs="+", default=["quickstart"], help=f"{', '.join(TASKS)} or all")
     ap.add_argument("--recipe", help="any recipe with a verifier, instead of --task (a task named after the file)")
@@ -235,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", default=str(TUNED_FILE), help="the tuned-settings file (read; written by --tune)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core here)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "efficacy"), help="run directories and results")
+    ap.add_argument("--dry-run", action="store_true", help="print the runs it would make, and run nothing")
     args = ap.parse_args(argv)
     if args.tune and args.seeds and args.seeds != [0]:
         raise SystemExit("--tune chooses on seed 0 only (the table's other seeds must not inform a choice)")
@@ -256,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         b = p.base
         print(f"  {p.name} ({p.recipe.name}): arms {', '.join(arms_of[p.name])}; {b.iterations} iterations x "
               f"{b.generation.prompts_per_iteration} prompts x {b.generation.n} samples per arm", flush=True)
+    if args.dry_run:
+        print(dry_run(plans, arms_of, seeds, tuned, args.tune))
+        return 0
+    # The measurements' heavy imports happen here, once, before the pool's threads would race on them.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import selfplay.train.reference  # noqa: F401
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         prepare(plans, seeds, pool)
         if args.tune:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench import efficacy_runs
-from bench.efficacy import TABLE_BUDGET, task_arms, task_rows
+from bench.efficacy import TABLE_BUDGET, main, task_arms, task_rows
 from bench.efficacy_arms import (
     ALL_ARMS,
     PREFERENCE_ARMS,
@@ -346,3 +346,25 @@ def test_the_spin_regime_keeps_one_fixed_prompt_set_and_every_task_row_loads():
             if arm in ALL_ARMS:
                 load_config(ROOT / row.recipe, [*row.overrides, *arm_overrides(arm, cfg)])
     assert TASKS["rg_spell_backward"].overrides[0] == "task.name=spell_backward"
+
+
+def test_dry_runs_count_the_runs_of_the_table_the_tuning_and_the_quick_check(tmp_path, capsys):
+    tuned = tmp_path / "tuned.yaml"
+    data = load_tuned(tuned)
+    record_arm(data, "quickstart", {}, "kto", _search("kto", lambda s: 0.5))
+    write_tuned(data, tuned)
+    common = ["--dry-run", "--tuned", str(tuned), "--out", str(tmp_path / "out")]
+    assert main(["--task", "all", *common]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 63, 3 seed(s)" in out  # 11 arms x 3 seeds + 2 tasks x 5 arms x 3 seeds
+    # kto is the best other preference arm (tuned on quickstart), untuned on the reasoning-gym task itself
+    assert "rg_chain_sum kto: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
+    assert "quickstart kto: 3 run(s), lr 1e-05 ep 2 β 0.1\n" in out
+    assert "quickstart ipo: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
+    assert main(["--tune", *common]) == 0
+    assert "runs: at most 126, 1 seed(s)" in capsys.readouterr().out  # 2 x 9 + 9 x 12
+    assert main(["--quick", *common]) == 0
+    assert "runs: 6, 1 seed(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="seed 0 only"):
+        main(["--tune", "--seeds", "1", *common])
+    assert not (tmp_path / "out").exists()  # nothing ran
