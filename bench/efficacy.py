@@ -41,6 +41,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -152,15 +153,18 @@ def _report(i: int, n: int, r: dict[str, Any], what: str) -> None:
           f"{what} {_f(r.get(what))}, {r['wall_s']:.0f} s{' (reused)' if r.get('reused') else ''}", flush=True)
 
 
-def tune(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], pool: ThreadPoolExecutor, tuned_path: Path) -> None:
-    """Every stage of every arm's search, all tasks' runs of a stage in one pool; the file after each stage."""
+def tune(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], pool: ThreadPoolExecutor, tuned_path: Path,
+         run: Callable[[Plan, str, dict[str, Any], str], dict[str, Any]] | None = None) -> None:
+    """Every stage of every arm's search, all tasks' runs of a stage in one pool; the file after each stage.
+    ``run(plan, arm, settings, stage)`` makes one tuning run (default: ``Plan.run`` on seed 0)."""
+    run = run or (lambda p, a, s, stage: p.run(a, 0, s, False, stage=stage))
     tuned = load_tuned(tuned_path)
     trials: dict[tuple[str, str], list[dict[str, Any]]] = {(p.name, a): [] for p in plans for a in arms_of[p.name]}
     for stage in STAGES:
         jobs = [(p, a, s) for p in plans for a in arms_of[p.name]
                 for s in stage_settings(SPACES[a], stage, trials[(p.name, a)])]
         print(f"  tune stage {stage}: {len(jobs)} runs", flush=True)
-        futures = [pool.submit(p.run, a, 0, s, False, stage=stage) for p, a, s in jobs]
+        futures = [pool.submit(run, p, a, s, stage) for p, a, s in jobs]
         for i, ((p, a, _), fut) in enumerate(zip(jobs, futures), 1):
             r = fut.result()
             trials[(p.name, a)].append(r)

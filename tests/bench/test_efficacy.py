@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench import efficacy_runs
-from bench.efficacy import TABLE_BUDGET, main, task_arms, task_rows
+from bench.efficacy import TABLE_BUDGET, Plan, main, task_arms, task_rows, tune
 from bench.efficacy_arms import (
     ALL_ARMS,
     PREFERENCE_ARMS,
@@ -368,3 +368,34 @@ def test_dry_runs_count_the_runs_of_the_table_the_tuning_and_the_quick_check(tmp
     with pytest.raises(SystemExit, match="seed 0 only"):
         main(["--tune", "--seeds", "1", *common])
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_tune_runs_the_stages_in_order_and_writes_every_arms_choice(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = argparse.Namespace(out=str(tmp_path / "out"), common=[])
+    plan = Plan(TASKS["quickstart"], args, TUNE_BUDGET)
+    plan.starts = {0: {"validation": 0.2}}
+    (tmp_path / "out" / "quickstart").mkdir(parents=True)
+    made = []
+
+    def run(p, arm, settings, stage):  # validation peaks at lr 3e-3 for sft and 3e-5 for ipo, 3 epochs
+        made.append((arm, stage))
+        best = 3e-3 if arm == "sft" else 3e-5
+        return {"task": p.name, "arm": arm, "seed": 0, "settings": settings, "stage": stage, "returncode": 0,
+                "validation": 0.5 - abs(math.log10(settings["lr"] / best)) / 10 + settings["epochs"] / 100,
+                "wall_s": 1.0}
+
+    tuned_path = tmp_path / "tuned.yaml"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tune([plan], {"quickstart": ("sft", "ipo")}, pool, tuned_path, run=run)
+    stages = [stage for _, stage in made]
+    assert stages == sorted(stages, key=STAGES.index)  # a stage starts only when the one before has ended
+    data = load_tuned(tuned_path)
+    entry = data["tasks"]["quickstart"]
+    assert entry["budget"] == list(TUNE_BUDGET) and entry["seed"] == 0 and entry["start_validation"] == 0.2
+    assert tuned_settings(data, "quickstart", "sft") == {"lr": 3e-3, "epochs": 3}
+    assert tuned_settings(data, "quickstart", "ipo") == {"lr": 3e-5, "epochs": 3, "beta": 0.1, "nll_weight": 0.0}
+    assert len(entry["arms"]["ipo"]["trials"]) == made.count(("ipo", "coarse")) + made.count(("ipo", "axes")) + \
+        made.count(("ipo", "fine"))
+    assert len(json.loads((tmp_path / "out" / "quickstart" / "tune.json").read_text())) == len(made)
