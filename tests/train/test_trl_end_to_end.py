@@ -143,10 +143,11 @@ def _bugged_sums(real, bug: str, calls: list):
     return lambda scored: real(broken(scored))
 
 
-def _boundary_off_by_one(real):
+def _boundary_off_by_one(real, calls: list):
     """``encode_pairs`` whose loss mask takes in the prompt's last token (the boundary one token early)."""
 
     def encode(*args, **kwargs):
+        calls.append("boundary")
         data = real(*args, **kwargs)
         data.completions = {k: [p[-1:] + c for p, c in zip(data.prompts, cs)] for k, cs in data.completions.items()}
         data.prompts = [p[:-1] for p in data.prompts]
@@ -163,13 +164,13 @@ def test_planted_bug_is_caught(nano, tiny_model_dir, monkeypatch, bug):
 
     calls: list = []
     if bug == "prompt_token_in_mask":
-        monkeypatch.setattr(learner_mod, "encode_pairs", _boundary_off_by_one(learner_mod.encode_pairs))
+        monkeypatch.setattr(learner_mod, "encode_pairs", _boundary_off_by_one(learner_mod.encode_pairs, calls))
     else:
         for module in (objective, reference):
             monkeypatch.setattr(module, "sequence_sums", _bugged_sums(objective.sequence_sums, bug, calls))
     bugged = run_ours(tiny_model_dir, chat_table(nano.rows), train_config(3, zero_stage=0))
     assert bugged.order == nano.ours.order
-    assert calls or bug == "prompt_token_in_mask"
+    assert calls  # the planted bug was on the path that ran
     with pytest.raises(AssertionError):
         compare(bugged, nano.theirs, _start_weights(tiny_model_dir))
 

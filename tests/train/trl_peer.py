@@ -210,10 +210,10 @@ WEIGHT_ATOL = LR
 """Per weight, after the round: one learning rate. Adam's step divides each gradient entry by its own
 running magnitude, so an entry whose gradient is float noise in some step moves by a noise-driven
 fraction of lr (seen: one entry in 16384 off by 0.47 lr, every other one within 0.09 lr)."""
-UPDATE_RTOL = 5e-3
+UPDATE_RTOL = 2e-2
 """Per tensor: |our update - TRL's update| / |TRL's update| (Frobenius norms, the update being the change
-from the start weights): at most 1.9e-3 seen (that one entry), about 1 under a planted shift or
-padding bug."""
+from the start weights): 1.9e-3 at most seen (that one entry), about 1 under a planted shift or padding
+bug. One Adam entry flipped by noise in a 128x128 matrix would be about 1.6e-2."""
 
 
 def compare(ours: Round, theirs: Round, start: dict[str, torch.Tensor]) -> None:
