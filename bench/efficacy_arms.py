@@ -165,8 +165,7 @@ class TaskRow:
     overrides: tuple[str, ...] = ()
     arms: tuple[str, ...] = ALL_ARMS
     eval_prompts: int | None = 1000
-    """``evaluation.num_prompts`` of every run (about half in each split); None keeps the recipe's (a task
-    whose held-out space has repeats cannot be asked for as many prompts as it draws)."""
+    """``evaluation.num_prompts`` of every run (about half in each split); None keeps the recipe's."""
     spin_prompts: int = 250
     """The SPIN regime's fixed prompt set (its "SFT data", ``generation.prompt_source: fixed``): this many
     prompts, the same in every iteration of the plateau run and of the runs after it."""
@@ -181,10 +180,10 @@ TASKS: dict[str, TaskRow] = {
     # (chain_sum is its own task: 2-digit sums and differences); spell_backward (reverse a 3-6 letter word)
     # is a skill of another kind, with the bare word as the prompt as the recipe does for chain_sum.
     "rg_chain_sum": TaskRow("rg_chain_sum", "recipes/reasoning_gym.yaml", ("task.name=chain_sum",),
-                            REDUCED_ARMS, eval_prompts=None),
+                            REDUCED_ARMS),
     "rg_spell_backward": TaskRow("rg_spell_backward", "recipes/reasoning_gym.yaml", (
         "task.name=spell_backward", "task.config={min_word_len: 3, max_word_len: 6}",
-        "task.prompt_template='{metadata[word]}='"), REDUCED_ARMS, eval_prompts=None),
+        "task.prompt_template='{metadata[word]}='"), REDUCED_ARMS),
 }
 TABLE_TASKS = ("quickstart", "rg_chain_sum", "rg_spell_backward")
 
