@@ -86,7 +86,8 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
         "policy": {"preset": "small", "tokenizer": "char"},
         "task": {"type": "sorting", "min_len": 2, "max_len": 4, "max_value": 99},
         "generation": {"backend": "vllm", "prompts_per_iteration": args.prompts, "n": args.n,
-                       "temperature": args.temperature, "max_tokens": args.max_tokens, "shard_size": args.shard_size},
+                       "temperature": args.temperature, "max_tokens": args.max_tokens, "shard_size": args.shard_size,
+                       "replicas": 1},  # one engine at --threads threads, as the scripts' one vLLM process
         "judge": {"type": "sft"},
         "pairing": {"strategy": "reference", "mix_previous": 0.0},
         "train": {"loss": {"type": "sigmoid", "beta": args.beta}, "reference": "previous",

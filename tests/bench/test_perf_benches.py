@@ -72,9 +72,29 @@ def test_iteration_recipe_is_a_valid_spin_run_of_the_small_preset():
     assert cfg.train.micro_batch_size == 4 and cfg.evaluation.num_prompts == 0
     assert cfg.generation.shard_size == 16  # shards the learner scores while the generator samples the next
     assert load_config(iteration.recipe(iteration.parse_args(["--shard-size", "64"]))).generation.shard_size == 64
+    # one engine at --threads threads on the selfplay side, as the scripts' one vLLM process (not `auto`)
+    two = load_config(iteration.recipe(iteration.parse_args(["--threads", "2"])))
+    assert (two.generation.replicas, two.resources.threads_per_actor) == (1, 2)
     for bad in (["--prompts", "0"], ["--shard-size", "0"]):
         with pytest.raises(SystemExit):
             iteration.parse_args(bad)
+
+
+def test_threads_bench_reads_switches_and_cpu_seconds_of_every_thread():
+    import os
+    import threading
+
+    from bench import threads
+
+    args = threads.parse_args([])
+    assert (args.threads, args.modes, args.wait) == (2, list(threads.MODES), ["unset"])
+    pid = os.getpid()
+    spin = threading.Thread(target=lambda: sum(i * i for i in range(2_000_000)))  # CPU in a second thread
+    c0 = threads.cpu_seconds(pid)
+    spin.start()
+    spin.join()
+    assert threads.cpu_seconds(pid) > c0 and threads.ctx_switches(pid) >= 0
+    assert threads.ray_processes("/no/such/ray/temp/dir", exclude=set()) == {}
 
 
 def test_iteration_walls_run_from_the_iteration_line_to_its_last_stage():
