@@ -22,7 +22,8 @@ How the two are made to do the same thing:
   the eos that closes an assistant turn, and TRL trains on it; our text encoding stops at the eos (as a
   sampled answer does). That difference is legitimate and asserted; for the round itself our table then
   carries the template's tokens as ``chosen_token_ids``/``rejected_token_ids``, so both train on the
-  same ids.
+  same ids. Truncation: a total ``max_length`` cuts what TRL's ``keep_start`` cuts
+  (``test_truncation_keeps_trls_tokens``); the rounds themselves cut nothing.
 * **World size 2.** Ours runs two learner ranks (ZeRO-2) as plain processes (the class the Ray actors
   host). TRL runs at world size 1 with the same global batch (accumulation 4). A DPO loss is a mean over
   the pairs of the global batch; TRL under DDP would not give that with a remainder: accelerate's
@@ -122,6 +123,30 @@ def test_qwen2_round_equals_trl(tmp_path):
         assert [*chosen, newline] == theirs.tokens[int(row)][1]
         assert [*rejected, newline] == theirs.tokens[int(row)][2]
     _check_round(Case(ids_rows, ours, theirs), [3, 3, 1], model_dir)
+
+
+def test_truncation_keeps_trls_tokens(nano, tiny_model_dir):
+    """A total ``max_length`` cuts what TRL 1.16's collator cuts with ``truncation_mode="keep_start"``: the
+    prompt whole, each answer's tail (both sides per sequence, the answer's mask with it). Where a prompt
+    alone passes the limits the two differ by design: TRL drops the pair, ours keeps the prompt's last
+    ``max_prompt_length`` tokens (and ``max_length`` must exceed ``max_prompt_length``)."""
+    from transformers import AutoTokenizer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from selfplay.train.data import encode_pairs
+
+    limit = 380
+    cfg = train_config(3, zero_stage=0).model_copy(update={"max_prompt_length": 360, "max_length": limit})
+    ours = encode_pairs(chat_table(nano.rows), AutoTokenizer.from_pretrained(tiny_model_dir), cfg)
+    assert ours.stats["truncated"] == N_PAIRS and ours.stats["dropped"] == 0
+    collate = DataCollatorForPreference(pad_token_id=0, max_length=limit, truncation_mode="keep_start")
+    for i, row in enumerate(ours.rows):
+        prompt, chosen, rejected = nano.theirs.tokens[int(row)]
+        batch = collate([{"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}])
+        for k, key in enumerate(("chosen", "rejected")):
+            n = int(batch["attention_mask"][k].sum())
+            assert batch["input_ids"][k, :n].tolist() == ours.prompts[i] + ours.completions[key][i]
+            assert int(batch["completion_mask"][k].sum()) == len(ours.completions[key][i])
 
 
 # ------------------------------------------------------------------------------------------ planted bugs
