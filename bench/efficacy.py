@@ -193,6 +193,10 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
     tuned = load_tuned(tuned_path)
     jobs = []
     for p in plans:
+        entry = tuned["tasks"].get(p.name, {})
+        if entry and entry.get("overrides") != p.common:
+            print(f"  {p.name}: tuned with overrides {entry.get('overrides')}, this table runs {p.common}: the "
+                  "settings were chosen for another setup", flush=True)
         for a in arms_of[p.name]:
             settings = tuned_settings(tuned, p.name, a)
             if settings is None:
