@@ -113,6 +113,17 @@ class PromptEncoder:
             return list(token_ids)
         return [*self.tok(text, add_special_tokens=False)["input_ids"], self.eos]
 
+    def side(self, prompt: str | list[dict[str, str]], text: str, token_ids: list[int] | None,
+             segment_turns: int | None, where: str) -> tuple[list[int], list[bool] | None]:
+        """One completion's ids, and its scored mask when it is multi-turn (None: every token is scored)."""
+        turns = _turns(text) if token_ids is None else None
+        if turns is not None:
+            return self.session(prompt, turns, segment_turns, where)
+        if segment_turns is not None and segment_turns > 1:
+            raise ValueError(f"{where}: a segment longer than the session: train.loss.segment_turns={segment_turns}, "
+                             "but the completion is one assistant reply")
+        return self.completion(text, token_ids), None
+
     def session(self, prompt: str | list[dict[str, str]], turns: list[dict[str, str]], segment_turns: int | None,
                 where: str) -> tuple[list[int], list[bool]]:
         """Token ids of a multi-turn continuation of ``prompt`` and which of them are scored (see the module
@@ -181,18 +192,10 @@ def encode(
     dropped = truncated = 0
     for i, prompt in enumerate(prompts_col):
         p = enc.prompt(prompt)
-        cs, ms = {}, {}
-        for c in completion_columns:
-            turns = _turns(texts[c][i]) if ids[c][i] is None else None
-            if turns is None:
-                cs[c], ms[c] = enc.completion(texts[c][i], ids[c][i]), None
-            else:
-                where = f"pairs row {i}" + (f" (pair_id {pair_ids[i]!r})" if pair_ids else "") + f", column {c!r}"
-                cs[c], ms[c] = enc.session(prompt, turns, segment_turns, where)
-            if ms[c] is None and segment_turns is not None and segment_turns > 1:
-                where = f"pairs row {i}" + (f" (pair_id {pair_ids[i]!r})" if pair_ids else "") + f", column {c!r}"
-                raise ValueError(f"{where}: a segment longer than the session: train.loss.segment_turns="
-                                 f"{segment_turns}, but the completion is one assistant reply")
+        where = f"pairs row {i}" + (f" (pair_id {pair_ids[i]!r})" if pair_ids else "")
+        sides = {c: enc.side(prompt, texts[c][i], ids[c][i], segment_turns, f"{where}, column {c!r}")
+                 for c in completion_columns}
+        cs, ms = {c: v[0] for c, v in sides.items()}, {c: v[1] for c, v in sides.items()}
         longest = max((len(s) for s in cs.values()), default=0)
         too_long = (len(p) > max_prompt_length or longest > max_completion_length
                     or (max_length is not None and len(p) + longest > max_length))
@@ -211,15 +214,16 @@ def encode(
             masks[c].append(ms[c])
         rows.append(i)
     idx = np.asarray(rows, dtype=np.int64)
-    columns = {}
-    for name in float_columns:
-        if name in table.column_names:
-            values = table.column(name).to_numpy(zero_copy_only=False)
-            columns[name] = np.asarray(values, dtype=np.float64)[idx]
     stats = {"examples": table.num_rows, "kept": len(rows), "dropped": dropped, "truncated": truncated}
     scored = {c: [[True] * len(s) if m is None else m for s, m in zip(completions[c], masks[c])]
               for c in completion_columns if any(m is not None for m in masks[c])}
-    return Encoded(prompts, completions, idx, columns, stats, scored)
+    return Encoded(prompts, completions, idx, _float_columns(table, float_columns, idx), stats, scored)
+
+
+def _float_columns(table: pa.Table, names: tuple[str, ...], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The present ``names`` of ``table`` as float64 arrays at the kept rows ``idx``."""
+    return {name: np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)[idx]
+            for name in names if name in table.column_names}
 
 
 def _turns(text: str | None) -> list[dict[str, str]] | None:
