@@ -1,7 +1,7 @@
 """The quick start with LoRA, end to end: ``selfplay run recipes/quickstart.yaml --set iterations=1
 --set train.lora.r=8``, shrunk with ``--set`` (fewer prompts, a short warm start, ties kept so that a
 weak policy still yields pairs) to fit the test budget. Every part is real: local Ray, the vLLM (CPU)
-generator, the DeepSpeed learner with PEFT adapters, the verified weight sync.
+generator, the DeepSpeed learner with PEFT adapters, the verified adapter-only weight sync.
 
 The logged trainable parameter count is checked against one computed here from the policy's own
 ``config.json`` (r x (in + out) per adapted projection per layer), not against the learner's figure.
@@ -68,4 +68,9 @@ def test_quickstart_iteration_with_lora_r8(tmp_path):
     with torch.no_grad():
         a, b = merged(probe).logits, peft(probe).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=0)
-    assert stages["sync"]["max_diff"] < 1e-3  # the generator verified the merged weights it was sent
+    # sync.lora auto = adapter: the generator already held the warm-started base, so only the adapter moved,
+    # verified on the probe (base + adapter in vLLM against the learner)
+    sync = stages["sync"]
+    assert sync["parts"] == ["adapter"] and sync["max_diff"] < 1e-3
+    adapter_bytes = (policy / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert want * 4 <= sync["bytes"] < min(adapter_bytes + 65_536, (policy / "model.safetensors").stat().st_size / 5)
