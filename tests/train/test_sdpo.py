@@ -195,3 +195,16 @@ def test_segment_turns_is_a_pair_loss_setting():
     with pytest.raises(ValidationError, match="segment_turns: SDPO's segment is a pair loss setting"):
         LossConfig(type="kto", segment_turns=2)
     assert LossConfig(type="ipo", segment_turns=2).segment_turns == 2
+
+
+def test_the_multi_turn_example_of_docs_data_md_prints_what_the_page_shows(capsys, monkeypatch):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    page = (root / "docs" / "data.md").read_text()
+    section = page[page.index("## Multi-turn sessions (SDPO)"):]
+    code, shown = re.search(r"```python\n(.*?)```\n\n```\n(.*?)```", section, re.S).groups()
+    monkeypatch.chdir(root)
+    exec(compile(code, "docs/data.md", "exec"), {})
+    assert capsys.readouterr().out == shown
