@@ -10,6 +10,7 @@ on held-out problems that no choice of settings ever saw.
     python -m bench.efficacy --task all
     python -m bench.efficacy --spin-regime           # SPIN against more SFT from an SFT plateau
     python -m bench.efficacy --recipe R.yaml --arms sft rft dpo_previous --seeds 0   # any verifier recipe
+    python -m bench.efficacy --task all --tune --dry-run    # what a command would run, running nothing
 
 Every run is the real pipeline: ``selfplay prepare`` makes each seed's start policy (the recipe's warm
 start) and every arm is ``selfplay run`` from it (``policy.path``) with the arm's ``--set`` overrides
