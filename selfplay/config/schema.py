@@ -866,6 +866,9 @@ class RunConfig(Section):
         if self.train.loss.type == "odpo" and isinstance(self.task, PairsTaskConfig):
             raise ValueError("train.loss.type: odpo's per-pair offsets come from judge scores, and offline "
                              "`pairs` have none; use sigmoid, or generate and judge the pairs")
+        if self.train.loss.segment_turns is not None and not isinstance(self.task, PairsTaskConfig):
+            raise ValueError("train.loss.segment_turns: SDPO scores segments of multi-turn sessions, which come from "
+                             "a `pairs` task (generated pairs are one reply each); see docs/data.md")
         if isinstance(self.task, PairsTaskConfig) and self.task.chunks is not None \
                 and self.iterations > self.task.chunks:
             raise ValueError(f"iterations: {self.iterations} is more than task.chunks {self.task.chunks} "
