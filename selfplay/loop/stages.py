@@ -455,8 +455,10 @@ def sync(rt, it: Iteration, pool, learners) -> dict[str, Any]:
         from selfplay.sync.base import lora_parts
 
         base = learners.lora_base()
-        report = rt.weight_sync.push(learners, pool, it.version, lora_parts(base, pool.policy.base))
-        pool.remember_policy(it.policy_out, it.version, base=base)  # a restarted generator: base + adapter
+        parts = lora_parts(base, pool.policy.base, rt.cfg.train.reference)
+        report = rt.weight_sync.push(learners, pool, it.version, parts)
+        # where a restarted generator reloads from: base + adapter, or the merged policy
+        pool.remember_policy(it.policy_out, it.version, base=None if parts == ("policy",) else base)
     else:
         report = rt.weight_sync.push(learners, pool, it.version)
         pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from

@@ -23,7 +23,8 @@ What a push carries is a sequence of *parts* (:data:`Part`), each exported and l
 buckets, verified once at the end: ``policy`` (the learner's weights, LoRA adapters merged in; the
 default), or with LoRA and ``sync.lora: adapter`` ``adapter`` (the adapter tensors alone, loaded with
 ``load_adapter`` on the base the generators hold), preceded by ``base`` (the base weights, loaded with
-``load_buckets``) when the generators' base is not the learner's (:func:`lora_parts`).
+``load_buckets``) when the generators' base is not the learner's, or the merged ``policy`` instead
+(:func:`lora_parts`).
 """
 
 from __future__ import annotations
@@ -39,14 +40,20 @@ LOAD_METHOD: dict[str, str] = {"policy": "load_buckets", "base": "load_buckets",
 """The generator method that loads each part's buckets."""
 
 
-def lora_parts(learner_base: str | None, generators_base: str | None) -> tuple[Part, ...]:
+def lora_parts(learner_base: str | None, generators_base: str | None, reference: str = "initial"
+               ) -> tuple[Part, ...]:
     """The parts of an adapter-only sync: the adapter alone when the generators serve it on the learner's
-    own base (the same directory), else the base first (a full push) and the adapter on it."""
+    own base (the same directory). Else a full push: with ``reference: initial`` the base and the adapter
+    on it (the base stays the learner's for the rest of the run); with ``previous`` the merged policy
+    (the learner merges it into its base at the next round's start, so the generators then hold that
+    base already and the next sync is the adapter alone)."""
     from pathlib import Path
 
     same = (learner_base is not None and generators_base is not None
             and Path(learner_base).resolve() == Path(generators_base).resolve())
-    return ("adapter",) if same else ("base", "adapter")
+    if same:
+        return ("adapter",)
+    return ("policy",) if reference == "previous" else ("base", "adapter")
 
 
 class SyncError(RuntimeError):

@@ -25,6 +25,9 @@ def test_parts_ship_the_base_only_when_the_generators_hold_another(tmp_path):
     assert lora_parts(str(base), str(tmp_path / "iter_000" / "policy")) == ("base", "adapter")
     assert lora_parts(None, str(base)) == ("base", "adapter")  # the learner's base is not on disk
     assert lora_parts(str(base), None) == ("base", "adapter")  # the generators hold pushed buckets
+    # reference: previous merges at the next round's start: the merged policy now, the adapter alone next
+    assert lora_parts(str(base), str(tmp_path / "iter_000" / "policy"), "previous") == ("policy",)
+    assert lora_parts(str(base), str(base), "previous") == ("adapter",)
 
 
 def test_combined_report_adds_bytes_and_seconds_and_keeps_the_last_checksum():
