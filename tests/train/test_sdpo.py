@@ -208,3 +208,19 @@ def test_the_multi_turn_example_of_docs_data_md_prints_what_the_page_shows(capsy
     monkeypatch.chdir(root)
     exec(compile(code, "docs/data.md", "exec"), {})
     assert capsys.readouterr().out == shown
+
+
+def test_kto_rows_of_multi_turn_pairs_keep_their_assistant_masks(tiny_model_dir):
+    """KTO's unpaired view (and its mismatched KL rows) carries each side's mask along."""
+    from transformers import AutoTokenizer
+
+    from selfplay.train.data import kl_partners, kto_view
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = table().to_pylist() + [dict(table(CHOSEN[:3], REJECTED[:3]).to_pylist()[0], pair_id="0:s-1")]
+    data = encode_pairs(pa.Table.from_pylist(rows), tok, TrainConfig(max_prompt_length=400))
+    view, partner = kto_view(data, seed=0), kl_partners(2, 0)
+    for i in range(2):
+        for j, key in enumerate(("chosen", "rejected")):
+            assert view.masks["completion"][2 * i + j] == data.masks[key][i]
+            assert view.masks["kl"][2 * i + j] == data.masks[key][int(partner[i])]
