@@ -15,7 +15,8 @@ drift hits all of them:
 * ``actor``: ``LearnerGroup`` with one rank in a Ray actor (what ``selfplay run`` does).
 
 ``--wait`` sets libgomp's ``OMP_WAIT_POLICY`` for every process of the run (``unset``: libgomp's default,
-a spin of ``GOMP_SPINCOUNT`` before sleeping). Printed per run: the round's seconds timed inside the learner
+a spin of 300,000 before sleeping, written out as ``GOMP_SPINCOUNT`` because selfplay's ``setup_env``
+otherwise makes it ``PASSIVE``). Printed per run: the round's seconds timed inside the learner
 process (``inner``) and by the caller (``outer``, which adds the driver-to-actor call), the learner
 process's involuntary context switches over all its threads during the round, the CPU seconds Ray's own
 processes (raylet, GCS, agents, idle workers) used during it, and, after the round, the CPU seconds the
@@ -139,7 +140,7 @@ def child(model: str, mode: str, out: str, args: argparse.Namespace) -> None:
     idle0 = cpu_seconds(pid)
     time.sleep(args.idle_s)
     idle = cpu_seconds(pid) - idle0
-    record = {"mode": mode, "wait": os.environ.get("OMP_WAIT_POLICY", "unset"), "outer_s": round(outer, 3),
+    record = {"mode": mode, "wait": os.environ.get("OMP_WAIT_POLICY", "spin"), "outer_s": round(outer, 3),
               "inner_s": summary.get("seconds"), "steps": summary.get("steps"), "ctx": after_ctx - before_ctx,
               "ray_cpu_s": round(sum(spent.values()), 3), "ray_top": sorted(spent.items(), key=lambda kv: -kv[1])[:4],
               "idle_cpu_s": round(idle, 3), "load": os.getloadavg()[0]}
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
                 out = work / f"{r}-{wait}-{mode}.json"
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 env.pop("OMP_WAIT_POLICY", None)
-                if wait != "unset":
+                if wait == "unset":  # libgomp's own default spin, written out (selfplay's default is passive)
+                    env["GOMP_SPINCOUNT"] = "300000"
+                else:
                     env["OMP_WAIT_POLICY"] = wait.upper()
                 load = os.getloadavg()[0]
                 subprocess.run([sys.executable, "-m", "bench.threads", *passed, "--child", model, mode, str(out)],

@@ -1,10 +1,12 @@
 """Process environment defaults shared by the CLI, the actors and the tests.
 
 Everything here is a *default* (``os.environ.setdefault``): a user's own setting always wins. The
-choices come from measurements on 2-core CPU machines (see README): unpinned torch threads under
-contention slowed a DPO step 5-50x, vLLM's default KV cache is far larger than a tiny model needs, and
-nothing may ever reach a model hub. Compiled DeepSpeed ops and vLLM's cache stay in their default
-per-user cache folders (``~/.cache``) so a fresh clone on the same machine reuses them.
+choices come from measurements on 2-core CPU machines (see README and docs/benchmarks.md): unpinned torch
+threads under contention slowed a DPO step 5-50x, libgomp's spin-waiting slowed a two-thread round under
+load (so ``OMP_WAIT_POLICY=PASSIVE``, unless the user set it or ``GOMP_SPINCOUNT``), vLLM's default KV
+cache is far larger than a tiny model needs, and nothing may ever reach a model hub. Compiled DeepSpeed
+ops and vLLM's cache stay in their default per-user cache folders (``~/.cache``) so a fresh clone on the
+same machine reuses them.
 
 Ray's authentication is never set here: a cluster the driver joins keeps its own mode. Only the
 embedded single-machine Ray of a local run gets :func:`embedded_ray_env`: every Ray process bound to
@@ -43,6 +45,11 @@ def setup_env(threads: int | None = None) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        # OpenMP threads that finish a parallel region sleep instead of spinning: a spinning thread holds a
+        # core its partner needs when another process (Ray's daemons, a neighbour) took the partner's
+        # core. libgomp reads it when it loads, so it reaches the actors Ray starts after this process.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         try:

@@ -3,6 +3,8 @@ what it means where it is read (the placement plan, the learners' scoring beside
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from selfplay.config import load_config
@@ -100,3 +102,17 @@ def test_scoring_beside_generation_only_where_the_resolved_threads_fit(monkeypat
                                                "resources": {"threads_per_actor": 1}}))
     resolved = apply(load_config(spin), resolve(load_config(spin), 2, cluster=False))
     assert not room_beside_generation(resolved)
+
+
+@pytest.mark.parametrize(("given", "want"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+                                             ({"GOMP_SPINCOUNT": "10000"}, None)])
+def test_openmp_threads_sleep_at_barriers_unless_the_user_chose(monkeypatch, given, want):
+    """Actors inherit the driver's environment (Ray starts them after ``setup_env``), so this reaches them."""
+    from selfplay.env import setup_env
+
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    setup_env()
+    assert os.environ.get("OMP_WAIT_POLICY") == want
