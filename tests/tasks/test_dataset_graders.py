@@ -124,3 +124,16 @@ def test_recipe_fields_of_graders():
         load_config({**base, "task": {**base["task"], "grader": "regex"}})
     with pytest.raises(ConfigError, match="grader.extract"):
         load_config({**base, "task": {**base["task"], "grader": {"type": "exact", "extract": "first_word"}}})
+
+
+def test_a_missing_extra_is_named_at_validation(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # injected fault: the `tasks` extra is not installed
+                        lambda name, *a: None if name in ("math_verify", "reasoning_gym") else real(name, *a))
+    base = {"policy": {"preset": "nano"}, "judge": {"type": "verifier"}}
+    with pytest.raises(ConfigError, match=r"grader `math` needs the `tasks` extra .*pip install -e '\.\[tasks\]'"):
+        load_config({**base, "task": {"type": "dataset", "path": "x.jsonl", "reference_column": "a", "grader": "math"}})
+    with pytest.raises(ConfigError, match=r"task `reasoning_gym` needs the `tasks` extra"):
+        load_config({**base, "task": {"type": "reasoning_gym", "name": "chain_sum"}})
