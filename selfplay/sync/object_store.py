@@ -73,7 +73,8 @@ class ObjectStoreSync:
         try:
             checksums = call_all(named, LOAD_METHOD[part], (payload, version), self.timeout_s, retry_dead=True)
         except RemoteCallError as exc:
-            raise SyncError(f"sync to version {version} ({part}) failed: {exc}") from exc
+            what = "" if part == "policy" else f" ({part})"
+            raise SyncError(f"sync to version {version}{what} failed: {exc}") from exc
         report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
                                time.perf_counter() - start)
         report.parts = [part]
