@@ -283,10 +283,13 @@ class VLLMEngine:
         start = time.perf_counter()
         named, digest = decode_sync(blobs, version, self._adapter_names)
         verified = time.perf_counter()
-        if self._adapter_root is None:
+        if self._adapter_root is None:  # this process's adapter directories, removed when it exits
+            import atexit
+            import shutil
             import tempfile
 
             self._adapter_root = Path(tempfile.mkdtemp(prefix="selfplay-adapters-"))
+            atexit.register(shutil.rmtree, self._adapter_root, True)
         self._adapter_ids += 1
         path = write_adapter_dir(self._adapter_root / f"v{version}-{self._adapter_ids}", named, self.lora)
         request = LoRARequest(f"selfplay-v{version}-{self._adapter_ids}", self._adapter_ids, str(path))
