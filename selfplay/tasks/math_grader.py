@@ -28,6 +28,7 @@ import select
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any
 
 from selfplay.tasks.grading import Grader, GraderTimeout
@@ -99,6 +100,7 @@ class _Child:
         self.proc = subprocess.Popen([sys.executable, "-m", "selfplay.tasks.math_grader"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self._buffer = b""
+        self._reap = weakref.finalize(self, _reap, self.proc)  # also at exit: no child or pipe outlives us
         ready = self._read_line(START_TIMEOUT_S, "starting math-verify")
         if json.loads(ready).get("ready") is not True:
             raise RuntimeError(f"math-verify child process did not start: {ready!r}")
@@ -131,12 +133,16 @@ class _Child:
         return line
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+        self._reap()
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
 
 
 # ------------------------------------------------------------------------------------------ the child side
