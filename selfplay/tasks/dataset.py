@@ -146,6 +146,11 @@ class DatasetTask:
             raise ValueError(f"example {example.id} has no reference to grade against")
         return self.grader.score(response, example.reference)
 
+    def extract_answer(self, response: str) -> str | None:
+        """The answer ``response`` votes for in ``maj@k``: the grader's normalised answer (the stripped
+        text without a grader)."""
+        return self.grader.vote_key(response) if self.grader is not None else response.strip()
+
     def grader_counts(self) -> dict[str, int]:
         """Answers the grader failed on so far (raised or timed out, each scored 0)."""
         return self.grader.counts.as_dict() if self.grader is not None else {}

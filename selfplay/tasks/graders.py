@@ -62,6 +62,9 @@ class ExactGrader(Grader):
     def _compare(self, answer: str, gold: str) -> float:
         return float(normalize_text(answer, self.case_sensitive) == gold)
 
+    def _key(self, answer: str) -> str | None:
+        return normalize_text(answer, self.case_sensitive)
+
 
 _FRAC = re.compile(r"-?\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _MAX_DIGITS = 400  # longer numbers are not answers anyone writes; Fraction of them is slow
@@ -113,6 +116,10 @@ class NumericGrader(Grader):
         if value is None or not math.isfinite(value):
             return 0.0
         return float(abs(value - gold) <= self.tolerance * max(1.0, abs(gold)))
+
+    def _key(self, answer: str) -> str | None:
+        value = parse_number(answer)
+        return None if value is None or not math.isfinite(value) else format(value, ".12g")
 
 
 class RegexGrader(ExactGrader):

@@ -77,9 +77,23 @@ class Grader:
                 self.counts.last_error = f"{type(exc).__name__}: {exc}"
             return 0.0
 
+    def vote_key(self, response: str) -> str | None:
+        """The answer ``response`` gives, in the form this grader compares, so that answers it counts as
+        equal vote together in ``maj@k`` (``0.5`` and ``1/2`` under ``numeric``); None: no answer."""
+        answer = self._answer(response)
+        if answer is None:
+            return None
+        try:
+            return self._key(answer)
+        except Exception:  # noqa: BLE001  (a vote falls back to the answer's text, never ends a run)
+            return " ".join(answer.split())
+
     # -- the parts -------------------------------------------------------------------------------------
     def _answer(self, response: str) -> str | None:
         return extract(response, self.extract, self.markers)
+
+    def _key(self, answer: str) -> str | None:
+        return " ".join(answer.split())
 
     def _gold_of(self, reference: str) -> Any:
         with self._lock:

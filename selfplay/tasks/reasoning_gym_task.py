@@ -105,6 +105,11 @@ class ReasoningGymTask:
                 self.counts.last_error = f"{type(exc).__name__}: {exc}"
             return 0.0
 
+    def extract_answer(self, response: str) -> str | None:
+        """The answer ``response`` votes for in ``maj@k``: what ``score`` hands to ``score_answer``."""
+        answer = extract(response, self.extract, self.markers)
+        return None if answer is None else " ".join(answer.split())
+
     def grader_counts(self) -> dict[str, int]:
         """Answers ``score_answer`` raised on so far (the verifier judge records the count per iteration)."""
         return self.counts.as_dict()

@@ -152,3 +152,23 @@ def test_math_grader_inside_a_ray_actor(ray_local):
     scores = ray.get(actor.score.remote(build_grader("math", timeout_s=1.0), cases), timeout=300)
     assert scores == [1.0, 1.0, 0.0, 0.0]
     ray.kill(actor)
+
+
+def test_vote_keys_put_answers_the_grader_equates_in_one_vote():
+    """maj@k votes on ``Task.extract_answer``, which for a graded dataset is the grader's ``vote_key``: answers
+    the grader counts as equal must vote together, or a majority of right answers in several forms loses."""
+    from selfplay.loop.evaluation import answer_of, majority
+    from selfplay.tasks.graders import build_grader
+
+    numeric = build_grader("numeric")
+    keys = [numeric.vote_key(r) for r in ("so 1/2", "The answer is 0.5", "#### .5", "it is 3", "no idea")]
+    assert keys[:3] == ["0.5", "0.5", "0.5"] and keys[3] == "3" and keys[4] is None
+    assert majority(keys) == 0
+    exact = build_grader("exact")
+    assert exact.vote_key("Answer: Paris.") == exact.vote_key("answer:  paris") == "paris"
+
+    class Graded:  # what DatasetTask.extract_answer does with a grader
+        def extract_answer(self, response: str) -> str | None:
+            return numeric.vote_key(response)
+
+    assert answer_of(Graded(), "x = \\frac{1}{2}") == "0.5"
