@@ -710,7 +710,9 @@ class SyncConfig(Section):
     lora: Literal["auto", "adapter", "merged"] = "auto"
     """With `train.lora`: `adapter` ships only the adapter tensors, which the generators serve through
     vLLM's LoRA support on base weights they load once; `merged` ships the whole merged model every sync.
-    `auto`: `adapter` with vLLM generators and the object_store or filesystem method, else `merged`.
+    `auto`: `adapter` with GPU vLLM generators (`resources.generator_gpus` > 0) and the object_store or
+    filesystem method, else `merged`: vLLM's CPU LoRA kernels generate more slowly than the merged model
+    does, more than the smaller sync saves (`python -m bench.sync` and `python -m bench.lora` show both).
     When the base is pushed as well is in docs/lora.md."""
 
 
@@ -912,6 +914,8 @@ class RunConfig(Section):
     def adapter_sync(self) -> bool:
         """Whether syncs ship the LoRA adapters alone (`train.lora` on, `sync.lora` resolved)."""
         if self.train.lora.r == 0 or self.sync.lora == "merged":
+            return False
+        if self.sync.lora == "auto" and not self.resources.generator_gpus:
             return False
         return self.generation.backend == "vllm" and self.sync.method != "nccl"
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 SHRINK = ["iterations=1", "train.lora.r=8", "policy.warmstart.examples=256", "policy.warmstart.epochs=2",
           "generation.prompts_per_iteration=64", "generation.n=4", "generation.shard_size=64",
           "pairing.drop_ties=false", "evaluation.num_prompts=32", "evaluation.win_rate=false",
-          "generation.replicas=1", "resources.threads_per_actor=1"]  # one engine, one thread: not `auto`
+          "generation.replicas=1", "resources.threads_per_actor=1",  # one engine, one thread: not `auto`
+          "sync.lora=adapter"]  # `auto` is merged on CPU generators; the adapter path is what this checks
 
 
 def lora_params(config: dict, r: int) -> int:
@@ -68,7 +69,7 @@ def test_quickstart_iteration_with_lora_r8(tmp_path):
     with torch.no_grad():
         a, b = merged(probe).logits, peft(probe).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=0)
-    # sync.lora auto = adapter: the generator already held the warm-started base, so only the adapter moved,
+    # sync.lora adapter: the generator already held the warm-started base, so only the adapter moved,
     # verified on the probe (base + adapter in vLLM against the learner)
     sync = stages["sync"]
     assert sync["parts"] == ["adapter"] and sync["max_diff"] < 1e-3

@@ -99,12 +99,15 @@ def test_filesystem_parts_live_beside_their_version_and_are_pruned_together(tmp_
 BASE = {"policy": {"preset": "nano"}, "task": {"type": "arithmetic"}, "judge": {"type": "verifier"}}
 
 
-def _cfg(r: int = 8, generation: dict | None = None, **sync) -> RunConfig:
-    return RunConfig(**BASE, train={"lora": {"r": r}}, generation=generation or {}, sync=sync)
+def _cfg(r: int = 8, generation: dict | None = None, gpus: float = 1.0, **sync) -> RunConfig:
+    return RunConfig(**BASE, train={"lora": {"r": r}}, generation=generation or {}, sync=sync,
+                     resources={"generator_gpus": gpus})
 
 
 def test_config_resolves_adapter_sync_and_names_the_field_it_cannot_honour():
     assert _cfg().adapter_sync and _cfg(method="filesystem").adapter_sync
+    assert not _cfg(gpus=0).adapter_sync  # auto on CPU generators: merged (vLLM's CPU LoRA path is slower)
+    assert _cfg(gpus=0, lora="adapter").adapter_sync  # asked for: honoured on CPU too
     assert not _cfg(lora="merged").adapter_sync
     assert not _cfg(r=0).adapter_sync  # no LoRA, nothing to choose
     assert not _cfg(generation={"backend": "hf"}).adapter_sync  # auto falls back to merged
