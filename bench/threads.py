@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                 out = work / f"{r}-{wait}-{mode}.json"
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 env.pop("OMP_WAIT_POLICY", None)
-                if wait == "unset":  # libgomp's own default spin, written out (selfplay's default is passive)
-                    env["GOMP_SPINCOUNT"] = "300000"
+                if wait == "unset":  # libgomp's own default spin, written out (selfplay's default is passive),
+                    env.setdefault("GOMP_SPINCOUNT", "300000")  # or the spin count exported by the caller
                 else:
                     env["OMP_WAIT_POLICY"] = wait.upper()
                 load = os.getloadavg()[0]
