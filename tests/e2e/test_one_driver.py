@@ -24,8 +24,6 @@ import yaml
 from selfplay.loop.ownership import OWNER, RECORD, read_owner
 from tests.e2e.conftest import MICRO, ROOT, selfplay_cmd
 
-pytestmark = pytest.mark.slow  # seven CLI starts of a few seconds each on 2 cores
-
 RECIPE = copy.deepcopy(MICRO)
 RECIPE.update(name="owned", iterations=1)
 
