@@ -106,6 +106,12 @@ def task_arms(row: TaskRow, tuned: dict[str, Any], args: argparse.Namespace) -> 
     return tuple(a for a in arms if a in QUICK_ARMS or a == best) if args.quick else arms
 
 
+def one_core_each(jobs: int) -> list[str]:
+    """Runs side by side get one generator replica and one thread each: `auto` would give every run all of
+    the machine's cores (a replica per core), and ``jobs`` runs would then oversubscribe them."""
+    return ["generation.replicas=1", "resources.threads_per_actor=1"] if jobs > 1 else []
+
+
 class Plan:
     """One task's recipe, shared overrides, budget and prepared starts."""
 
@@ -115,7 +121,7 @@ class Plan:
         self.row, self.name = row, row.name
         self.recipe = (ROOT / row.recipe).resolve()
         self.out = Path(args.out).resolve() / row.name
-        evals = row.eval_overrides()
+        evals = [*row.eval_overrides(), *one_core_each(getattr(args, "jobs", 1))]
         self.common = [*evals, *row.overrides, *args.common]  # every run of the task, its starts too
         self.budget = list(budget)
         self.shared = [*evals, *row.overrides, *self.budget, *args.common]  # the user's --set wins
