@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/selfplay run recipes/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not cluster and not soak and not families" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster and not soak and not families" --durations=25 $(PYTEST_ARGS)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
 # The randomised fault harness (tests/faults/test_fault_harness.py) runs 2 faults in `make test` and 12 here
@@ -36,7 +36,7 @@ test: $(STAMP)
 # resume at fixed points (tests/e2e/test_run.py), whose kills the harness draws at random in `make test`.
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
-	SELFPLAY_FAULTS=12 $(PY) -m pytest -m "not cluster" --durations=15 $(PYTEST_ARGS)
+	SELFPLAY_FAULTS=12 $(PY) -m pytest -m "not cluster" --durations=25 $(PYTEST_ARGS)
 
 test-soak: $(STAMP)
 	SELFPLAY_FAULTS=12 $(PY) -m pytest tests/faults/test_fault_harness.py $(PYTEST_ARGS)
