@@ -131,10 +131,10 @@ class DatasetTask:
             self._check_references(self._train + self._eval)
 
     def train_examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
-        return _take(self._train, n, seed, f"{self.path} (train)")
+        return take(self._train, n, seed, f"{self.path} (train)")
 
     def eval_examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
-        return _take(self._eval, n, seed, f"{self.path} (eval)")
+        return take(self._eval, n, seed, f"{self.path} (eval)")
 
     def score(self, example: Example, response: str) -> float:
         if self.grader is None:
@@ -235,7 +235,9 @@ def _check_id(value: Any, path: Path, i: int, col: str) -> str:
     return str(value)
 
 
-def _take(examples: list[Example], n: int | None, seed: int, what: str) -> list[Example]:
+def take(examples: list[Example], n: int | None, seed: int, what: str) -> list[Example]:
+    """Every example (``n=None``) or a ``seed``-ed sample of ``n`` of them in their order; more than there
+    are is an error naming ``what``."""
     if n is None:
         return list(examples)
     if not 0 <= n <= len(examples):

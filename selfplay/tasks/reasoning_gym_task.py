@@ -25,13 +25,13 @@ Choices:
 from __future__ import annotations
 
 import math
-import random
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from selfplay.tasks.answers import DEFAULT_MARKERS, EXTRACTORS, extract
 from selfplay.tasks.base import Example, prompt_key, stable_hash
+from selfplay.tasks.dataset import take
 from selfplay.tasks.grading import GradeCounts
 
 EVAL_SEED_OFFSET = 1 << 40  # eval entries are drawn from seed + this: far from any train index range
@@ -82,10 +82,10 @@ class ReasoningGymTask:
 
     # -- the Task API -----------------------------------------------------------------------------------
     def train_examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
-        return _take(self._train, n, seed, f"reasoning_gym {self.name} (train)")
+        return take(self._train, n, seed, f"reasoning_gym {self.name} (train)")
 
     def eval_examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
-        return _take(self._eval, n, seed, f"reasoning_gym {self.name} (eval)")
+        return take(self._eval, n, seed, f"reasoning_gym {self.name} (eval)")
 
     def score(self, example: Example, response: str) -> float:
         if example.id not in self._entries:
@@ -155,11 +155,3 @@ class ReasoningGymTask:
                              f"{i}: {type(exc).__name__}: {exc}; it may use {{question}} and "
                              f"{{metadata[...]}} with the keys {keys}") from None
 
-
-def _take(examples: list[Example], n: int | None, seed: int, what: str) -> list[Example]:
-    if n is None:
-        return list(examples)
-    if not 0 <= n <= len(examples):
-        raise ValueError(f"{what} has {len(examples)} distinct problems; cannot take n={n}")
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), n))
-    return [examples[i] for i in chosen]
