@@ -19,8 +19,9 @@ first use inside the stage's call (a skipped stage starts nothing).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +36,37 @@ from selfplay.loop.runtime import Runtime, open_run_dir
 def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
         take_over: bool = False) -> RunDir:
     """Run (or resume) every iteration of ``cfg`` in ``run_dir`` (``take_over``: take a stale owner's run)."""
-    with hold(run_dir, take_over=take_over) as owner:  # first: a second driver is refused before any work
-        checked = preflight(cfg, source)
-        rd = open_run_dir(cfg, run_dir)
-        with Runtime(cfg, rd, console=console, task=checked.task) as rt:
-            _start(rt, checked.warnings, owner)
-            if not rd.manifest.get("prepared"):
-                _stage(rt, "prepare", lambda: stages.prepare(rt))
-            for k in range(rd.next_iteration(), cfg.iterations):
-                if rd.manifest.get("stopped_early"):
-                    break
-                run_iteration(rt, k)
-                stop_if_solved(rt, k)
-            rt.summary()
-    return rd
+    with _owned(cfg, run_dir, console, source, take_over) as rt:
+        if not rt.rd.manifest.get("prepared"):
+            _stage(rt, "prepare", lambda: stages.prepare(rt))
+        for k in range(rt.rd.next_iteration(), cfg.iterations):
+            if rt.rd.manifest.get("stopped_early"):
+                break
+            run_iteration(rt, k)
+            stop_if_solved(rt, k)
+        rt.summary()
+    return rt.rd
 
 
 def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<recipe>",
                  take_over: bool = False) -> RunDir:
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
-    with hold(run_dir, take_over=take_over) as owner:  # first: a second driver is refused before any work
+    with _owned(cfg, run_dir, console, source, take_over) as rt:
+        if not rt.rd.manifest.get("prepared"):
+            _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
+    return rt.rd
+
+
+@contextlib.contextmanager
+def _owned(cfg: RunConfig, run_dir: str | Path, console, source: str, take_over: bool) -> Iterator[Runtime]:
+    """The run directory owned (first: a second driver is refused before any work), the recipe checked,
+    the run directory opened and its runtime started."""
+    with hold(run_dir, take_over=take_over) as owner:
         checked = preflight(cfg, source)
         rd = open_run_dir(cfg, run_dir)
         with Runtime(cfg, rd, console=console, task=checked.task) as rt:
             _start(rt, checked.warnings, owner)
-            if not rd.manifest.get("prepared"):
-                _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
-    return rd
+            yield rt
 
 
 def _start(rt: Runtime, warnings: list[str], owner: Ownership) -> None:
