@@ -1,6 +1,7 @@
 """Learner throughput: our DeepSpeed learner's DPO round vs TRL's ``DPOTrainer`` and a bare PyTorch loop.
 
     python -m bench.learner [--rows small medium] [--pairs 96] [--medium-pairs 8] [--batch 8] [--threads 1]
+    python -m bench.learner --device cuda --dtype bf16      # one GPU (scripts/gpu_check.sh runs this)
 
 Same model (the ``small`` preset, ~14M parameters, char tokenizer, built offline), same pairs, batch size,
 learning rate, fp32 and thread count for both. TRL runs at its fastest fair setting: reference log-probs
@@ -17,6 +18,11 @@ per second over the fp32 ``torch.mm`` throughput measured at the start, at the s
 Runs alternate (ours, TRL, bare, ours, ...) so that drift in machine load hits both; each run starts from the
 same initial weights. Printed: pairs/s of each run's training (main number), the end-to-end time
 including reference log-probs and tokenisation, and finally the ratio of the best runs.
+
+``--device cuda`` runs ours and bare on one GPU (TRL is left out: its runner is pinned to the CPU, and the
+GPU machines lent to this project do not have it). ``--dtype bf16`` trains ours with ``precision: bf16``
+and bare under bf16 autocast (fp32 master weights, as DeepSpeed's bf16 keeps). The MFU denominator is then a
+``torch.mm`` in that dtype on that device (8192 x 8192 on CUDA), measured in the same run.
 
 The pairs have varied lengths (arithmetic and list-sorting prompts, answers of 1 to ~60 characters), as
 self-play generations do; length-bucketed batching is one of our learner's design choices.
@@ -67,13 +73,16 @@ def run_ours(path: Path, pairs: list[dict], args):
     from selfplay.train import Learner
 
     cfg = TrainConfig(learning_rate=args.lr, micro_batch_size=args.batch, epochs=1, warmup_ratio=0.0,
-                      lr_schedule="constant", max_grad_norm=1e9,
+                      lr_schedule="constant", max_grad_norm=1e9, precision=args.dtype,
                       length_grouping="megabatch")  # length-bucketed, as measured in the README
     # A fresh learner per run, shut down before TRL runs: a live process group would make TRL's
     # accelerate wrap its model in DistributedDataParallel (slower, and not TRL's fastest setting).
     # Chat prompts, JSON-encoded as the driver stores them: rendered with the chat template, like TRL's.
     rows = [{**p, "prompt": json.dumps([{"role": "user", "content": p["prompt"]}])} for p in pairs]
     learner = Learner(path, cfg, threads=args.threads)
+    if learner.device.type != args.device:
+        learner.shutdown()
+        raise RuntimeError(f"--device {args.device}, but the learner chose {learner.device}")
     try:
         t0 = time.perf_counter()
         table = learner.compute_reference(pa.Table.from_pylist(rows))
@@ -143,7 +152,8 @@ def run_bare(path: Path, pairs: list[dict], args):
     data = encode_pairs(pa.Table.from_pylist(rows), tok, TrainConfig())
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    device = torch.device(args.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     model.config.use_cache = False
     order = sorted(range(len(data)), key=lambda i: int(data.lengths()[i]))
     batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
@@ -161,13 +171,14 @@ def run_bare(path: Path, pairs: list[dict], args):
         for j, q in enumerate(seqs):
             ids[j, :len(q)] = torch.tensor(q)
             mask[j, starts[j]:len(q)] = True
-        return ids, mask
+        return ids.to(device), mask.to(device)
 
     def logps(ids, mask):
         att = torch.zeros_like(mask)
         for j in range(ids.shape[0]):  # attend to the real tokens only
             att[j, : int(mask[j].nonzero().max()) + 1] = True
-        logits = model(input_ids=ids, attention_mask=att.long()).logits[:, :-1].float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            logits = model(input_ids=ids, attention_mask=att.long()).logits[:, :-1].float()
         tok_lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
         return (tok_lp * mask[:, 1:]).sum(-1)
 
@@ -187,20 +198,45 @@ def run_bare(path: Path, pairs: list[dict], args):
         losses.append(loss.detach())
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t2 = time.perf_counter()
     return {"train_s": t2 - t1, "total_s": t2 - t0, "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
             "tokens": tokens(path, rows), "steps": len(losses)}
 
 
-def matmul_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an fp32 ``torch.mm`` of two n x n matrices on this machine, at ``threads`` threads."""
+def matmul_flops(threads: int, n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: str = "fp32") -> float:
+    """Best FLOP/s of a ``torch.mm`` of two n x n matrices in ``dtype`` on ``device`` (on the CPU at
+    ``threads`` threads; on CUDA each timing covers 10 products and waits for the device)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=kind) for _ in range(2))
+    if device == "cpu":
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+        return 2 * n**3 / best
+
+    def ten() -> None:
+        for _ in range(10):
+            torch.mm(a, b)
+        torch.cuda.synchronize()
+
+    ten()  # warm-up: kernel selection and clocks
+    return 2 * n**3 * 10 / min(_timed(ten) for _ in range(repeats))
+
+
+def peak_of(args: argparse.Namespace) -> float:
+    """The MFU denominator of this run (see the module docstring)."""
+    n = 8192 if args.device == "cuda" else 2048
+    return matmul_flops(args.threads, n=n, device=args.device, dtype=args.dtype)
+
+
+def peak_label(args: argparse.Namespace) -> str:
+    n = 8192 if args.device == "cuda" else 2048
+    where = "CUDA" if args.device == "cuda" else f"{args.threads} thread(s)"
+    return f"torch.mm {args.dtype} {n}x{n} on {where}"
 
 
 def _timed(fn) -> float:
@@ -232,10 +268,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--beta", type=float, default=0.1, help="DPO beta of the bare loop (ours and TRL default 0.1)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each contender, small row")
     ap.add_argument("--medium-repeats", type=int, default=1, help="alternating runs of each contender, medium row")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: ours and bare on one GPU")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="training precision, and the dtype of the MFU denominator's torch.mm")
+    ap.add_argument("--json", default=None, help="also write the best runs and MFUs to this JSON file")
     args = ap.parse_args(argv)
     for name in ("pairs", "medium_pairs", "batch", "threads", "repeats", "medium_repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA device")
     return args
 
 
@@ -245,9 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     from selfplay.env import setup_env
 
     setup_env(args.threads)
-    os.environ.setdefault("ACCELERATE_USE_CPU", "1")
-    peak = matmul_flops(args.threads)
-    print(f"torch.mm fp32 2048x2048 at {args.threads} thread(s): {peak / 1e9:.1f} GFLOP/s (the MFU denominator; "
+    if args.device == "cpu":
+        os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the learner would otherwise pick a GPU if one is there
+    peak = peak_of(args)
+    print(f"{peak_label(args)}: {peak / 1e9:.1f} GFLOP/s (the MFU denominator; "
           "measured again at the end, the higher is used)")
     tmp = tempfile.mkdtemp(prefix="bench_learner_")
     try:
@@ -268,13 +315,16 @@ def compare(args: argparse.Namespace, tmp: str, peak: float) -> None:
                "bare": lambda path, pairs: run_bare(path, pairs, args)}
     for row in args.rows:
         preset, completion, contenders = ROWS[row]
+        if args.device != "cpu":
+            contenders = tuple(c for c in contenders if c != "TRL")
         n = args.pairs if row == "small" else args.medium_pairs
         repeats = args.repeats if row == "small" else args.medium_repeats
         path = build_policy(Path(tmp) / preset, preset=preset, tokenizer="char", seed=0)
         params = count_parameters(path)
         pairs = make_pairs(n, completion_chars=completion)
         print(f"\nrow {row}: model {preset} {params / 1e6:.1f}M params; {len(pairs)} pairs, completions "
-              f"{completion or '1-60'} chars, batch {args.batch}, threads {torch.get_num_threads()}, fp32, 1 epoch")
+              f"{completion or '1-60'} chars, batch {args.batch}, threads {torch.get_num_threads()}, {args.dtype} on "
+              f"{args.device}, 1 epoch")
         results: dict[str, list[dict]] = {c: [] for c in contenders}
         for r in range(repeats):
             for c in contenders:
@@ -289,14 +339,19 @@ def compare(args: argparse.Namespace, tmp: str, peak: float) -> None:
         line = ", ".join(f"{c} {v:.2f} pairs/s" for c, v in best[row].items())
         mfus = ", ".join(f"{c} {v:.1%}" for c, v in best_mfu[row].items())
         print(f"  best runs: {line}; MFU {mfus}")
-    again = matmul_flops(args.threads)
+    again = peak_of(args)
     if again > peak:  # a loaded machine gave the first measurement less: restate every MFU against the higher one
         print(f"torch.mm again: {again / 1e9:.1f} GFLOP/s; MFU above x {peak / again:.3f}")
         for row, m in best_mfu.items():
             print(f"  MFU {row} against it: " + ", ".join(f"{c} {v * peak / again:.1%}" for c, v in m.items()))
     else:
         print(f"torch.mm again: {again / 1e9:.1f} GFLOP/s (the first one stands)")
-    if "small" in best:
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": args.device, "dtype": args.dtype, "matmul_flops": max(peak, again),
+            "pairs_per_s": best, "mfu": {r: {c: v * peak / max(peak, again) for c, v in m.items()}
+                                        for r, m in best_mfu.items()}}, indent=1))
+    if "small" in best and "TRL" in best["small"]:
         print(f"ratio ours/TRL (train pairs/s, small): {best['small']['ours'] / best['small']['TRL']:.2f}x")
     for row, b in best.items():
         print(f"ratio ours/bare PyTorch (train pairs/s, {row}): {b['ours'] / b['bare']:.2f}x (goal >= 0.9x)")

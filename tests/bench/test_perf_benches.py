@@ -158,3 +158,24 @@ def test_bare_dpo_loop_starts_at_log2_and_moves_the_loss(tmp_path):
     assert res["loss_first"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the start
     assert res["loss_last"] != pytest.approx(math.log(2), abs=1e-3)
     assert res["tokens"] > 0
+
+
+def test_learner_bench_device_and_dtype_flags_keep_the_cpu_default(tmp_path):
+    import torch
+
+    args = learner.parse_args([])
+    assert (args.device, args.dtype) == ("cpu", "fp32")
+    assert learner.peak_label(args) == "torch.mm fp32 2048x2048 on 1 thread(s)"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            learner.parse_args(["--device", "cuda"])
+    assert learner.matmul_flops(1, n=256, repeats=2, dtype="bf16") > 0  # the bf16 denominator's CPU path
+
+    from selfplay.env import setup_env
+    from selfplay.models import build_policy
+
+    setup_env(1)
+    path = build_policy(tmp_path / "nano", preset="nano", tokenizer="char", seed=0)
+    res = learner.run_bare(path, learner.make_pairs(6, seed=0), learner.parse_args(["--batch", "4", "--dtype", "bf16"]))
+    assert res["steps"] == 2 and math.isfinite(res["loss_last"])
+    assert res["loss_first"] == pytest.approx(math.log(2), abs=1e-5)  # bf16 autocast: policy == reference still
