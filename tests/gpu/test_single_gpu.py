@@ -49,7 +49,12 @@ def _preference_on(device: str, loss_type: str):
     pc, pr = policy.chunk(2)
     rc, rr = ref.chunk(2)
     lc, lr = lengths.chunk(2)
-    params = {"offset": torch.full((6,), 0.3, dtype=torch.float64, device=device)} if loss_type == "odpo" else {}
+    params = {}  # the losses with inputs beyond log-probs and lengths
+    if loss_type == "odpo":
+        params = {"offset": torch.full((6,), 0.3, dtype=torch.float64, device=device)}
+    elif loss_type == "sppo":  # the judge's win probabilities
+        params = {"chosen_probs": torch.linspace(0.5, 0.95, 6, dtype=torch.float64, device=device),
+                  "rejected_probs": torch.linspace(0.45, 0.05, 6, dtype=torch.float64, device=device)}
     losses, chosen, rejected = preference_loss(loss_type, pc, pr, rc, rr, beta=0.1, chosen_lengths=lc,
                                                rejected_lengths=lr, **params)
     losses.sum().backward()
