@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The +cpu torch wheel lives here on the project's machines (see ../shared/ENVIRONMENT.md).
 export PIP_FIND_LINKS ?= /opt/wheels
 
-.PHONY: install demo test test-all test-soak test-fast lint bench clean
+.PHONY: install demo test test-all test-soak test-fast lint bench gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -52,6 +52,15 @@ bench: $(STAMP)
 	$(PY) -m bench.learner
 	$(PY) -m bench.generation
 	$(PY) -m bench.sync
+
+# The GPU check (docs/gpu.md): `make gpu-wheels` here, where a package index is, then on the GPU machine
+# `make gpu-check` (or `bash scripts/gpu_check.sh`), with wheels/gpu carried along. No venv there: the
+# machine's own python3 holds torch and transformers.
+gpu-wheels:
+	bash scripts/fetch_gpu_wheels.sh
+
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .cache runs
