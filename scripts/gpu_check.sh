@@ -134,7 +134,8 @@ if (out / "sync_cuda.json").exists():
     s = json.loads((out / "sync_cuda.json").read_text())
     r = s["syncs"][0]
     print(f"sync:   {s['preset']} {s['precision']}, {r['bytes'] / 2**20:.1f} MiB in {r['buckets']} buckets; median "
-          f"{s['median_total_s']:.3f}s per sync; logits max |diff| {max(x['logits_max_abs_diff'] for x in s['syncs']):.3g}; "
+          f"{s['median_total_s']:.3f}s per sync; logits max |diff| {max(x['logits_max_abs_diff'] for x in s['syncs']):.3g} "
+          f"(against the learner {max(x['learner_logits_max_abs_diff'] for x in s['syncs']):.3g}); "
           f"{'all checks passed' if s['ok'] else 'FAILED syncs ' + str(s['failed_syncs'])}")
 EOF
   fi

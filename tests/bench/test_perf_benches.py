@@ -179,3 +179,21 @@ def test_learner_bench_device_and_dtype_flags_keep_the_cpu_default(tmp_path):
     res = learner.run_bare(path, learner.make_pairs(6, seed=0), learner.parse_args(["--batch", "4", "--dtype", "bf16"]))
     assert res["steps"] == 2 and math.isfinite(res["loss_last"])
     assert res["loss_first"] == pytest.approx(math.log(2), abs=1e-5)  # bf16 autocast: policy == reference still
+
+
+def test_sync_cuda_checks_see_a_changed_tensor_and_refuse_cuda_without_a_gpu():
+    import torch
+
+    from bench import sync_cuda
+
+    named = [("b", torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)), ("a", torch.ones(4))]
+    assert sync_cuda.state_sha(named) == sync_cuda.state_sha(list(reversed(named)))  # name order, not list order
+    changed = [("b", named[0][1].clone()), named[1]]
+    changed[0][1][1, 2] += 1
+    assert sync_cuda.state_sha(changed) != sync_cuda.state_sha(named)
+    assert sync_cuda.max_diff([torch.zeros(3)], [torch.tensor([0.0, -0.5, 0.25])]) == 0.5
+    args = sync_cuda.parse_args(["--device", "cpu"])
+    assert (args.atol, args.precision, args.preset) == (0.0, None, "large")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            sync_cuda.parse_args([])  # --device cuda is the default
