@@ -36,6 +36,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -109,12 +110,49 @@ def train_a_little(learner: Any, seed: int) -> None:
     learner.train_round(learner.compute_reference(pa.Table.from_pylist(rows)))
 
 
+def one_sync(learner: Any, conn: Any, path: Path, dtype: str, version: int, args: argparse.Namespace) -> dict:
+    """Export, send, and check what the receiver answered (see the module docstring); one row of the result."""
+    import torch
+
+    from selfplay.models import load_policy
+    from selfplay.sync.buckets import bucket_nbytes, sync_digest, unpack_bucket
+
+    t0 = time.perf_counter()
+    blobs = [bytes(b) for b in learner.export_weights(bucket_mb=args.bucket_mb, version=version)]
+    t1 = time.perf_counter()
+    conn.send((version, len(blobs)))
+    for b in blobs:
+        conn.send_bytes(b)
+    got = conn.recv()
+    t2 = time.perf_counter()
+    sent = [kv for b in blobs for kv in unpack_bucket(b, expect_version=version)[0].items()]
+    mirror, _ = load_policy(path, dtype=getattr(torch, dtype))
+    mirror = mirror.to(args.device).eval()
+    mirror.load_state_dict(dict(sent), strict=True)
+    worst = max_diff(got["logits"], probe_logits(mirror, args.device))
+    del mirror
+    off = max_diff(got["logits"], probe_logits(learner.engine.module.eval(), args.device))
+    learner.engine.module.train()
+    nbytes = sum(bucket_nbytes(b) for b in blobs)
+    row = {"version": version, "buckets": len(blobs), "bytes": nbytes, "export_s": t1 - t0,
+           "transfer_s": got["received"] - t1, "verify_s": got["verify_s"], "load_s": got["load_s"],
+           "total_s": got["loaded"] - t0, "checked_s": t2 - t0, "logits_max_abs_diff": worst,
+           "learner_logits_max_abs_diff": off,
+           "digest_ok": got["digest"] == sync_digest(blobs), "state_ok": got["state_sha"] == state_sha(sent)}
+    row["ok"] = row["digest_ok"] and row["state_ok"] and worst <= args.atol and off <= args.learner_atol
+    print(f"  sync {version}: {len(blobs)} buckets, {nbytes / 2**20:.1f} MiB; export {row['export_s']:.3f}s, "
+          f"transfer {row['transfer_s']:.3f}s, verify {row['verify_s']:.3f}s, load {row['load_s']:.3f}s, "
+          f"total {row['total_s']:.3f}s ({nbytes / row['total_s'] / 1e9:.2f} GB/s); digest "
+          f"{'ok' if row['digest_ok'] else 'MISMATCH'}, state {'ok' if row['state_ok'] else 'MISMATCH'}, "
+          f"logits max |diff| {worst:.3g} (against the learner module {off:.3g})", flush=True)
+    return row
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from selfplay.config.schema import TrainConfig
-    from selfplay.models import build_policy, count_parameters, load_policy
-    from selfplay.sync.buckets import bucket_nbytes, sync_digest, unpack_bucket
+    from selfplay.models import build_policy, count_parameters
     from selfplay.train import Learner
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -132,49 +170,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     here, there = ctx.Pipe()
     proc = ctx.Process(target=receiver, args=(there, str(path), args.device, dtype), daemon=True)
     proc.start()
-    syncs, failures = [], []
+    syncs = []
     try:
         ready = here.recv()["ready"]
         print(f"model {args.preset} {count_parameters(path) / 1e6:.1f}M params, {precision}; learner on "
               f"{learner.device}, receiver process {proc.pid} on {ready}", flush=True)
         for version in range(1, args.syncs + 1):
-            train_a_little(learner, seed=version)
-            t0 = time.perf_counter()
-            blobs = [bytes(b) for b in learner.export_weights(bucket_mb=args.bucket_mb, version=version)]
-            t1 = time.perf_counter()
-            here.send((version, len(blobs)))
-            for b in blobs:
-                here.send_bytes(b)
-            got = here.recv()
-            t2 = time.perf_counter()
-            sent = [kv for b in blobs for kv in unpack_bucket(b, expect_version=version)[0].items()]
-            mirror, _ = load_policy(path, dtype=getattr(torch, dtype))
-            mirror = mirror.to(args.device).eval()
-            mirror.load_state_dict(dict(sent), strict=True)
-            worst = max_diff(got["logits"], probe_logits(mirror, args.device))
-            del mirror
-            off = max_diff(got["logits"], probe_logits(learner.engine.module.eval(), args.device))
-            learner.engine.module.train()
-            nbytes = sum(bucket_nbytes(b) for b in blobs)
-            row = {"version": version, "buckets": len(blobs), "bytes": nbytes, "export_s": t1 - t0,
-                   "transfer_s": got["received"] - t1, "verify_s": got["verify_s"], "load_s": got["load_s"],
-                   "total_s": got["loaded"] - t0, "checked_s": t2 - t0, "logits_max_abs_diff": worst,
-                   "learner_logits_max_abs_diff": off,
-                   "digest_ok": got["digest"] == sync_digest(blobs), "state_ok": got["state_sha"] == state_sha(sent)}
-            syncs.append(row)
-            print(f"  sync {version}: {len(blobs)} buckets, {nbytes / 2**20:.1f} MiB; export {row['export_s']:.3f}s, "
-                  f"transfer {row['transfer_s']:.3f}s, verify {row['verify_s']:.3f}s, load {row['load_s']:.3f}s, "
-                  f"total {row['total_s']:.3f}s ({nbytes / row['total_s'] / 1e9:.2f} GB/s); digest "
-                  f"{'ok' if row['digest_ok'] else 'MISMATCH'}, state {'ok' if row['state_ok'] else 'MISMATCH'}, "
-                  f"logits max |diff| {worst:.3g} (against the learner module {off:.3g})", flush=True)
-            if not (row["digest_ok"] and row["state_ok"] and worst <= args.atol and off <= args.learner_atol):
-                failures.append(version)
+            train_a_little(learner, seed=version)  # weights the receiver has not seen
+            syncs.append(one_sync(learner, here, path, dtype, version, args))
         here.send(None)
         proc.join(timeout=60)
     finally:
         learner.shutdown()
         if proc.is_alive():
             proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    failures = [r["version"] for r in syncs if not r["ok"]]
     total = statistics.median(r["total_s"] for r in syncs)
     result = {"device": args.device, "preset": args.preset, "precision": precision, "syncs": syncs,
               "median_total_s": total, "failed_syncs": failures, "ok": not failures}
