@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import ray
 
 from selfplay.generate import Sampling
 from selfplay.generate.shards import read_generations
 from selfplay.remote import RemoteCallError, call_all, targets
+
+ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
 pytestmark = pytest.mark.slow
 

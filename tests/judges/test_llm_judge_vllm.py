@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-import ray
 from judge_helpers import train_to_answer_b
 
 from selfplay.config.schema import LLMJudgeConfig
 from selfplay.judges import DEFAULT_TEMPLATE, build_judge, judge_table
 from selfplay.judges.llm_judge import fill_template
+
+ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-import trl.experimental.cpo.cpo_trainer as cpo
-import trl.experimental.orpo.orpo_trainer as orpo
-import trl.trainer.dpo_trainer as trl_dpo
-import trl.trainer.kto_trainer as kto
 
 from selfplay.losses import LOSS_PARAMS, kto_loss, preference_loss
+
+# TRL is a dev dependency, absent on the GPU machines (docs/gpu.md): the module skips there.
+cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
+trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+kto = pytest.importorskip("trl.trainer.kto_trainer")
 
 # our loss_type -> (our params, TRL's DPOConfig fields for the same setting)
 SHARED = {

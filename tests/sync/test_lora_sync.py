@@ -16,7 +16,6 @@ import random
 
 import pyarrow as pa
 import pytest
-import ray
 
 from selfplay.config.schema import LORA_DEFAULT_TARGETS, GenerationConfig, ResourcesConfig, TrainConfig
 from selfplay.generate import Sampling
@@ -25,6 +24,8 @@ from selfplay.sync import ProbeSpec
 from selfplay.sync.base import lora_parts
 from selfplay.sync.filesystem import FilesystemSync
 from selfplay.sync.object_store import ObjectStoreSync
+
+ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
 pytestmark = pytest.mark.slow  # a vLLM engine and a DeepSpeed learner start, and one DPO round runs
 

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 
 import pytest
-import ray
 import torch
 
 from selfplay.generate import Sampling, make_engine
@@ -24,6 +23,8 @@ from selfplay.sync.filesystem import FilesystemSync, version_dir
 from selfplay.sync.nccl import BroadcastSync
 from selfplay.sync.object_store import ObjectStoreSync
 from selfplay.sync.verify import DEFAULT_PROBE, verify_sync
+
+ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
 pytestmark = pytest.mark.slow  # a vLLM pool starts in 20-50 s on 2 shared cores
 

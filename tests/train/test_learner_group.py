@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 import torch
 from train_helpers import learner_groups, pair_accuracy, toy_pairs, weights
 
 from selfplay.config.schema import TrainConfig
+
+ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
 pytestmark = pytest.mark.slow
 
