@@ -373,8 +373,21 @@ class GeneratorPool:
         return [self.names[a] for a in restarted]
 
     def kill_replica(self, a: int) -> None:
-        """End replica ``a``'s process now (a hung engine); Ray restarts it and ``heal`` restores it."""
+        """End replica ``a``'s process now (a hung engine); Ray restarts it and ``heal`` restores it.
+
+        ``ray.kill`` only asks: a call sent right after it can still reach the old process and answer as if
+        nothing happened, so this returns once a probe no longer reaches the old process (it fails, or a
+        restarted process answers), and ``heal`` right after it sees the restart."""
         ray.kill(self.actors[a], no_restart=False)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                worker = ray.get(self.actors[a].info.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.RayError:  # the old process is gone (or the probe timed out: nothing to wait on)
+                return
+            if worker["worker_id"] != self._workers[a]:
+                return
+            time.sleep(0.05)
 
     # --- weights and state
     def load_buckets(self, blobs: Any, version: int) -> list[str]:
