@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfplay.tasks.answers import DEFAULT_MARKERS, EXTRACTORS, extract
@@ -18,14 +18,33 @@ _CACHE_SIZE = 65536
 
 @dataclass
 class GradeCounts:
-    """Answers a grader failed on, cumulative: it raised (``errors``) or ran out of time (``timeouts``)."""
+    """Answers a grader failed on, cumulative: it raised (``errors``) or ran out of time (``timeouts``).
+    Thread-safe; its lock is left out when it is pickled (graders and tasks travel to Ray actors)."""
 
     errors: int = 0
     timeouts: int = 0
     last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def failed(self, exc: BaseException, timed_out: bool = False) -> None:
+        """Count one answer that raised ``exc`` (or timed out)."""
+        with self._lock:
+            if timed_out:
+                self.timeouts += 1
+                self.last_error = str(exc)
+            else:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"grader_errors": self.errors, "grader_timeouts": self.timeouts}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 class Grader:
@@ -67,14 +86,10 @@ class Grader:
                 return 0.0
             return self._compare(answer, gold)
         except GraderTimeout as exc:
-            with self._lock:
-                self.counts.timeouts += 1
-                self.counts.last_error = str(exc)
+            self.counts.failed(exc, timed_out=True)
             return 0.0
         except Exception as exc:  # noqa: BLE001  (one bad answer must not end a run)
-            with self._lock:
-                self.counts.errors += 1
-                self.counts.last_error = f"{type(exc).__name__}: {exc}"
+            self.counts.failed(exc)
             return 0.0
 
     def vote_key(self, response: str) -> str | None:

@@ -25,7 +25,6 @@ Choices:
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +54,6 @@ class ReasoningGymTask:
         self.name, self.chat, self.prompt_template = name, chat, prompt_template
         self.extract, self.markers = extract, tuple(markers)
         self.counts = GradeCounts()
-        self._lock = threading.Lock()
         config = dict(config or {})
         for reserved in ("seed", "size"):
             if reserved in config:
@@ -100,9 +98,7 @@ class ReasoningGymTask:
                 raise ValueError(f"score_answer returned {value}, outside [0, 1]")
             return value
         except Exception as exc:  # noqa: BLE001  (a malformed answer must not end a run)
-            with self._lock:
-                self.counts.errors += 1
-                self.counts.last_error = f"{type(exc).__name__}: {exc}"
+            self.counts.failed(exc)
             return 0.0
 
     def extract_answer(self, response: str) -> str | None:
