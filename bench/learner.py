@@ -276,12 +276,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("pairs", "medium_pairs", "batch", "threads", "repeats", "medium_repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.device == "cuda":
+    require_device(ap, args.device)
+    return args
+
+
+def require_device(ap: argparse.ArgumentParser, device: str) -> None:
+    """Stop with a usage error when ``--device cuda`` is asked and torch sees no CUDA device."""
+    if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             ap.error("--device cuda: torch sees no CUDA device")
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -210,11 +210,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.syncs < 1:
         ap.error(f"--syncs must be >= 1, got {args.syncs}")
-    if args.device == "cuda":
-        import torch
+    from bench.learner import require_device
 
-        if not torch.cuda.is_available():
-            ap.error("--device cuda: torch sees no CUDA device")
+    require_device(ap, args.device)
     return args
 
 
