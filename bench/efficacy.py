@@ -121,7 +121,7 @@ class Plan:
         self.row, self.name = row, row.name
         self.recipe = (ROOT / row.recipe).resolve()
         self.out = Path(args.out).resolve() / row.name
-        evals = [*row.eval_overrides(), *one_core_each(getattr(args, "jobs", 1))]
+        evals = [*row.eval_overrides(), *one_core_each(args.jobs)]
         self.common = [*evals, *row.overrides, *args.common]  # every run of the task, its starts too
         self.budget = list(budget)
         self.shared = [*evals, *row.overrides, *self.budget, *args.common]  # the user's --set wins

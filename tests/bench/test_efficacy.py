@@ -373,7 +373,7 @@ def test_dry_runs_count_the_runs_of_the_table_the_tuning_and_the_quick_check(tmp
 def test_tune_runs_the_stages_in_order_and_writes_every_arms_choice(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    args = argparse.Namespace(out=str(tmp_path / "out"), common=[])
+    args = argparse.Namespace(out=str(tmp_path / "out"), common=[], jobs=2)
     plan = Plan(TASKS["quickstart"], args, TUNE_BUDGET)
     plan.starts = {0: {"validation": 0.2}}
     (tmp_path / "out" / "quickstart").mkdir(parents=True)
