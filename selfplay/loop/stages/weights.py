@@ -1,0 +1,54 @@
+"""The export and sync stages: the round's policy written out, then pushed into the generators."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from selfplay.loop import faults
+from selfplay.loop.stages.context import Iteration
+
+
+def export(it: Iteration, learners: Callable[[], Any]) -> dict[str, Any]:
+    """The round's policy directory, which the train stage wrote; its checkpoints are dropped now.
+
+    A run directory from before that change has the round in ``checkpoint/`` instead: loaded and
+    written out here. Either way ``checkpoint/`` (the round's `checkpoint_every` checkpoints, of weights
+    and optimizer state) goes once the policy is on disk: a round that finished never resumes."""
+    ckpt = it.dir / "checkpoint"
+    if not it.policy_out.is_dir():
+        group = learners()  # started only here: a resumed run whose train stage wrote the policy needs none
+        if group.holds != str(ckpt):  # resumed after a crash between train and export: the round's weights
+            group.load_checkpoint(ckpt)
+        group.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"policy": str(it.policy_out)}
+
+
+def sync(rt, it: Iteration, pool, learners) -> dict[str, Any]:
+    """The exported policy into the generators: pushed through the configured sync, verified on a probe.
+    With an adapter-only LoRA sync (``sync.lora``) only the adapter moves, plus the learner's base when the
+    generators do not hold it yet (``lora_parts``; docs/lora.md says when)."""
+    if pool is None:
+        return start_generators(rt, it)
+    if rt.cfg.adapter_sync:
+        from selfplay.sync.base import lora_parts
+
+        base = learners.lora_base()
+        parts = lora_parts(base, pool.policy.base, rt.cfg.train.reference)
+        report = rt.weight_sync.push(learners, pool, it.version, parts)
+        # where a restarted generator reloads from: base + adapter, or the merged policy
+        pool.remember_policy(it.policy_out, it.version, base=None if parts == ("policy",) else base)
+    else:
+        report = rt.weight_sync.push(learners, pool, it.version)
+        pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
+    faults.kill_point("sync", it.k)  # crash tests: generators hold the new weights, the manifest does not say so
+    return {"version": it.version, **report.as_dict()}
+
+
+def start_generators(rt, it: Iteration) -> dict[str, Any]:
+    """No generators run in this process (resumed): start them directly on the exported policy."""
+    rt.generators(it.policy_out, version=it.version)
+    faults.kill_point("sync", it.k)
+    return {"version": it.version, "method": "load from disk (resumed)"}
