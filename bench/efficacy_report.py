@@ -60,13 +60,13 @@ def measure(run_dir: Path, start_policy: str, finished: bool, full: bool = True)
                            "n_test": split["n_test"], "n_validation": split["n_validation"],
                            "state": summary["state"], "kl_to_start": None, "chosen_logp_change": None}
     rd = RunDir(run_dir)
-    out["steps"] = sum(e["stages"].get("train", {}).get("steps", 0) for e in rd.manifest.get("iterations", {}).values())
+    out["steps"] = sum(rd.stage_record(int(k), "train").steps for k in rd.manifest.iterations)
     if not full or not finished or not rd.completed_iterations():
         return out
     import torch
 
     torch.set_num_threads(1)
-    cfg = load_config(rd.manifest["recipe"]).train
+    cfg = load_config(rd.manifest.recipe).train
     final, it0 = rd.current_policy(), rd.iter_dir(0)
     kl = _shift(start_policy, final, read_parquet(it0 / "generations.parquet"), "response", cfg)
     out["kl_to_start"] = None if kl is None else -kl  # E_start[log pi_start - log pi_final]
@@ -217,11 +217,12 @@ def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[s
 def write_plots(out: Path, results: list[dict[str, Any]]) -> list[Path]:
     """``selfplay compare``'s overlay plot of each seed's arms."""
     from selfplay.loop.compare import compare_runs, write_plot
+    from selfplay.loop.manifest import manifest_path
 
     paths = []
     for seed in sorted({r["seed"] for r in results}):
         dirs = [r["run_dir"] for r in results if r["seed"] == seed and r.get("run_dir")
-                and (Path(r["run_dir"]) / "manifest.json").exists()]
+                and manifest_path(Path(r["run_dir"])).exists()]
         if dirs:
             paths.append(write_plot(compare_runs(dirs), out / f"compare_seed{seed}.png"))
     return paths

@@ -69,16 +69,16 @@ def prepare_start(recipe: Path, out: Path, seed: int, sets: list[str]) -> dict[s
     sets = [*sets, f"seed={seed}"]
     run_dir = out / "starts" / f"seed{seed}-{run_key(recipe, sets)}"
     done = _sidecar(run_dir, "run")
-    if done.exists() and RunDir(run_dir).manifest.get("prepared"):
+    if done.exists() and RunDir(run_dir).manifest.prepared:
         seconds = json.loads(done.read_text())["wall_s"]
     else:
         rc, seconds = _selfplay(["prepare", str(recipe), "--run-dir", str(run_dir), *_sets_args(sets)],
                                 run_dir.with_suffix(".log"))
-        if rc != 0 or not RunDir(run_dir).manifest.get("prepared"):
+        if rc != 0 or not RunDir(run_dir).manifest.prepared:
             raise RuntimeError(f"seed {seed}: selfplay prepare failed (exit {rc}); see {run_dir.with_suffix('.log')}")
         done.write_text(json.dumps({"wall_s": seconds}))
     scores = run_split_scores(run_dir)
-    return {"seed": seed, "policy": RunDir(run_dir).manifest["initial_policy"], "run_dir": str(run_dir),
+    return {"seed": seed, "policy": RunDir(run_dir).manifest.initial_policy, "run_dir": str(run_dir),
             "validation": scores["start_validation"], "test": scores["start_test"], "seconds": round(seconds, 1)}
 
 

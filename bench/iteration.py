@@ -48,6 +48,9 @@ from typing import Any
 
 import yaml
 
+from selfplay.loop.manifest import Manifest, Stage
+from selfplay.loop.rundir import RunDir
+
 PIPELINE = Path(__file__).resolve().parent / "pipeline"
 ITERATIONS = 2  # per side; the last one is compared (the first that starts from trained weights on both)
 
@@ -99,49 +102,25 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- selfplay side
-def _recorder() -> Any:
-    """A rich console that prints into memory and keeps (perf_counter, message) of every ``log`` line."""
-    from rich.console import Console
-
-    class Recorder(Console):
-        def __init__(self) -> None:
-            super().__init__(file=io.StringIO())
-            self.lines: list[tuple[float, str]] = []
-
-        def log(self, *objects: Any, **kwargs: Any) -> None:
-            self.lines.append((time.perf_counter(), " ".join(str(o) for o in objects)))
-
-    return Recorder()
-
-
-def iteration_walls(lines: list[tuple[float, str]]) -> dict[int, float]:
-    """Seconds from each ``iteration k`` log line to the last stage line of that iteration."""
-    walls, start, last, k = {}, None, None, None
-    for t, msg in lines:
-        if msg.startswith("iteration "):
-            if k is not None:
-                walls[k] = last - start
-            k, start, last = int(msg.split()[1]), t, t
-        elif k is not None and msg.startswith("  "):
-            last = t
-    if k is not None:
-        walls[k] = last - start
-    return walls
+def iteration_timings(manifest: Manifest) -> dict[str, Any]:
+    """Each iteration's wall time (from its start to its last stage) and its stages' seconds, as the
+    run's manifest records them."""
+    return {"walls": {int(k): it.wall_seconds for k, it in manifest.iterations.items()},
+            "stages": {int(k): {str(name): s.seconds for name, s in it.stages.items()}
+                       for k, it in manifest.iterations.items()}}
 
 
 def child_selfplay(recipe_path: str, run_dir: str, timings: str) -> None:
     """Run the loop in this process and write the iteration walls and stage seconds to ``timings``."""
+    from rich.console import Console
+
     from selfplay.config.load import load_config
     from selfplay.loop.driver import run
 
-    console = _recorder()
     start = time.perf_counter()
-    run(load_config(recipe_path), run_dir, console=console, source=recipe_path)
+    rd = run(load_config(recipe_path), run_dir, console=Console(file=io.StringIO()), source=recipe_path)
     total = time.perf_counter() - start
-    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
-    stages = {int(k): {name: s["seconds"] for name, s in it["stages"].items()}
-              for k, it in manifest["iterations"].items()}
-    Path(timings).write_text(json.dumps({"walls": iteration_walls(console.lines), "stages": stages, "total_s": total}))
+    Path(timings).write_text(json.dumps({**iteration_timings(rd.manifest), "total_s": total}))
 
 
 def run_selfplay(args: argparse.Namespace, work: Path, r: int, env: dict[str, str]) -> dict[str, Any]:
@@ -163,8 +142,8 @@ def run_selfplay(args: argparse.Namespace, work: Path, r: int, env: dict[str, st
 
 
 def _pairs_of(run_dir: Path, k: int) -> int:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    return int(manifest["iterations"][str(k)]["stages"]["pairs"].get("pairs", -1))
+    pairs = RunDir(run_dir).stage_record(k, Stage.PAIRS).as_dict().get("pairs")
+    return int(pairs) if pairs is not None else -1
 
 
 # ------------------------------------------------------------------------------------- script side
@@ -184,8 +163,6 @@ def prompts_of(run_dir: Path, k: int, out: Path) -> int:
 
 
 def _iter_dir(run_dir: Path, k: int) -> Path:
-    from selfplay.loop.rundir import RunDir
-
     return RunDir.iter_dir(_RunRoot(run_dir), k)
 
 
@@ -204,8 +181,8 @@ def _script(name: str, argv: list[str], env: dict[str, str], timings: Path) -> t
 
 def run_scripts(args: argparse.Namespace, work: Path, r: int, selfplay_run: Path, env: dict[str, str]
                 ) -> dict[str, Any]:
-    manifest = json.loads((selfplay_run / "manifest.json").read_text())
-    model = Path(manifest.get("initial_policy") or selfplay_run / "initial" / "policy")  # selfplay's start
+    manifest = RunDir(selfplay_run).manifest
+    model = Path(manifest.initial_policy or selfplay_run / "initial" / "policy")  # selfplay's start
     base = work / f"scripts-{r}"
     base.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}

@@ -94,3 +94,70 @@ def test_the_checks_see_the_tree():
     assert {"selfplay.loop.factory", "actors.generator", "selfplay.records", "selfplay.remote"} <= set(MODULES)
     assert "actors.generator" in _imports("selfplay.loop.factory", MODULES["selfplay.loop.factory"])
     assert "selfplay.remote" in _imports("actors.learner", MODULES["actors.learner"])
+
+
+MANIFEST_OWNER = "selfplay.loop.manifest"
+# the weight sync's bucket directories have a manifest.json of their own, another file
+OTHER_MANIFESTS = ("selfplay.sync",)
+
+
+def test_only_the_manifest_model_names_the_manifest_file():
+    """The run's manifest is read and written through :class:`selfplay.loop.manifest.Manifest` only: no other
+    module of ``selfplay/`` or ``bench/`` names ``manifest.json`` (a path built from that name is the
+    first step of writing the file around the model)."""
+    paths = {**MODULES, **{f"bench.{p.stem}": p for p in sorted((ROOT / "bench").glob("*.py"))}}
+    offenders = []
+    for name, path in paths.items():
+        if name == MANIFEST_OWNER or name.startswith(OTHER_MANIFESTS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.strip("/").endswith(
+                    "manifest.json") and " " not in node.value:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+    assert MANIFEST_OWNER in MODULES  # the check sees the module it exempts
+
+
+FAMILY_REGISTRY = "selfplay.train.family"
+# config validation may still refuse combinations (e.g. `segment_turns` with loss kto)
+MAY_CHECK_LOSS_TYPES = ("selfplay.config",)
+
+
+def _is_loss(node: ast.AST) -> bool:
+    """``loss``, ``loss_cfg`` or any ``<...>.loss`` (``cfg.loss``, ``rt.cfg.train.loss``)."""
+    return (isinstance(node, ast.Name) and node.id in ("loss", "loss_cfg")) or (
+        isinstance(node, ast.Attribute) and node.attr == "loss")
+
+
+def _is_text(node: ast.AST) -> bool:
+    items = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+    return all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in items)
+
+
+def _family_branches(source: str, where: str) -> list[str]:
+    """Comparisons of a loss config's ``type`` with loss names, and reads of its ``reference_free``."""
+    found = []
+    for node in ast.walk(ast.parse(source, where)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Attribute) and o.attr == "type" and _is_loss(o.value) for o in operands) and any(
+                    _is_text(o) for o in operands):
+                found.append(f"{where}:{node.lineno} compares the loss type with a name")
+        elif isinstance(node, ast.Attribute) and node.attr == "reference_free" and _is_loss(node.value):
+            found.append(f"{where}:{node.lineno} reads loss.reference_free")
+    return found
+
+
+def test_only_the_family_registry_picks_an_objective_family():
+    """Which objective family a loss belongs to (sft / kto / tdpo / pair losses / reference-free) is decided
+    in ``selfplay/train/family.py`` alone: no other module of ``selfplay/``, ``actors/`` or ``bench/``
+    compares ``loss.type`` (``cfg.train.loss.type``, ``loss_cfg.type``) with loss names or reads
+    ``loss.reference_free``; they ask ``family_for(loss)``. Config validation is exempt."""
+    paths = {**MODULES, **{f"bench.{p.stem}": p for p in sorted((ROOT / "bench").rglob("*.py"))}}
+    offenders = [hit for name, path in paths.items()
+                 if name != FAMILY_REGISTRY and not name.startswith(MAY_CHECK_LOSS_TYPES)
+                 for hit in _family_branches(path.read_text(), str(path.relative_to(ROOT)))]
+    assert offenders == []
+    # the check finds what it forbids, and sees the module it exempts
+    planted = 'if cfg.train.loss.type == "kto" or loss_cfg.type in ("sft", "tdpo") or cfg.loss.reference_free: pass'
+    assert len(_family_branches(planted, "planted")) == 3 and FAMILY_REGISTRY in MODULES

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from selfplay.loop.rundir import STAGES, RunDir, RunDirError
+from selfplay.loop.manifest import STAGES, Manifest, Stage, TrainRecord
+from selfplay.loop.rundir import RunDir, RunDirError
 
 SERIES = ("accuracy", "reward_margin", "kl")
 SAMPLED = ("pass@k", "maj@k")  # evaluation.k's metrics, per evaluated point
@@ -57,24 +58,25 @@ def run_summary(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
     if not rd.exists:
         return {**out, "state": "not a run (no manifest.json)"}
     manifest = rd.manifest
-    iterations = manifest.get("iterations", {})
-    planned = manifest.get("recipe", {}).get("iterations")
+    iterations = manifest.iterations
+    planned = manifest.recipe.get("iterations")
     completed = rd.completed_iterations()
     points: list[dict[str, Any]] = []
-    if manifest.get("prepared"):
+    if manifest.prepared:
         ev = _read_eval(rd.initial_dir / "eval.json")
         points.append({"iteration": "initial", "accuracy": _number(ev.get("accuracy")),
                        "reward_margin": None, "kl": None, **_sampled(ev)})
     for key in sorted(iterations, key=int):
         k = int(key)
-        train = iterations[key].get("stages", {}).get("train", {})
+        train = rd.stage_record(k, Stage.TRAIN)
+        assert isinstance(train, TrainRecord)
         ev = _read_eval(rd.iter_dir(k) / "eval.json")
         kl = _number(ev.get("kl"))
         points.append({"iteration": k, "accuracy": _number(ev.get("accuracy")),
-                       "reward_margin": _number(train.get("reward_margin")),
-                       "kl": kl if kl is not None else _number(train.get("kl")), **_sampled(ev)})
-    seconds = manifest.get("prepare", {}).get("seconds", 0.0) + sum(
-        s.get("seconds", 0.0) for entry in iterations.values() for s in entry.get("stages", {}).values())
+                       "reward_margin": _number(train.reward_margin),
+                       "kl": kl if kl is not None else _number(train.as_dict().get("kl")), **_sampled(ev)})
+    seconds = (manifest.prepare.seconds if manifest.prepare is not None else 0.0) + sum(
+        s.seconds for entry in iterations.values() for s in entry.stages.values())
     out.update(state=_state(manifest, completed, planned), planned=planned, completed=len(completed),
                points=points, seconds=round(seconds, 1))
     out.update(_figures(points))
@@ -88,14 +90,14 @@ def _sampled(ev: dict[str, Any]) -> dict[str, Any]:
     return {"k": ev["k"], **{key: _number(ev.get(key)) for key in SAMPLED}}
 
 
-def _state(manifest: dict[str, Any], completed: list[int], planned: int | None) -> str:
-    if not manifest.get("prepared"):
+def _state(manifest: Manifest, completed: list[int], planned: int | None) -> str:
+    if not manifest.prepared:
         return "unfinished: prepare"
-    iterations = manifest.get("iterations", {})
-    open_ = [int(k) for k, v in iterations.items() if not v.get("complete")]
+    iterations = manifest.iterations
+    open_ = [int(k) for k, v in iterations.items() if not v.complete]
     if open_:
         k = min(open_)
-        pending = [s for s in STAGES if s not in iterations[str(k)].get("stages", {})]
+        pending = [s for s in STAGES if s not in iterations[str(k)].stages]
         return f"unfinished: iter {k} at {pending[0] if pending else 'commit'}"
     if planned is not None and len(completed) < planned:
         return f"unfinished: {len(completed)} of {planned} done"

@@ -27,6 +27,7 @@ from typing import Any
 
 from selfplay.config import RunConfig
 from selfplay.loop import stages
+from selfplay.loop.manifest import PrepareRecord, Record, Stage, StoppedEarly
 from selfplay.loop.ownership import Ownership, hold
 from selfplay.loop.preflight import preflight
 from selfplay.loop.rundir import RunDir
@@ -37,10 +38,10 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<re
         take_over: bool = False) -> RunDir:
     """Run (or resume) every iteration of ``cfg`` in ``run_dir`` (``take_over``: take a stale owner's run)."""
     with _owned(cfg, run_dir, console, source, take_over) as rt:
-        if not rt.rd.manifest.get("prepared"):
-            _stage(rt, "prepare", lambda: stages.prepare(rt))
+        if not rt.rd.manifest.prepared:
+            _stage(rt, Stage.PREPARE, lambda: stages.prepare(rt))
         for k in range(rt.rd.next_iteration(), cfg.iterations):
-            if rt.rd.manifest.get("stopped_early"):
+            if rt.rd.manifest.stopped_early is not None:
                 break
             run_iteration(rt, k)
             stop_if_solved(rt, k)
@@ -52,8 +53,8 @@ def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: s
                  take_over: bool = False) -> RunDir:
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
     with _owned(cfg, run_dir, console, source, take_over) as rt:
-        if not rt.rd.manifest.get("prepared"):
-            _stage(rt, "prepare", lambda: stages.prepare(rt, iterations_follow=False))
+        if not rt.rd.manifest.prepared:
+            _stage(rt, Stage.PREPARE, lambda: stages.prepare(rt, iterations_follow=False))
     return rt.rd
 
 
@@ -82,7 +83,7 @@ def _start(rt: Runtime, warnings: list[str], owner: Ownership) -> None:
                + ", ".join(str(p.relative_to(rt.rd.root)) for p in leftovers[:5]))
     for warning in warnings:
         rt.log(f"warning: {warning}")
-    rt.rd.manifest["cores"] = rt.cores.as_dict()  # what `auto` became on this machine (this start's)
+    rt.rd.manifest.cores = rt.cores.as_dict()  # what `auto` became on this machine (this start's)
     rt.rd.save()
     rt.log(rt.cores.line())
     for line in rt.rd.resume_notes():
@@ -93,50 +94,56 @@ def _start(rt: Runtime, warnings: list[str], owner: Ownership) -> None:
 def run_iteration(rt: Runtime, k: int) -> None:
     """One self-play iteration; stages already recorded in the manifest are skipped."""
     it = stages.iteration(rt, k)
+    start = time.perf_counter()
     rt.log(f"iteration {k}")
-    if rt.cfg.task.type != "pairs" and not rt.rd.stage_done(k, "generate"):
+    if rt.cfg.task.type != "pairs" and not rt.rd.stage_done(k, Stage.GENERATE):
         rt.start_learners(it.policy_in)  # sets up while the generators start and sample; `reference` waits
     for name, call in _offline_pairs(rt, it) if rt.cfg.task.type == "pairs" else _self_play(rt, it):
         _stage(rt, name, call, k)
     for name, call in _unchanged(rt, it) if stages.no_pairs(rt, k) else _learn(rt, it):
         _stage(rt, name, call, k)
-    _stage(rt, "evaluate", lambda: stages.evaluate(rt, it), k)
-    rt.rd.mark_complete(k, policy_version=it.version)
+    _stage(rt, Stage.EVALUATE, lambda: stages.evaluate(rt, it), k)
+    rt.rd.mark_complete(k, policy_version=it.version, wall_seconds=time.perf_counter() - start)
     rt.track()  # the iteration's numbers, now that it is complete
 
 
-Stages = list[tuple[str, Callable[[], dict[str, Any] | None]]]
+Stages = list[tuple[Stage, Callable[[], Record | dict[str, Any] | None]]]
 
 
 def _self_play(rt: Runtime, it: stages.Iteration) -> Stages:
-    """Prompts -> samples of the current policy -> judged samples -> pairs."""
-    return [("generate", lambda: stages.generate(rt, it, stages.sample_prompts(rt, it.k),
-                                                 rt.generators(it.policy_in, version=it.k))),
-            ("judge", lambda: stages.judge(rt, it, rt.judge)),
-            ("pairs", lambda: stages.build_pairs(rt, it))]
+    """Prompts -> samples of the current policy -> judged samples -> pairs. A `sessions` task (SDPO) plays
+    its negative sessions on turn by turn instead (:mod:`selfplay.loop.session_play`)."""
+    if rt.cfg.task.type == "sessions":
+        from selfplay.loop.session_play import session_stages
+
+        return session_stages(rt, it)
+    return [(Stage.GENERATE, lambda: stages.generate(rt, it, stages.sample_prompts(rt, it.k),
+                                                     rt.generators(it.policy_in, version=it.k))),
+            (Stage.JUDGE, lambda: stages.judge(rt, it, rt.judge)),
+            (Stage.PAIRS, lambda: stages.build_pairs(rt, it))]
 
 
 def _offline_pairs(rt: Runtime, it: stages.Iteration) -> Stages:
     """Pairs read from the task's dataset: nothing is generated or judged."""
-    return [("generate", lambda: {"skipped": "offline pairs: nothing to generate"}),
-            ("judge", lambda: {"skipped": "offline pairs: already judged"}),
-            ("pairs", lambda: stages.dataset_pairs(rt, it))]
+    return [(Stage.GENERATE, lambda: {"skipped": "offline pairs: nothing to generate"}),
+            (Stage.JUDGE, lambda: {"skipped": "offline pairs: already judged"}),
+            (Stage.PAIRS, lambda: stages.dataset_pairs(rt, it))]
 
 
 def _learn(rt: Runtime, it: stages.Iteration) -> Stages:
     """Pairs -> reference log-probs -> a training round -> the exported policy -> the generators."""
-    return [("reference", lambda: stages.reference_logps(rt, it, rt.learners(it.policy_in))),
-            ("train", lambda: stages.train(rt, it, rt.learners(it.policy_in))),
-            ("export", lambda: stages.export(it, lambda: rt.learners(it.policy_in))),
-            ("sync", lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group))]
+    return [(Stage.REFERENCE, lambda: stages.reference_logps(rt, it, rt.learners(it.policy_in))),
+            (Stage.TRAIN, lambda: stages.train(rt, it, rt.learners(it.policy_in))),
+            (Stage.EXPORT, lambda: stages.export(it, lambda: rt.learners(it.policy_in))),
+            (Stage.SYNC, lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group))]
 
 
 def _unchanged(rt: Runtime, it: stages.Iteration) -> Stages:
     """No pairs: nothing to learn from, the policy is kept as it is under the next version."""
-    return [("reference", lambda: stages.keep_reference(it)),
-            ("train", lambda: {"skipped": "no pairs", "steps": 0}),
-            ("export", lambda: stages.export_unchanged(it)),
-            ("sync", lambda: stages.sync_unchanged(rt, it, rt.generator_pool))]
+    return [(Stage.REFERENCE, lambda: stages.keep_reference(it)),
+            (Stage.TRAIN, lambda: {"skipped": "no pairs", "steps": 0}),
+            (Stage.EXPORT, lambda: stages.export_unchanged(it)),
+            (Stage.SYNC, lambda: stages.sync_unchanged(rt, it, rt.generator_pool))]
 
 
 def stop_if_solved(rt: Runtime, k: int) -> None:
@@ -145,25 +152,27 @@ def stop_if_solved(rt: Runtime, k: int) -> None:
     solved = stages.solved_share(rt, k)
     if threshold is None or solved is None or solved < threshold:
         return
-    rt.rd.manifest["stopped_early"] = {"after_iteration": k, "solved_share": round(solved, 4),
-                                       "threshold": threshold}
+    rt.rd.manifest.stopped_early = StoppedEarly(after_iteration=k, solved_share=round(solved, 4),
+                                                threshold=threshold)
     rt.rd.save()
     rt.log(f"stopping early: iteration {k} solved {solved:.1%} of its training prompts (>= {threshold:.0%})")
 
 
-def _stage(rt: Runtime, name: str, fn: Callable[[], dict[str, Any] | None], k: int | None = None) -> None:
+def _stage(rt: Runtime, name: Stage, fn: Callable[[], Record | dict[str, Any] | None], k: int | None = None) -> None:
     if k is not None and rt.rd.stage_done(k, name):
         rt.log(f"  {name}: done earlier, skipped")
         return
     start = time.perf_counter()
     with rt.stage_context(name, k):
-        info = fn() or {}
+        info = fn()
     seconds = time.perf_counter() - start
     if k is None:
-        rt.rd.manifest["prepared"] = True
-        rt.rd.manifest["prepare"] = {**info, "seconds": round(seconds, 3)}
+        prepared = PrepareRecord.model_validate(info.as_dict() if isinstance(info, Record) else info or {})
+        prepared.seconds = round(seconds, 3)
+        rt.rd.manifest.prepared = True
+        rt.rd.manifest.prepare = prepared
         rt.rd.save()
     else:
         rt.rd.mark_stage(k, name, seconds, info)
-    rt.log(f"  {name}: {seconds:.1f}s {stages.brief(info)}")
+    rt.log(f"  {name}: {seconds:.1f}s {stages.brief(info.as_dict() if isinstance(info, Record) else info or {})}")
     rt.track()  # e.g. a round's steps once its train stage is recorded

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfplay.loop.rundir import STAGES, RunDir, read_jsonl
+from selfplay.loop.manifest import STAGES
+from selfplay.loop.rundir import RunDir, read_jsonl
 from selfplay.loop.status import status_rows
 
 
 def _train_steps(rd: RunDir) -> list[dict]:
     steps = []
-    for k in rd.completed_iterations() or sorted(int(i) for i in rd.manifest.get("iterations", {})):
+    for k in rd.completed_iterations() or sorted(int(i) for i in rd.manifest.iterations):
         path = rd.iter_dir(k) / "train_metrics.jsonl"
         if path.exists():
             steps.extend({"iteration": k, **rec} for rec in read_jsonl(path))
@@ -64,12 +65,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
         ax.legend()
         written.append(_save(fig, out_dir / "logps.png"))
 
-    iters = sorted(int(k) for k in rd.manifest.get("iterations", {}))
+    iters = sorted(int(k) for k in rd.manifest.iterations)
     if iters:
         fig, ax = plt.subplots(figsize=(6, 4))
         bottom = [0.0] * len(iters)
         for stage in STAGES:
-            secs = [rd.stage_info(k, stage).get("seconds", 0.0) for k in iters]
+            secs = [rd.stage_record(k, stage).seconds for k in iters]
             ax.bar([str(k) for k in iters], secs, bottom=bottom, label=stage)
             bottom = [b + s for b, s in zip(bottom, secs)]
         ax.set_xlabel("iteration")

@@ -40,8 +40,17 @@ from typing import Any
 
 from selfplay.atomic import TMP_INFIX, check_guard, replace_dir, write_file  # noqa: F401  (replace_dir: run-dir API)
 from selfplay.loop import faults
-
-STAGES = ("generate", "judge", "pairs", "reference", "train", "export", "sync", "evaluate")
+from selfplay.loop.manifest import (  # noqa: F401  (STAGES, Stage: the run directory's vocabulary)
+    STAGES,
+    Failure,
+    IterationRecord,
+    Manifest,
+    ManifestError,
+    Record,
+    Stage,
+    manifest_path,
+    record_for,
+)
 
 
 class RunDirError(RuntimeError):
@@ -131,40 +140,36 @@ def read_parquet(path: Path):
 
 
 class RunDir:
-    """A run directory and its manifest. Only the driver process writes the manifest."""
+    """A run directory and its manifest (:class:`~selfplay.loop.manifest.Manifest`; an empty one where the
+    directory has none yet). Only the driver process writes the manifest."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        self.manifest_path = self.root / "manifest.json"
-        self.manifest: dict[str, Any] = self._read() if self.manifest_path.exists() else {}
+        self.manifest_path = manifest_path(self.root)
+        self._exists = self.manifest_path.exists()
+        self.manifest = self._read() if self._exists else Manifest()
         self.notes: list[str] = []  # what opening it decided (recipe changes), for the run's log
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> Manifest:
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{self.manifest_path} is not valid JSON ({exc}): not written by selfplay") from None
+            return Manifest.load(self.root)
+        except ManifestError as exc:
+            raise RunDirError(str(exc)) from None
 
     @property
     def exists(self) -> bool:
-        return bool(self.manifest)
+        return self._exists
 
     def create(self, recipe: dict[str, Any], recipe_yaml: str, versions: dict[str, str]) -> None:
         # Never world-writable, whatever the umask: what is in it is trusted on resume (see docs/security.md).
         self.root.mkdir(mode=0o775, parents=True, exist_ok=True)
         write_text(self.root / "recipe.yaml", recipe_yaml)
-        self.manifest = {
-            "format": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "recipe": recipe,
-            "versions": versions,
-            "prepared": False,
-            "iterations": {},
-        }
+        self.manifest = Manifest.new(recipe, versions)
         self.save()
 
     def save(self) -> None:
-        write_json(self.manifest_path, self.manifest)
+        self.manifest.save(self.root)
+        self._exists = True
 
     # --- paths
     def iter_dir(self, k: int) -> Path:
@@ -175,29 +180,41 @@ class RunDir:
         return self.root / "initial"
 
     # --- stage bookkeeping
-    def _iter(self, k: int) -> dict[str, Any]:
-        return self.manifest["iterations"].setdefault(str(k), {"stages": {}, "complete": False})
+    def _iter(self, k: int) -> IterationRecord:
+        if str(k) not in self.manifest.iterations:
+            self.manifest.iterations[str(k)] = IterationRecord(stages={}, complete=False)
+        return self.manifest.iterations[str(k)]
 
     def stage_done(self, k: int, stage: str) -> bool:
-        return stage in self.manifest["iterations"].get(str(k), {}).get("stages", {})
+        return self.manifest.stage(k, stage) is not None
 
-    def mark_stage(self, k: int, stage: str, seconds: float, info: dict[str, Any] | None = None) -> None:
+    def mark_stage(self, k: int, stage: str, seconds: float, record: Record | dict[str, Any] | None = None) -> None:
         """Record ``stage`` of iteration ``k`` as done; ``seconds`` (wall time of the stage) wins over
-        a same-named key in ``info``."""
-        self._iter(k)["stages"][stage] = {**(info or {}), "seconds": round(seconds, 3)}
+        a ``seconds`` the record has."""
+        done = record_for(stage, record)
+        done.seconds = round(seconds, 3)
+        self._iter(k).stages[stage] = done
         self.save()
 
-    def mark_complete(self, k: int, policy_version: int) -> None:
+    def mark_complete(self, k: int, policy_version: int, wall_seconds: float | None = None) -> None:
         entry = self._iter(k)
-        entry["complete"] = True
-        entry["policy_version"] = policy_version
+        entry.complete = True
+        entry.policy_version = policy_version
+        if wall_seconds is not None:
+            entry.wall_seconds = round(wall_seconds, 3)
         self.save()
+
+    def stage_record(self, k: int, stage: str) -> Record:
+        """Iteration ``k``'s record of ``stage``; an empty one of its type when the stage is not done."""
+        return record_for(stage, self.manifest.stage(k, stage))
 
     def stage_info(self, k: int, stage: str) -> dict[str, Any]:
-        return self.manifest["iterations"].get(str(k), {}).get("stages", {}).get(stage, {})
+        """Iteration ``k``'s record of ``stage`` as stored (``{}`` when the stage is not done)."""
+        done = self.manifest.stage(k, stage)
+        return done.as_dict() if done is not None else {}
 
     def completed_iterations(self) -> list[int]:
-        return sorted(int(k) for k, v in self.manifest.get("iterations", {}).items() if v.get("complete"))
+        return sorted(int(k) for k, v in self.manifest.iterations.items() if v.complete)
 
     def next_iteration(self) -> int:
         done = self.completed_iterations()
@@ -205,12 +222,12 @@ class RunDir:
 
     def resume_notes(self) -> list[str]:
         """What a resumed run keeps, in one line ("resuming at iteration 1: ..."); none for a new run."""
-        iterations = self.manifest.get("iterations", {})
-        if not self.manifest.get("prepared") and not iterations:
+        iterations = self.manifest.iterations
+        if not self.manifest.prepared and not iterations:
             return list(self.notes)
         k = self.next_iteration()
         done = self.completed_iterations()
-        kept = list(iterations.get(str(k), {}).get("stages", {}))
+        kept = list(iterations[str(k)].stages) if str(k) in iterations else []
         parts = ["starting policy kept" if not done else
                  f"iteration{'s' if len(done) > 1 else ''} {', '.join(map(str, done))} complete"]
         if kept:
@@ -241,30 +258,31 @@ class RunDir:
 
     def log_takeover(self, entry: dict[str, Any]) -> None:
         """Record that this run was taken over from another driver (who, when, why: ``takeovers``)."""
-        self.manifest.setdefault("takeovers", []).append(entry)
+        self.manifest.takeovers = [*(self.manifest.takeovers or []), entry]
         self.save()
 
     # --- failures (``selfplay status`` shows them; the next run clears them)
     def record_failure(self, k: int | None, stage: str, error: str) -> None:
-        if not self.manifest:
+        if not self.exists:
             return
-        self.manifest["failed"] = {"iteration": k, "stage": stage, "error": error[-2000:],
-                                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.manifest.failed = Failure(iteration=k, stage=stage, error=error[-2000:],
+                                       at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         with contextlib.suppress(OSError):  # the failure may be the disk itself; the error is raised anyway
             self.save()
 
     def clear_failure(self) -> None:
-        if self.manifest.pop("failed", None) is not None:
+        if self.manifest.failed is not None:
+            self.manifest.unset("failed")
             self.save()
 
     # --- inputs the run trusts (pinned by checksum; a changed one is refused on resume)
     def pin_inputs(self, cfg: Any) -> None:
-        self.manifest["inputs"] = {name: {"path": str(Path(p).resolve()), "files": _checksums(Path(p))}
+        self.manifest.inputs = {name: {"path": str(Path(p).resolve()), "files": _checksums(Path(p))}
                                    for name, p in input_paths(cfg).items()}
         self.save()
 
     def check_pins(self) -> None:
-        for name, pin in self.manifest.get("inputs", {}).items():
+        for name, pin in (self.manifest.inputs or {}).items():
             root, now = Path(pin["path"]), _checksums(Path(pin["path"]))
             for rel, before in sorted(pin["files"].items()):
                 path = root / rel if rel != "." else root
@@ -284,10 +302,10 @@ class RunDir:
         """Forget ``stages`` of iteration ``k`` and move ``artifacts`` (names in its directory) aside
         into ``iter_k/superseded/<n>/``: redone work never appends to, or resumes from, the old."""
         check_guard(self.root)
-        entry = self.manifest.get("iterations", {}).get(str(k))
+        entry = self.manifest.iteration(k)
         for stage in stages:
             if entry is not None:
-                entry["stages"].pop(stage, None)
+                entry.stages.pop(stage, None)
         present = [a for a in artifacts if (self.iter_dir(k) / a).exists()]
         if present:
             base = self.iter_dir(k) / "superseded"

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig, dump_config
+from selfplay.loop.manifest import STAGES, Stage
 from selfplay.loop.ownership import OwnershipLostError
-from selfplay.loop.rundir import STAGES, RunDir, RunDirError, write_text
+from selfplay.loop.rundir import RunDir, RunDirError, write_text
 
 # Fields a resumed run may change; anything else would mix two different experiments in one directory.
 RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved", "logging")
@@ -35,10 +36,10 @@ RESUMABLE_CHANGES = ("iterations", "evaluation", "run_dir", "stop_when_solved", 
 # current iteration is redone from that stage on, and completed iterations keep what they were made with.
 # Sections not listed (name, seed, policy, task) shape everything already produced: changed only while
 # nothing was produced.
-FIRST_STAGE = {"generation": "generate", "resources": "generate", "judge": "judge", "pairing": "pairs",
-               "train": "reference", "sync": "sync"}
+FIRST_STAGE = {"generation": Stage.GENERATE, "resources": Stage.GENERATE, "judge": Stage.JUDGE,
+               "pairing": Stage.PAIRS, "train": Stage.REFERENCE, "sync": Stage.SYNC}
 # What a redone stage would append to or resume from: moved aside (never deleted) when it is redone.
-_RESUMED_ARTIFACTS = {"generate": ("generations",), "train": ("checkpoint", "train_metrics.jsonl")}
+_RESUMED_ARTIFACTS = {Stage.GENERATE: ("generations",), Stage.TRAIN: ("checkpoint", "train_metrics.jsonl")}
 
 
 class StageError(RuntimeError):
@@ -77,14 +78,14 @@ def open_run_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
         rd.pin_inputs(cfg)
         return rd
     rd.check_pins()
-    old = rd.manifest.get("recipe", {})
+    old = rd.manifest.recipe
     mine, theirs = _identity(recipe), _identity(old)
     changed = sorted(k for k in set(theirs) | set(mine)
                      if theirs.get(k) != mine.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         _accept_changes(rd, cfg, changed)
     if old != recipe:
-        rd.manifest["recipe"] = recipe
+        rd.manifest.recipe = recipe
         rd.save()
         write_text(rd.root / "recipe.yaml", dump_config(cfg))
     return rd
@@ -106,8 +107,7 @@ def _identity(recipe: dict[str, Any]) -> dict[str, Any]:
 
 def _accept_changes(rd: RunDir, cfg: RunConfig, changed: list[str]) -> None:
     """Take a changed recipe on resume where that is sound (see FIRST_STAGE), saying what is redone."""
-    iterations = rd.manifest.get("iterations", {})
-    produced = rd.manifest.get("prepared") or any(v.get("stages") for v in iterations.values())
+    produced = rd.manifest.prepared or any(v.stages for v in rd.manifest.iterations.values())
     if not produced:
         rd.notes.append(f"recipe changed ({', '.join(changed)}); nothing was produced yet, so the new one is used")
         rd.pin_inputs(cfg)
@@ -123,8 +123,8 @@ def _accept_changes(rd: RunDir, cfg: RunConfig, changed: list[str]) -> None:
     first = min((FIRST_STAGE[c] for c in changed), key=STAGES.index)
     redo = [s for s in STAGES[STAGES.index(first):] if rd.stage_done(k, s)]
     moved = rd.supersede(k, redo, [a for s in STAGES[STAGES.index(first):] for a in _RESUMED_ARTIFACTS.get(s, ())])
-    rd.manifest.setdefault("recipe_changes", []).append(
-        {"iteration": k, "sections": changed, "redone_from": first, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    rd.manifest.recipe_changes = [*(rd.manifest.recipe_changes or []), {
+        "iteration": k, "sections": changed, "redone_from": first, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     done = rd.completed_iterations()
     many = len(done) > 1
     kept = (f"iteration{'s' * many} {', '.join(map(str, done))} keep{'s' * (not many)} the old settings; "

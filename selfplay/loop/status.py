@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json
+from selfplay.loop.manifest import STAGES, PairsRecord, Stage, TrainRecord
+from selfplay.loop.rundir import RunDir, RunDirError, read_json
 
 COLUMNS = ("iteration", "state", "pairs", "loss", "reward_acc", "accuracy", "win_rate", "mean_reward", "rejected_drift",
            "seconds")
@@ -27,39 +28,39 @@ def status_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     if not rd.exists:
         raise RunDirError(f"{rd.root} has no manifest.json: not a selfplay run directory")
     rows = []
-    failed = rd.manifest.get("failed")
-    if failed is not None and failed.get("iteration") is None:
-        rows.append({"iteration": "initial", "state": "failed at prepare", "error": failed.get("error")})
-    if failed is not None and failed.get("iteration") is not None \
-            and str(failed["iteration"]) not in rd.manifest.get("iterations", {}):
-        rows.append({"iteration": failed["iteration"], "state": f"failed at {failed.get('stage')}",
-                     "error": failed.get("error")})
-    if rd.manifest.get("prepared"):
+    manifest = rd.manifest
+    failed = manifest.failed
+    if failed is not None and failed.iteration is None:
+        rows.append({"iteration": "initial", "state": "failed at prepare", "error": failed.error})
+    if failed is not None and failed.iteration is not None and str(failed.iteration) not in manifest.iterations:
+        rows.append({"iteration": failed.iteration, "state": f"failed at {failed.stage}", "error": failed.error})
+    if manifest.prepared:
         ev = _eval(rd.initial_dir / "eval.json")
         rows.append({"iteration": "initial", "state": "done", **{k: ev.get(k) for k in EVAL_KEYS},
-                     "seconds": round(rd.manifest.get("prepare", {}).get("seconds", 0))})
-    for key in sorted(rd.manifest.get("iterations", {}), key=int):
-        entry = rd.manifest["iterations"][key]
-        stages = entry.get("stages", {})
+                     "seconds": round(manifest.prepare.seconds if manifest.prepare is not None else 0)})
+    for key in sorted(manifest.iterations, key=int):
+        entry = manifest.iterations[key]
         k = int(key)
-        pending = [s for s in STAGES if s not in stages]
-        state = "done" if entry.get("complete") else f"at {pending[0]}" if pending else "committing"
-        if stages.get("pairs", {}).get("no_pairs"):  # nothing to learn from: the policy was kept as it was
-            state = "no pairs" if entry.get("complete") else state
-        if failed is not None and failed.get("iteration") == k:
-            state = f"failed at {failed.get('stage')}"
-        train = stages.get("train", {})
+        pending = [s for s in STAGES if s not in entry.stages]
+        state = "done" if entry.complete else f"at {pending[0]}" if pending else "committing"
+        pairs = rd.stage_record(k, Stage.PAIRS)
+        train = rd.stage_record(k, Stage.TRAIN)
+        assert isinstance(pairs, PairsRecord) and isinstance(train, TrainRecord)
+        if pairs.no_pairs:  # nothing to learn from: the policy was kept as it was
+            state = "no pairs" if entry.complete else state
+        if failed is not None and failed.iteration == k:
+            state = f"failed at {failed.stage}"
         ev = _eval(rd.iter_dir(k) / "eval.json")
         rows.append({
             "iteration": k,
             "state": state,
-            "pairs": stages.get("pairs", {}).get("pairs"),
-            "loss": train.get("loss"),
-            "reward_acc": train.get("reward_accuracy"),
+            "pairs": pairs.pairs,
+            "loss": train.loss,
+            "reward_acc": train.reward_accuracy,
             **{c: ev.get(c) for c in EVAL_KEYS},
-            "rejected_drift": train.get("rejected_drift"),
-            "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values())),
-            **({"error": failed.get("error")} if failed is not None and failed.get("iteration") == k else {}),
+            "rejected_drift": train.rejected_drift,
+            "seconds": round(sum(s.seconds for s in entry.stages.values())),
+            **({"error": failed.error} if failed is not None and failed.iteration == k else {}),
         })
     return rows
 

@@ -27,7 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfplay.loop.rundir import STAGES, RunDir, RunDirError, read_json, read_jsonl, write_json
+from selfplay.loop.manifest import STAGES, Stage
+from selfplay.loop.rundir import RunDir, RunDirError, read_json, read_jsonl, write_json
 from selfplay.loop.trackers import Tracker, build_tracker, finite
 
 STATE_FILE = "tracking.json"
@@ -39,9 +40,9 @@ _ROUND_KEYS = ("loss", "loss_mean", "reward_accuracy", "reward_margin", "chosen_
 
 def train_steps(rd: RunDir) -> list[dict[str, Any]]:
     """Every final step line of the run, in order: the warm start's, then each trained round's."""
-    dirs = [rd.initial_dir] if rd.manifest.get("prepared") else []
-    dirs += [rd.iter_dir(int(k)) for k in sorted(rd.manifest.get("iterations", {}), key=int)
-             if rd.stage_done(int(k), "train")]
+    dirs = [rd.initial_dir] if rd.manifest.prepared else []
+    dirs += [rd.iter_dir(int(k)) for k in sorted(rd.manifest.iterations, key=int)
+             if rd.stage_done(int(k), Stage.TRAIN)]
     steps: dict[int, dict[str, Any]] = {}
     for d in dirs:
         path = d / "train_metrics.jsonl"
@@ -62,8 +63,8 @@ def _eval(path: Path) -> dict[str, float]:
 def iteration_points(rd: RunDir) -> list[tuple[int, dict[str, float]]]:
     """``(policy version, metrics)`` of the starting policy (once prepared) and of each complete iteration."""
     points = []
-    if rd.manifest.get("prepared"):
-        prepare = rd.manifest.get("prepare", {})
+    if rd.manifest.prepared:
+        prepare = rd.manifest.prepare.as_dict() if rd.manifest.prepare is not None else {}
         points.append((0, {**_eval(rd.initial_dir / "eval.json"), "seconds/prepare": prepare.get("seconds")}))
     for k in rd.completed_iterations():
         stages = {s: rd.stage_info(k, s) for s in STAGES}
@@ -86,7 +87,7 @@ class RunTracker:
         self.rd = rd
         self.path = rd.root / STATE_FILE
         self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
-        config = json.loads(json.dumps(rd.manifest.get("recipe", {}), default=str))
+        config = json.loads(json.dumps(rd.manifest.recipe, default=str))
         self.trackers: list[Tracker] = []
         for name in cfg.logging.backends:
             try:

@@ -97,10 +97,17 @@ def test_threads_bench_reads_switches_and_cpu_seconds_of_every_thread():
     assert threads.ray_processes("/no/such/ray/temp/dir", exclude=set()) == {}
 
 
-def test_iteration_walls_run_from_the_iteration_line_to_its_last_stage():
-    lines = [(0.0, "prepare"), (1.0, "iteration 0"), (2.0, "  generate: 1.0s"), (4.5, "  train: 2.5s"),
-             (5.0, "iteration 1"), (6.0, "  generate: 1.0s"), (7.25, "  sync: 1.2s"), (9.0, "summary")]
-    assert iteration.iteration_walls(lines) == {0: 3.5, 1: 2.25}
+def test_iteration_timings_are_read_from_the_manifest(tmp_path):
+    """The walls and stage seconds the benchmark compares come from the run's manifest, not its log."""
+    rd = RunDir(tmp_path)
+    rd.create({"iterations": 2}, "iterations: 2\n", {})
+    for k, stages in enumerate(({"generate": 1.0, "train": 2.5}, {"generate": 1.0, "sync": 1.25})):
+        for name, seconds in stages.items():
+            rd.mark_stage(k, name, seconds, {})
+        rd.mark_complete(k, policy_version=k + 1, wall_seconds=sum(stages.values()) + 0.5)
+    timings = iteration.iteration_timings(RunDir(tmp_path).manifest)
+    assert timings == {"walls": {0: 4.0, 1: 2.75},
+                       "stages": {0: {"generate": 1.0, "train": 2.5}, 1: {"generate": 1.0, "sync": 1.25}}}
 
 
 def test_iteration_prompts_are_read_once_per_prompt_from_the_run_layout(tmp_path):

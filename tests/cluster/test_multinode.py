@@ -40,7 +40,7 @@ def test_one_iteration_with_generators_and_learners_on_two_nodes(cluster, tmp_pa
         generators = rt.generators(stages.initial_policy(rt), 0).info()
         learners = rt.learners(stages.initial_policy(rt)).info()
 
-    entry = rd.manifest["iterations"]["0"]
+    entry = rd.manifest.iterations["0"].model_dump(mode="json", exclude_unset=True)  # as stored
     assert entry["complete"] is True and entry["stages"]["sync"]["version"] == 1
     assert entry["stages"]["sync"]["max_diff"] <= 1e-3  # verified on both nodes' generators
     workers = {cluster.a, cluster.b}

@@ -32,8 +32,8 @@ def make_run(root, name: str, planned: int, accuracies: list[float | None], *, i
         return rd.root
     write_json(rd.initial_dir / "eval.json", {"version": 0, "num_prompts": 64, "accuracy": initial,
                                               "mean_reward": initial})
-    rd.manifest["prepared"] = True
-    rd.manifest["prepare"] = {"accuracy": initial, "seconds": 10.0}
+    rd.manifest.prepared = True
+    rd.manifest.prepare = {"accuracy": initial, "seconds": 10.0}
     rd.save()
     for k, acc in enumerate(accuracies):
         kl = 0.01 * (k + 1)

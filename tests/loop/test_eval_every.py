@@ -26,7 +26,7 @@ def test_a_skipped_evaluation_does_no_work_and_status_and_report_show_gaps(tmp_p
     cfg = load_config(RECIPE)
     rd = RunDir(tmp_path / "run")
     rd.create({}, "", {})
-    rd.manifest["prepared"] = True
+    rd.manifest.prepared = True
     rd.initial_dir.mkdir()
     write_json(rd.initial_dir / "eval.json", {"version": 0, "accuracy": 0.25})
     # The run-time holds only what a skipped evaluation may touch: the config and the run directory.

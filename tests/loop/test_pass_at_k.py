@@ -116,8 +116,8 @@ def _run_with_k(root, name: str, k: int, iterations: int = 12):
 
     rd = RunDir(root / name)
     rd.create({"name": name, "iterations": iterations}, "", {})
-    rd.manifest["prepared"] = True
-    rd.manifest["prepare"] = {"seconds": 45.2}
+    rd.manifest.prepared = True
+    rd.manifest.prepare = {"seconds": 45.2}
     rd.initial_dir.mkdir()
     write_json(rd.initial_dir / "eval.json", {"version": 0, "accuracy": 0.0213, "k": k, "pass@k": 0.1234,
                                               "pass@1": 0.02, "maj@k": 0.0312})

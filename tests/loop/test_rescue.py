@@ -44,7 +44,7 @@ def _cfg(**sections) -> RunConfig:
 
 def _mid_iteration(rd: RunDir, k: int, stages: list[str]) -> None:
     """The manifest of a run that finished ``stages`` of iteration ``k`` (and is not done with it)."""
-    rd.manifest["prepared"] = True
+    rd.manifest.prepared = True
     for stage in stages:
         rd.mark_stage(k, stage, 1.0, {})
     it = rd.iter_dir(k)
@@ -86,7 +86,7 @@ def test_changed_data_file_is_refused_on_resume_naming_it(tmp_path):
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": "a"}) + "\n" for i in range(6)))
     cfg = _cfg(task={"type": "dataset", "path": str(data), "reference_column": "answer"}, judge={"type": "sft"})
     rd = open_run_dir(cfg, tmp_path / "run")
-    assert set(rd.manifest["inputs"]) == {"task.path"}
+    assert set(rd.manifest.inputs) == {"task.path"}
     original = data.read_text()
     data.write_text(original.replace("q3", "q3 (edited)"))
     with pytest.raises(RunDirError, match=r"task.path: .*prompts.jsonl changed since the run started"):
@@ -113,7 +113,7 @@ def test_file_added_to_the_policy_directory_is_refused(tmp_path, tiny_model_dir)
 def test_any_change_is_taken_when_nothing_was_produced(tmp_path):
     open_run_dir(_cfg(), tmp_path / "run")
     rd = open_run_dir(_cfg(seed=5, **{"task.level": 2}), tmp_path / "run")
-    assert rd.manifest["recipe"]["seed"] == 5 and rd.manifest["recipe"]["task"]["level"] == 2
+    assert rd.manifest.recipe["seed"] == 5 and rd.manifest.recipe["task"]["level"] == 2
     assert "nothing was produced yet" in rd.notes[0]
     assert "seed: 5" in (tmp_path / "run" / "recipe.yaml").read_text()
 
@@ -124,15 +124,15 @@ def test_changed_train_settings_redo_the_iteration_from_reference(tmp_path):
     _mid_iteration(rd, 1, ["generate", "judge", "pairs", "reference"])
     it = rd.iter_dir(1)
     rd = open_run_dir(_cfg(**{"train.learning_rate": 1e-4}), tmp_path / "run")
-    assert list(rd.manifest["iterations"]["1"]["stages"]) == ["generate", "judge", "pairs"]
+    assert list(rd.manifest.iterations["1"].stages) == ["generate", "judge", "pairs"]
     note = rd.notes[0]
     assert "recipe changed (train)" in note and "iteration 1 is redone from stage reference" in note
     assert "iteration 0 keeps the old settings" in note and "stages reference were done" in note
     assert not (it / "checkpoint").exists() and not (it / "train_metrics.jsonl").exists()
     kept = it / "superseded" / "0"
     assert (kept / "checkpoint" / "latest").read_text() == "step00000004"  # moved aside, not deleted
-    assert rd.manifest["recipe_changes"][-1]["redone_from"] == "reference"
-    assert rd.manifest["recipe"]["train"]["learning_rate"] == 1e-4
+    assert rd.manifest.recipe_changes[-1]["redone_from"] == "reference"
+    assert rd.manifest.recipe["train"]["learning_rate"] == 1e-4
     assert rd.resume_notes()[-1].startswith("resuming at iteration 1: iteration 0 complete; stages generate, judge")
 
 
@@ -140,7 +140,7 @@ def test_changed_pairing_redoes_from_pairs_and_seed_is_refused(tmp_path):
     rd = open_run_dir(_cfg(), tmp_path / "run")
     _mid_iteration(rd, 0, ["generate", "judge", "pairs"])
     rd = open_run_dir(_cfg(**{"pairing.min_margin": 0.5}), tmp_path / "run")
-    assert list(rd.manifest["iterations"]["0"]["stages"]) == ["generate", "judge"]
+    assert list(rd.manifest.iterations["0"].stages) == ["generate", "judge"]
     with pytest.raises(RunDirError, match="seed shape everything already produced"):
         open_run_dir(_cfg(**{"pairing.min_margin": 0.5}, seed=3), tmp_path / "run")
 
@@ -151,9 +151,9 @@ def test_replica_and_thread_counts_are_not_part_of_a_runs_identity(tmp_path):
     rd = open_run_dir(_cfg(**{"generation.replicas": 1, "resources.threads_per_actor": 1}), tmp_path / "run")
     _mid_iteration(rd, 0, ["generate", "judge", "pairs", "reference"])
     rd = open_run_dir(_cfg(**{"generation.replicas": "auto", "resources.threads_per_actor": "auto"}), tmp_path / "run")
-    assert list(rd.manifest["iterations"]["0"]["stages"]) == ["generate", "judge", "pairs", "reference"]
-    assert rd.notes == [] and "recipe_changes" not in rd.manifest
-    assert rd.manifest["recipe"]["generation"]["replicas"] == "auto"  # the recipe as now written
+    assert list(rd.manifest.iterations["0"].stages) == ["generate", "judge", "pairs", "reference"]
+    assert rd.notes == [] and rd.manifest.recipe_changes is None
+    assert rd.manifest.recipe["generation"]["replicas"] == "auto"  # the recipe as now written
     rd = open_run_dir(_cfg(**{"generation.replicas": 4, "resources.learners": 2}), tmp_path / "run")
     assert "recipe changed (resources)" in rd.notes[0]  # the learner count is still a change
 
@@ -191,7 +191,7 @@ def test_half_written_last_metrics_line_is_skipped_a_bad_middle_line_is_named(tm
 def test_resume_says_what_it_kept(tmp_path):
     rd = open_run_dir(_cfg(), tmp_path / "run")
     assert rd.resume_notes() == []
-    rd.manifest["prepared"] = True
+    rd.manifest.prepared = True
     shards = rd.iter_dir(0) / "generations"
     shards.mkdir(parents=True)
     for i in range(3):

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_dir(tmp_path) -> Path:
     rd = RunDir(tmp_path / "a-run-directory-with-a-long-name")
     rd.create({}, "", {})
-    rd.manifest["prepared"] = True
-    rd.manifest["prepare"] = {"seconds": 45.2}
+    rd.manifest.prepared = True
+    rd.manifest.prepare = {"seconds": 45.2}
     rd.initial_dir.mkdir()
     write_json(rd.initial_dir / "eval.json", {"version": 0, "accuracy": 0.0213, "mean_reward": 0.0213})
     for k in range(12):

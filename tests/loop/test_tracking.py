@@ -54,7 +54,7 @@ def _prepared_run(root: Path) -> RunDir:
     _jsonl(rd.initial_dir / "train_metrics.jsonl", _steps(1, 2, kind="sft"))
     write_json(rd.initial_dir / "eval.json", {"version": 0, "num_prompts": 16, "accuracy": 0.125, "k": 4,
                                               "pass@k": 0.25, "pass@1": 0.1, "maj@k": 0.125})
-    rd.manifest.update(prepared=True, prepare={"warmstart": {"steps": 2}, "seconds": 7.5})
+    rd.manifest.prepared, rd.manifest.prepare = True, {"warmstart": {"steps": 2}, "seconds": 7.5}
     rd.save()
     _iteration(rd, 0, first_step=3, steps=3)
     return rd
@@ -191,14 +191,14 @@ def test_a_backend_may_be_added_on_resume_and_catches_up(tracked_env):
 
     cfg = load_config(RECIPE)
     rd = open_run_dir(cfg, tracked_env / "run")
-    rd.manifest.update(prepared=True, prepare={"seconds": 1.0})
+    rd.manifest.prepared, rd.manifest.prepare = True, {"seconds": 1.0}
     rd.save()
     write_json(rd.initial_dir / "eval.json", {"version": 0, "num_prompts": 16, "accuracy": 0.125})
     _iteration(rd, 0, first_step=1, steps=2)
     uri = f"file:{tracked_env / 'mlruns'}"
     more = load_config({**RECIPE, "logging": {"backends": ["tensorboard", "mlflow"], "mlflow_tracking_uri": uri}})
     rd = open_run_dir(more, tracked_env / "run")  # no RunDirError: the recipe change is taken
-    assert rd.manifest["recipe"]["logging"]["backends"] == ["tensorboard", "mlflow"]
+    assert rd.manifest.recipe["logging"]["backends"] == ["tensorboard", "mlflow"]
     tracker = RunTracker(more, rd)
     assert tracker.sync() == []
     tracker.close()

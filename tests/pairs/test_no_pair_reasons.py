@@ -87,7 +87,7 @@ def test_the_pairs_stage_logs_and_records_the_hint(tmp_path: Path):
     cfg = SimpleNamespace(pairing=PairingConfig(), pairing_strategy="best_worst")
     rt = SimpleNamespace(cfg=cfg, log=logged.append)
     it = stages.Iteration(k=0, dir=tmp_path, policy_in=tmp_path, seed=0)
-    info = stages.build_pairs(rt, it)
+    info = stages.build_pairs(rt, it).as_dict()  # the pairs stage's record, as stored
     assert info["no_pairs"] is True and info["no_pair_too_few_samples"] == 3
     assert "generation.n" in info["hint"]
     assert len(logged) == 1 and "iteration 0 has no preference pairs" in logged[0]

@@ -39,7 +39,7 @@ def iteration(rt, k: int) -> Iteration:
 
 
 def initial_policy(rt) -> Path:
-    return Path(rt.rd.manifest.get("initial_policy") or rt.rd.initial_dir / "policy")
+    return Path(rt.rd.manifest.initial_policy or rt.rd.initial_dir / "policy")
 
 
 def policy_before(rt, k: int) -> Path:

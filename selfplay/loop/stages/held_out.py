@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from selfplay.loop.manifest import Stage, TrainRecord
 from selfplay.loop.rundir import write_json, write_parquet
 from selfplay.loop.stages.context import Iteration
 
@@ -17,8 +18,9 @@ def eval_due(cfg, k: int) -> bool:
 def evaluate(rt, it: Iteration) -> dict[str, Any]:
     if not eval_due(rt.cfg, it.k):  # no eval.json: status, report and the summary show "-" for this iteration
         return {"skipped": f"evaluation.every={rt.cfg.evaluation.every}"}
-    train_info = rt.rd.stage_info(it.k, "train")
-    extra = {"rejected_drift": train_info["rejected_drift"]} if "rejected_drift" in train_info else {}
+    train = rt.rd.stage_record(it.k, Stage.TRAIN)
+    assert isinstance(train, TrainRecord)
+    extra = {"rejected_drift": train.rejected_drift} if train.rejected_drift is not None else {}
     return evaluate_policy(rt, it.policy_out, version=it.version, out_dir=it.dir, extra=extra)
 
 

@@ -47,11 +47,11 @@ def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
         learners.save_hf(target)  # atomic: written beside, then renamed into place
         if early_generators:
             rt.generators(base, version=0).load_dir(target, 0)  # version 0 is the warm-started policy
-        rt.rd.manifest["initial_policy"] = str(target)
+        rt.rd.manifest.initial_policy = str(target)
     else:
         if iterations_follow:
             rt.start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
-        rt.rd.manifest["initial_policy"] = str(base)
+        rt.rd.manifest.initial_policy = str(base)
     rt.rd.save()
     info.update(evaluate_policy(rt, initial_policy(rt), version=0, out_dir=rt.rd.initial_dir))
     return info

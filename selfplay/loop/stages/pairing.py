@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from selfplay.loop.manifest import PairsRecord, Stage
 from selfplay.loop.rundir import read_parquet, write_parquet
 from selfplay.loop.stages.context import Iteration
 
 
-def build_pairs(rt, it: Iteration) -> dict[str, Any]:
+def build_pairs(rt, it: Iteration) -> PairsRecord:
     from selfplay.pairs import build_pairs as make_pairs
     from selfplay.pairs import mix_previous
 
@@ -22,34 +23,39 @@ def build_pairs(rt, it: Iteration) -> dict[str, Any]:
     return _write_pairs(rt, it, pairs, stats)
 
 
-def dataset_pairs(rt, it: Iteration) -> dict[str, Any]:
+def dataset_pairs(rt, it: Iteration) -> PairsRecord:
     """Offline pairs: iteration k's chunk of the task's pairs dataset (nothing is generated or judged)."""
     pairs = rt.task.pairs_table(iteration=it.k)
     return _write_pairs(rt, it, pairs, {"pairs": pairs.num_rows, "source": "dataset"})
 
 
-def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> dict[str, Any]:
+def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> PairsRecord:
     write_parquet(it.dir / "pairs.parquet", pairs)
-    info = {**stats, "pairs": pairs.num_rows}
+    record = PairsRecord.model_validate({**stats, "pairs": pairs.num_rows})
     if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
         from selfplay.pairs import no_pair_hint
 
-        info["no_pairs"] = True
+        record.no_pairs = True
         hint = no_pair_hint(stats)
         if hint:
-            info["hint"] = hint
+            record.hint = hint
         rt.log(f"  iteration {it.k} has no preference pairs, so the policy is kept unchanged: "
                f"{hint or 'no prompts'}")
-    return info
+    return record
+
+
+def _pairs_record(rt, k: int) -> PairsRecord:
+    record = rt.rd.stage_record(k, Stage.PAIRS)
+    assert isinstance(record, PairsRecord)
+    return record
 
 
 def no_pairs(rt, k: int) -> bool:
     """True when iteration ``k`` built no pairs: its later stages keep the policy as it is."""
-    return bool(rt.rd.stage_info(k, "pairs").get("no_pairs"))
+    return _pairs_record(rt, k).no_pairs
 
 
 def solved_share(rt, k: int) -> float | None:
     """Share of iteration ``k``'s training prompts whose samples were all correct (verifier score 1)."""
-    info = rt.rd.stage_info(k, "pairs")
-    prompts = info.get("prompts")
-    return info.get("no_pair_all_correct", 0) / prompts if prompts else None
+    record = _pairs_record(rt, k)
+    return record.no_pair_all_correct / record.prompts if record.prompts else None
