@@ -10,6 +10,7 @@ learning rate would train to NaN weights), and a boolean is not a number (``iter
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import typing
 from typing import Annotated, Any, Literal
@@ -136,8 +137,6 @@ EXTRACTIONS = Literal["auto", "answer_tag", "boxed", "marker", "last_number", "n
 
 
 def _need_tasks_extra(module: str, what: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"{what} needs the `tasks` extra ({module} is not installed): pip install -e '.[tasks]'")
 
@@ -739,7 +738,8 @@ class EvalConfig(Section):
     drift_samples: Annotated[int, Field(ge=0)] = 32
     """Rejected samples scored again after each round for `rejected_drift` (how far the round pushed
     them down; `selfplay status` shows it). Its cost is a forward over them on the learners, in the
-    train stage (0.9 s of a 29 s `bench.iteration`). 0 disables it."""
+    train stage (`python -m bench.iteration` turns it off to match the script pipeline; docs/benchmarks.md
+    has what it cost there). 0 disables it."""
 
     @model_validator(mode="after")
     def _sampled_k(self) -> EvalConfig:
@@ -816,8 +816,6 @@ class LoggingConfig(Section):
     @field_validator("backends")
     @classmethod
     def _installed(cls, backends: list[str]) -> list[str]:
-        import importlib.util
-
         if len(set(backends)) < len(backends):
             raise ValueError(f"backends: {backends} names a backend twice")
         for name in backends:
