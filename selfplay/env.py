@@ -1,12 +1,12 @@
 """Process environment defaults shared by the CLI, the actors and the tests.
 
 Everything here is a *default* (``os.environ.setdefault``): a user's own setting always wins. The
-choices come from measurements on 2-core CPU machines (see README and docs/benchmarks.md): unpinned torch
-threads under contention slowed a DPO step 5-50x, libgomp's spin-waiting slowed a two-thread round under
-load (so ``OMP_WAIT_POLICY=PASSIVE``, unless the user set it or ``GOMP_SPINCOUNT``), vLLM's default KV
-cache is far larger than a tiny model needs, and nothing may ever reach a model hub. Compiled DeepSpeed
-ops and vLLM's cache stay in their default per-user cache folders (``~/.cache``) so a fresh clone on the
-same machine reuses them.
+choices come from measurements on 2-core CPU machines (docs/benchmarks.md): unpinned torch threads
+under contention slowed a DPO step many times over, libgomp's spin-waiting slowed a two-thread round
+under load (``python -m bench.threads``; so ``OMP_WAIT_POLICY=PASSIVE``, unless the user set it or
+``GOMP_SPINCOUNT``), vLLM's default KV cache is far larger than a tiny model needs, and nothing may ever
+reach a model hub. Compiled DeepSpeed ops and vLLM's cache stay in their default per-user cache folders
+(``~/.cache``) so a fresh clone on the same machine reuses them.
 
 Ray's authentication is never set here: a cluster the driver joins keeps its own mode. Only the
 embedded single-machine Ray of a local run gets :func:`embedded_ray_env`: every Ray process bound to

@@ -4,12 +4,13 @@ vLLM's Python API changes between releases and broken weight sync is the usual s
 #922), so every vLLM call of the project is here and in ``vllm_worker.py``, and nothing else imports
 vllm. Choices:
 
-* In-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager=True``): it starts in about
-  2 s on CPU (a separate engine process takes 15-20 s), and the worker runs in this process, so new
-  weights are handed over as tensors without a copy: views into the received buckets (for the object
-  store, Ray's shared memory), which ``reload_weights`` copies into the model's parameters, the one
-  copy on this side. With a separate engine process (a user setting) buckets travel as bytes instead;
-  both paths end in the worker's ``reload_weights``.
+* In-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager=True``): it starts several
+  times sooner on CPU than a separate engine process (docs/benchmarks.md, "Measurements behind choices in
+  the code"), and the worker runs in this process, so new weights are handed over as tensors without a
+  copy: views into the received buckets (for the object store, Ray's shared memory), which
+  ``reload_weights`` copies into the model's parameters, the one copy on this side. With a separate
+  engine process (a user setting) buckets travel as bytes instead; both paths end in the worker's
+  ``reload_weights``.
 * Prompts are tokenized here with the shared :func:`encode_prompts` and passed as token ids, so the
   HF engine and vLLM see identical inputs.
 * A sync is verified completely (:func:`decode_sync`) before any weight is loaded; a bad bucket leaves
@@ -43,18 +44,20 @@ vllm. Choices:
   snapshot and restore each seeded generator's Mersenne-Twister state around every step reaches into
   model-runner internals that change every release; seeding the engine once instead of per request
   makes a sample depend on its shard's other prompts. The cost is that a long prompt waits for a step
-  with room for all of it (the step budget is at least ``max_model_len``). Measured once on 2 shared
-  cores (nano policy, 512 prompts of 200-400 tokens, n=4, 32 new tokens, unseeded): 34-39 s against
-  29-33 s with chunking, about 15% slower, which we take for reproducible samples. On GPUs
+  with room for all of it (the step budget is at least ``max_model_len``): generation of long prompts is
+  somewhat slower (measured once: docs/benchmarks.md, "Measurements behind choices in the code"), which we
+  take for reproducible samples. On GPUs
   chunked prefill stays on (Philox generators rewind). A user who turns it back on through the engine
   kwargs gets a clear error on the first seeded call instead of vLLM's.
 
-vLLM is imported when an engine is constructed, never at module import.
+vLLM is imported inside the methods that use it, never at module import, so that a process that only
+names this module (``import selfplay``, the driver) never loads vLLM (tests/test_import.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -86,8 +89,9 @@ def _eager_sampler_helpers() -> None:
 
     With ``enforce_eager`` the model itself is never compiled, but vLLM still compiles small helpers with
     inductor on their first use: the first prompt-log-prob request (the first verified sync's probe, or a
-    recipe's ``generation.logprobs``) spent 3.8-4.3 s compiling ``batched_count_greater_than`` on 2 cores,
-    and 0.03 s eagerly, with identical log-probs. Dynamo is switched off for this process (an engine's
+    recipe's ``generation.logprobs``) spent far longer compiling ``batched_count_greater_than`` than running
+    it eagerly, with identical log-probs (docs/benchmarks.md; ``python -m bench.sync``'s ``probe`` column is
+    the probe's time). Dynamo is switched off for this process (an engine's
     process runs nothing else that compiles); ``TORCHDYNAMO_DISABLE`` set by the user is left alone."""
     if "TORCHDYNAMO_DISABLE" in os.environ:
         return
@@ -285,7 +289,6 @@ class VLLMEngine:
         verified = time.perf_counter()
         if self._adapter_root is None:  # this process's adapter directories, removed when it exits
             import atexit
-            import shutil
             import tempfile
 
             self._adapter_root = Path(tempfile.mkdtemp(prefix="selfplay-adapters-"))
@@ -311,8 +314,6 @@ class VLLMEngine:
         """Stop serving the current adapter and forget its files (vLLM holds its own copy once added)."""
         if self._adapter is None:
             return
-        import shutil
-
         self._llm.llm_engine.remove_lora(self._adapter.lora_int_id)
         shutil.rmtree(self._adapter.lora_path, ignore_errors=True)
         self._adapter = None
