@@ -38,10 +38,6 @@ class SelfplayWorkerExtension:
         refresh_tied_head(self.model_runner.get_model())
         return len(weights)
 
-    def selfplay_parameter_count(self) -> int:
-        """Parameters of this worker's model shard (a cheap liveness/shape check)."""
-        return sum(p.numel() for p in self.model_runner.get_model().parameters())
-
 
 def refresh_tied_head(model: Any) -> bool:
     """Redo the output head's post-load processing when it shares the input embedding's weight (a tied

@@ -136,14 +136,6 @@ def _where_it_fails(judge: Judge, groups: list[PromptGroup], most: int = 3) -> s
     return f"prompts {', '.join(map(repr, failing))}{' and maybe more' if len(failing) == most else ''}"
 
 
-def groups_from_table(table: pa.Table, examples: dict[str, Any] | None = None) -> list[PromptGroup]:
-    """Group a generations table by ``prompt_id`` (first-appearance order, samples by ``sample_index``).
-
-    ``examples`` (prompt id -> task ``Example``) supplies each group's ``meta`` for task verifiers.
-    """
-    return _group_rows(table, examples)[0]
-
-
 def judge_table(
     generations: pa.Table, judge: Judge, examples: dict[str, Any] | None = None
 ) -> tuple[pa.Table, dict[str, Any]]:
