@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import ray
+
 from selfplay.judges.base import PromptGroup, Scores
 from selfplay.remote import RemoteCallError, ray_get
 
@@ -87,8 +89,6 @@ class RemoteJudge:
         return {**stats, "judge_restarts": self.restarts} if self.restarts else stats
 
     def close(self) -> None:
-        import ray
-
         ray.kill(self.handle)
 
 
@@ -96,7 +96,5 @@ def spawn_judge(cfg: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, threads:
                 max_restarts: int = 3) -> RemoteJudge:
     """Start a ``JudgeActor`` for ``cfg`` (``reward_model`` or ``pairwise``) in the current Ray cluster;
     Ray restarts it up to ``max_restarts`` times."""
-    import ray
-
     actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts)(JudgeActor)
     return RemoteJudge(actor.remote(cfg, threads=threads), max_restarts=max_restarts)

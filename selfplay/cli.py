@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 from selfplay.config import ConfigError, dump_config, load_config
+from selfplay.loop.ownership import OwnershipError, owner_line
+from selfplay.loop.rundir import RunDir, RunDirError
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from selfplay.loop.ownership import OwnershipError
-        from selfplay.loop.rundir import RunDirError
         from selfplay.loop.runtime import StageError
 
         if not isinstance(exc, StageError | RunDirError):
@@ -173,14 +173,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(status_rows(args.run_dir), indent=2))
         else:
-            from selfplay.loop.ownership import owner_line
-
             status_table(args.run_dir)
             print(owner_line(args.run_dir))  # reads the owner record only: never takes it, never waits
         return 0
     if args.command == "report":
         from selfplay.loop.report import write_report
-        from selfplay.loop.rundir import RunDir, RunDirError
 
         if not RunDir(args.run_dir).exists:  # checked first: a mistyped path must not get a report/ folder
             raise RunDirError(f"{args.run_dir} has no manifest.json: not a selfplay run directory")

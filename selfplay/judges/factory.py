@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.judges.base import Judge
-from selfplay.judges.llm_judge import Complete
+from selfplay.judges.llm_judge import Complete, LLMJudge, engine_complete
+from selfplay.judges.rules import SFTJudge, VerifierJudge
 
 
 def build_judge(
@@ -27,12 +28,8 @@ def build_judge(
     """The judge for ``cfg`` (a ``JudgeConfig``). ``task`` is needed by ``verifier`` only."""
     kind = cfg.type
     if kind == "verifier":
-        from selfplay.judges.rules import VerifierJudge
-
         return VerifierJudge(task)
     if kind == "sft":
-        from selfplay.judges.rules import SFTJudge
-
         return SFTJudge()
     if kind in ("reward_model", "pairwise"):
         if kind == "reward_model":
@@ -44,8 +41,6 @@ def build_judge(
         return PairwiseJudge(cfg.path, batch_size=cfg.batch_size, max_length=cfg.max_length, overflow=cfg.overflow,
                              include_self=cfg.include_self)
     if kind == "llm_judge":
-        from selfplay.judges.llm_judge import LLMJudge, engine_complete
-
         if complete is None:
             if engine is None:
                 raise ValueError(f"judge.type 'llm_judge' needs an engine serving {cfg.path!r} "

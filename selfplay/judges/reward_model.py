@@ -25,11 +25,15 @@ Choices:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from selfplay.judges.base import PromptGroup, Scores, prompt_text
 from selfplay.records import Prompt
+
+# torch and transformers are imported inside the functions that use them, so that importing
+# selfplay.judges (whose factory names this module) loads neither.
 
 
 def render_response(tokenizer: Any, prompt: Prompt, response: str) -> str:
@@ -57,8 +61,6 @@ def _is_pairrm(path: Path, config: Any) -> bool:
 
 def check_trained_head(path: Path, config: Any) -> None:
     """Refuse (``UntrainedHeadError``) a checkpoint a judge would score with a random head."""
-    import json
-
     if _is_pairrm(path, config):
         raise UntrainedHeadError(
             f"{path}: PairRM (llm-blender's custom DeBERTa ranker) is not supported: its head and its "
@@ -174,8 +176,6 @@ class RewardModelJudge:
 def build_reward_model(policy_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """A one-label ``*ForSequenceClassification`` from a causal-LM policy's backbone and tokenizer, with
     a seeded random score head, saved (atomically) as a Hugging Face directory. Returns ``out_dir``."""
-    import json
-
     model, tok = load_model_and_tokenizer(policy_dir, seed=seed, new_head=True)
     marker = json.dumps({"score_head": "random", "seed": seed, "base": str(policy_dir)}, indent=2) + "\n"
     return save_model_dir(model, tok, out_dir, extra={HEAD_FILE: marker})

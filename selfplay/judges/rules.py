@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfplay.judges.base import PromptGroup, Scores
+from selfplay.judges.base import JudgeError, PromptGroup, Scores
 
 IDENTICAL, DIFFERENT = 1.0, 0.0
 
@@ -56,8 +56,6 @@ class VerifierJudge:
         return dict(counts()) if callable(counts) else {}
 
     def _check(self, value: Any, prompt_id: str) -> float | None:
-        from selfplay.judges.base import JudgeError
-
         if value is None:
             return None
         try:

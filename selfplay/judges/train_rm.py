@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from selfplay.judges.reward_model import load_model_and_tokenizer, render_response, save_model_dir
 from selfplay.records import decode_prompt
 
@@ -62,8 +65,6 @@ def _rewards(model: Any, tokenizer: Any, prompts: list[Any], responses: list[str
 def pair_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 32,
                   max_length: int = 512) -> float:
     """Fraction of pairs whose chosen response the model scores strictly higher."""
-    import torch
-
     was_training = model.training
     model.eval()
     right = 0
@@ -90,9 +91,6 @@ def train_reward_model(
 ) -> dict[str, Any]:
     """Fit a Bradley-Terry RM on ``pairs`` (table or parquet/jsonl path) starting from ``base_model_dir``;
     save it to ``out_dir``. Returns the metrics (also written to ``out_dir/selfplay_rm.json``)."""
-    import torch
-    import torch.nn.functional as F
-
     rows = read_pairs(pairs)
     if not rows:
         raise ValueError("pairs: the pairs file is empty")

@@ -28,6 +28,9 @@ from selfplay.atomic import replace_dir
 from selfplay.models.presets import llama_config
 from selfplay.models.tokenizer import _read_corpus, build_tokenizer
 
+# torch and transformers are imported inside the functions that use them: `import selfplay.models` (the
+# CLI, the driver's preflight) loads neither.
+
 BUILD_INFO = "selfplay_build.json"
 
 

@@ -24,6 +24,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+# torch and transformers are imported inside the functions that use them: the driver's preflight imports
+# this module, and most of its checks read files only.
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 
 

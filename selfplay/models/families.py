@@ -34,6 +34,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfplay.atomic import replace_dir
 from selfplay.models.family_tokenizers import build_family_tokenizer
 from selfplay.models.tokenizer import default_corpus
@@ -69,7 +71,6 @@ def family_corpus(seed: int = 0) -> list[str]:
 def build_family(out_dir: str | Path, family: str, *, seed: int = 0, vocab_size: int = 512,
                  dtype: str = "float32") -> Path:
     """Build a randomly initialised tiny checkpoint of ``family`` (see ``FAMILIES``) in ``out_dir``."""
-    import torch
     import transformers
 
     if family not in FAMILIES:
@@ -98,8 +99,6 @@ def build_family(out_dir: str | Path, family: str, *, seed: int = 0, vocab_size:
 
 
 def _perturb_biases_and_norms(model: Any) -> None:
-    import torch
-
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".bias"):

@@ -26,11 +26,14 @@ Not to be confused: sDPO (stepwise, ``chunks``) and SDPO (segment-level, ``segme
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
 
-from selfplay.records import encode_prompt
+import pyarrow as pa
+
+from selfplay.records import PAIRS_SCHEMA, encode_prompt
 from selfplay.tasks.base import Example, NoVerifierError, first_of_each, held_out_keys, prompt_key
 from selfplay.tasks.dataset import read_rows
 from selfplay.tasks.formats import assistant_turns, parse_preference_row
@@ -93,13 +96,7 @@ class PairsTask:
         bounds = [round(j * len(self._train) / self.chunks) for j in range(self.chunks + 1)]
         return list(self._train[bounds[iteration] : bounds[iteration + 1]])
 
-    def pairs_table(self, iteration: int = 0):
-        import json
-
-        import pyarrow as pa
-
-        from selfplay.records import PAIRS_SCHEMA
-
+    def pairs_table(self, iteration: int = 0) -> pa.Table:
         out = []
         for i in self.chunk_rows(iteration):
             r = self.rows[i]
