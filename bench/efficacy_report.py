@@ -18,6 +18,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.efficacy_arms import PREFERENCE_ARMS, describe
+from selfplay.loop.compare import compare_runs, format_table, run_summary, write_plot
+
+# torch, transformers and the learner's modules load only where a run's policies are scored (``measure``),
+# not for the table, the claims and the plots.
 MAX_ROWS = 1024  # samples / pairs per measurement: enough for a mean, cheap for a small policy
 
 
@@ -50,7 +55,6 @@ def measure(run_dir: Path, start_policy: str, finished: bool, full: bool = True)
     chosen_logp_change of one run (None where unknown)."""
     from bench.efficacy_split import run_split_scores
     from selfplay.config import load_config
-    from selfplay.loop.compare import run_summary
     from selfplay.loop.rundir import RunDir, read_parquet
 
     summary = run_summary(run_dir)
@@ -110,9 +114,6 @@ def _num(x: float | None, spec: str) -> str:
 
 def table_lines(arms: tuple[str, ...] | list[str], summary: dict[str, dict[str, Any]]) -> list[str]:
     """The table: test accuracy only (mean ± sample sd, min over seeds; gain = test minus the start's)."""
-    from bench.efficacy_arms import describe
-    from selfplay.loop.compare import format_table
-
     headers = ("arm", "settings", "seeds", "test acc mean ± sd", "min", "min gain", "KL to start",
                "Δ chosen logp", "steps", "wall s")
     rows = []
@@ -171,8 +172,6 @@ def best_by_validation(summary: dict[str, dict[str, Any]], arms: tuple[str, ...]
 
 def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[str]:
     """One line per published claim (issue 26), held or not, from the measured table."""
-    from bench.efficacy_arms import PREFERENCE_ARMS
-
     summary = summarise(results)
     n = min((s["seeds"] for s in summary.values()), default=0)
     lines = ["claims at this scale (test accuracy; computed from the table above):"]
@@ -216,7 +215,6 @@ def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[s
 
 def write_plots(out: Path, results: list[dict[str, Any]]) -> list[Path]:
     """``selfplay compare``'s overlay plot of each seed's arms."""
-    from selfplay.loop.compare import compare_runs, write_plot
     from selfplay.loop.manifest import manifest_path
 
     paths = []

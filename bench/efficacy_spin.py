@@ -31,6 +31,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.efficacy_tune import load_tuned, tuned_settings
+
 PLATEAU_TOLERANCE = 0.01
 ITERATIONS = 4
 
@@ -62,8 +64,6 @@ def validation_curve(run_dir: Path) -> list[float | None]:
 
 
 def spin_regime(rows, args: argparse.Namespace, seeds: list[int], tuned_path: Path) -> int:
-    from bench.efficacy_tune import load_tuned
-
     tuned = load_tuned(tuned_path)
     ok = [_one_task(row, args, seeds, tuned) for row in rows]
     return 0 if all(ok) else 1
@@ -73,7 +73,6 @@ def _one_task(row, args: argparse.Namespace, seeds: list[int], tuned: dict) -> b
     from bench.efficacy import Plan, prepare
     from bench.efficacy_arms import SPACES, describe
     from bench.efficacy_report import _compare, _verdict, summarise, table_lines
-    from bench.efficacy_tune import tuned_settings
 
     regime = ("generation.prompt_source=fixed", f"generation.prompts_per_iteration={row.spin_prompts}",
               f"iterations={ITERATIONS}")

@@ -21,10 +21,13 @@ accuracy and every trial, so a reader sees what was tried. ``--tune`` rewrites o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from bench.efficacy_arms import SPACES, ArmSpace
+import yaml
+
+from bench.efficacy_arms import ArmSpace
 
 TUNE_BUDGET = ("iterations=2", "generation.prompts_per_iteration=2048")
 """The tuning runs' budget: the table's rounds (same prompts per iteration, so the same optimizer steps
@@ -108,8 +111,6 @@ HEADER = """\
 
 def load_tuned(path: Path = TUNED_FILE) -> dict[str, Any]:
     """The tuned file as ``{"tasks": {task: {..., "arms": {arm: {"settings", ...}}}}}`` (empty if absent)."""
-    import yaml
-
     if not path.exists():
         return {"tasks": {}}
     data = yaml.safe_load(path.read_text()) or {}
@@ -153,10 +154,6 @@ def _round(x: float | None) -> float | None:
 
 def write_tuned(data: dict[str, Any], path: Path = TUNED_FILE) -> Path:
     """Write ``data`` (as ``load_tuned`` returns it) atomically, with the explaining header."""
-    import os
-
-    import yaml
-
     text = HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -171,6 +168,3 @@ def best_preference_arm(data: dict[str, Any], task: str, arms: tuple[str, ...]) 
               if a in recs and isinstance(recs[a].get("validation"), int | float)]
     return max(scored)[2] if scored else None
 
-
-def space_of(arm: str) -> ArmSpace:
-    return SPACES[arm]

@@ -40,6 +40,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
+# torch, transformers, TRL and the selfplay modules that load torch are imported inside the functions that
+# use them: main() sets the thread count (setup_env) first, and torch reads it when it loads.
+
 
 def make_pairs(n: int, seed: int = 0, completion_chars: int | None = None) -> list[dict]:
     """``n`` pairs; with ``completion_chars``, sorting pairs whose answers are cut to exactly that many
@@ -67,14 +72,12 @@ def make_pairs(n: int, seed: int = 0, completion_chars: int | None = None) -> li
 
 
 def run_ours(path: Path, pairs: list[dict], args):
-    import pyarrow as pa
-
     from selfplay.config.schema import TrainConfig
     from selfplay.train import Learner
 
     cfg = TrainConfig(learning_rate=args.lr, micro_batch_size=args.batch, epochs=1, warmup_ratio=0.0,
                       lr_schedule="constant", max_grad_norm=1e9, precision=args.dtype,
-                      length_grouping="megabatch")  # length-bucketed, as measured in the README
+                      length_grouping="megabatch")  # length-bucketed, as docs/benchmarks.md's figures ran
     # A fresh learner per run, shut down before TRL runs: a live process group would make TRL's
     # accelerate wrap its model in DistributedDataParallel (slower, and not TRL's fastest setting).
     # Chat prompts, JSON-encoded as the driver stores them: rendered with the chat template, like TRL's.
@@ -96,7 +99,6 @@ def run_ours(path: Path, pairs: list[dict], args):
 
 def tokens(path: Path, rows: list[dict]) -> int:
     """Non-pad tokens of (prompt + chosen) and (prompt + rejected), counted as TRL's ``num_tokens``."""
-    import pyarrow as pa
     from transformers import AutoTokenizer
 
     from selfplay.config.schema import TrainConfig
@@ -139,7 +141,6 @@ def run_bare(path: Path, pairs: list[dict], args):
     similar lengths (sorted by length, then the batch order shuffled), reference log-probs precomputed
     (untimed, like the others), one forward over chosen and rejected together, sigmoid loss, AdamW;
     no DeepSpeed, no framework, no gradient clipping (the others clip at 1e9, i.e. never)."""
-    import pyarrow as pa
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer

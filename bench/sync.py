@@ -23,8 +23,8 @@ The bound is an in-process copy of the same bytes, once per generator (allocate 
 them with no transport, no hashing and no engine. The ratio full update / bound is the headline; the
 goal is 3x. Medians of ``--repeats`` updates after ``--warmup`` untimed ones (default 3): the first
 reload into a fresh engine pays one-time costs a run pays once, and so do the first objects a fresh
-object store holds, whose memory the system maps on first touch (measured on a fresh VM: a ZeRO-0
-``medium`` export took 0.30-0.56 s one update after the learner started, 0.11 s from the third on).
+object store holds, whose memory the system maps on first touch (docs/benchmarks.md, "Measurements
+behind choices in the code", has what the first updates cost).
 
 Then ``ideas`` measures, in this process on the same bytes, the parts the library's choices rest on:
 sha256 vs blake3 (one thread and all threads; buckets carry blake3), the pack copy, the per-parameter
@@ -52,6 +52,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.sync_lora import bench_lora, print_lora_summary
+from selfplay.env import embedded_ray_environment, setup_env
+from selfplay.models import build_policy, count_parameters
+
+# Ray, torch, transformers and the selfplay modules that load torch are imported inside the functions that
+# use them: main() sets the thread count (setup_env) first, and torch reads it when it loads.
 
 CACHE = Path(os.environ.get("SELFPLAY_BENCH_CACHE", ".cache/bench"))
 HEADLINE = ("medium", "large")
@@ -116,7 +123,6 @@ def bench_preset(preset: str, args: argparse.Namespace, rows: list[dict[str, Any
     from actors.generator import GeneratorPool
     from actors.learner import LearnerGroup
     from selfplay.config.schema import GenerationConfig, ResourcesConfig, TrainConfig
-    from selfplay.models import build_policy, count_parameters
     from selfplay.sync.object_store import ObjectStoreSync
     from selfplay.sync.verify import DEFAULT_PROBE
 
@@ -265,8 +271,6 @@ def embedded_ray(num_cpus: int) -> Iterator[None]:
     per-process token (so no token file is written into the user's home), shut down on the way out."""
     import ray
 
-    from selfplay.env import embedded_ray_environment
-
     with embedded_ray_environment():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         try:
@@ -277,23 +281,17 @@ def embedded_ray(num_cpus: int) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from selfplay.env import setup_env
-
     setup_env(threads=1)
     rows: list[dict[str, Any]] = []
     with embedded_ray(max(args.gens) + args.learners + 1):
         for preset in args.presets:
             bench_preset(preset, args, rows)
             if args.lora_rank:
-                from bench.sync_lora import bench_lora
-                from selfplay.models import build_policy
-
                 bench_lora(preset, build_policy(CACHE / preset, preset=preset, tokenizer="char", seed=0), args, rows)
         if not args.no_ideas:
             for preset in args.presets:
                 print_ideas(preset, measure_ideas(preset, args.bucket_mb), rows)
     if args.lora_rank:
-        from bench.sync_lora import print_lora_summary
         from selfplay.config.schema import LORA_DEFAULT_TARGETS
 
         print_lora_summary(rows, args.lora_rank, list(LORA_DEFAULT_TARGETS))

@@ -43,6 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.learner import make_pairs, require_device
+from selfplay.env import setup_env
+from selfplay.models import build_policy, count_parameters, load_policy
+
+# torch and the selfplay modules that load it are imported inside the functions that use them: main() sets
+# the thread count (setup_env) first, and torch reads it when it loads; the receiver is a spawned process.
 PROBE = [[1, 5, 10, 11, 12, 6, 14, 20, 30, 41], [3, 4, 5, 6, 7, 8], list(range(3, 90))]
 
 
@@ -75,7 +81,6 @@ def receiver(conn: Any, model_dir: str, device: str, dtype: str) -> None:
     import torch
 
     from selfplay.generate.weights import decode_sync
-    from selfplay.models import load_policy
 
     torch.set_num_threads(1)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -104,8 +109,6 @@ def receiver(conn: Any, model_dir: str, device: str, dtype: str) -> None:
 def train_a_little(learner: Any, seed: int) -> None:
     import pyarrow as pa
 
-    from bench.learner import make_pairs
-
     rows = [{**p, "prompt": json.dumps([{"role": "user", "content": p["prompt"]}])} for p in make_pairs(16, seed)]
     learner.train_round(learner.compute_reference(pa.Table.from_pylist(rows)))
 
@@ -114,7 +117,6 @@ def one_sync(learner: Any, conn: Any, path: Path, dtype: str, version: int, args
     """Export, send, and check what the receiver answered (see the module docstring); one row of the result."""
     import torch
 
-    from selfplay.models import load_policy
     from selfplay.sync.buckets import bucket_nbytes, sync_digest, unpack_bucket
 
     t0 = time.perf_counter()
@@ -152,7 +154,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from selfplay.config.schema import TrainConfig
-    from selfplay.models import build_policy, count_parameters
     from selfplay.train import Learner
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -210,16 +211,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.syncs < 1:
         ap.error(f"--syncs must be >= 1, got {args.syncs}")
-    from bench.learner import require_device
-
     require_device(ap, args.device)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from selfplay.env import setup_env
-
     setup_env(1)
     if args.device == "cpu":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -36,6 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from selfplay.env import embedded_ray_environment, setup_env
+from selfplay.generate.types import Sampling
+from selfplay.models.build import build_policy
+
+# Ray, the actors, torch and the selfplay modules that load torch are imported inside the functions that use
+# them: each child process sets its OpenMP and thread settings (setup_env) before torch loads.
+
 MODES = ("inproc", "inproc+ray", "actor")
 
 
@@ -103,7 +110,6 @@ def child(model: str, mode: str, out: str, args: argparse.Namespace) -> None:
 
     from bench.learner import make_pairs
     from selfplay.config.schema import ResourcesConfig, TrainConfig
-    from selfplay.env import setup_env
 
     setup_env(args.threads)
     cfg = TrainConfig(learning_rate=1e-6, micro_batch_size=args.batch, epochs=1, warmup_ratio=0.0,
@@ -112,8 +118,6 @@ def child(model: str, mode: str, out: str, args: argparse.Namespace) -> None:
     session = None
     if mode != "inproc":
         import ray
-
-        from selfplay.env import embedded_ray_environment
 
         ray_env = contextlib.ExitStack()  # held until this process ends: a run's embedded Ray settings (a
         ray_env.enter_context(embedded_ray_environment())  # token of its own, nothing written to ~/.ray)
@@ -153,7 +157,6 @@ def idle_engine(model: str, idle_s: float) -> float:
     """CPU seconds one vLLM generator actor uses over ``idle_s`` seconds after a generate call."""
     from actors.generator import GeneratorPool
     from selfplay.config.schema import GenerationConfig, ResourcesConfig
-    from selfplay.generate.types import Sampling
 
     pool = GeneratorPool(model, GenerationConfig(replicas=1, max_model_len=128), ResourcesConfig(), dtype="float32")
     pool.generate([f"sort: {i},{i + 3},1" for i in range(16)], Sampling(n=2, max_tokens=16, temperature=1.0))
@@ -170,9 +173,6 @@ def generation_ab(args: argparse.Namespace) -> None:
 
     from actors.generator import GeneratorPool
     from selfplay.config.schema import GenerationConfig, ResourcesConfig
-    from selfplay.env import embedded_ray_environment, setup_env
-    from selfplay.generate.types import Sampling
-    from selfplay.models.build import build_policy
 
     setup_env(1)
     model = build_policy(Path(tempfile.mkdtemp(prefix="bench-threads-")) / "nano", preset="nano", tokenizer="char")
@@ -210,8 +210,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.generation:
         generation_ab(args)
         return
-    from selfplay.models.build import build_policy
-
     work = Path(tempfile.mkdtemp(prefix="bench-threads-"))
     model = str(build_policy(work / "model", preset="small", tokenizer="char"))
     passed = [f"--threads={args.threads}", f"--pairs={args.pairs}", f"--batch={args.batch}", f"--idle-s={args.idle_s}",
