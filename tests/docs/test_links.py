@@ -52,7 +52,7 @@ def test_every_module_the_architecture_page_names_exists():
         if m := re.match(r"^\s*((?:selfplay|actors)/[\w/.]*)\s", line):
             named.add(m.group(1))
             folder = m.group(1) if m.group(1).endswith("/") else ""
-        elif folder and (m := re.match(r"^\s+(\w+\.py(?:, \w+\.py)*)\s", line)):
+        elif folder and (m := re.match(r"^\s+(\w+(?:\.py|/)(?:, \w+(?:\.py|/))*)\s", line)):
             named |= {folder + name for name in m.group(1).split(", ")}
     assert len(named) >= 10, named  # the page names the modules of each step
     modules = [p.relative_to(ROOT).as_posix() for top in ("selfplay", "actors") for p in (ROOT / top).rglob("*")]
