@@ -39,7 +39,7 @@ def run(cfg: RunConfig, run_dir: str | Path, *, console=None, source: str = "<re
     """Run (or resume) every iteration of ``cfg`` in ``run_dir`` (``take_over``: take a stale owner's run)."""
     with _owned(cfg, run_dir, console, source, take_over) as rt:
         if not rt.rd.manifest.prepared:
-            _stage(rt, Stage.PREPARE, lambda: stages.prepare(rt))
+            _stage(rt, Stage.PREPARE, lambda: prepare(rt))
         for k in range(rt.rd.next_iteration(), cfg.iterations):
             if rt.rd.manifest.stopped_early is not None:
                 break
@@ -54,7 +54,7 @@ def prepare_only(cfg: RunConfig, run_dir: str | Path, *, console=None, source: s
     """Build (and warm-start) the starting policy and evaluate it; no iteration runs."""
     with _owned(cfg, run_dir, console, source, take_over) as rt:
         if not rt.rd.manifest.prepared:
-            _stage(rt, Stage.PREPARE, lambda: stages.prepare(rt, iterations_follow=False))
+            _stage(rt, Stage.PREPARE, lambda: prepare(rt, iterations_follow=False))
     return rt.rd
 
 
@@ -102,7 +102,7 @@ def run_iteration(rt: Runtime, k: int) -> None:
         _stage(rt, name, call, k)
     for name, call in _unchanged(rt, it) if stages.no_pairs(rt, k) else _learn(rt, it):
         _stage(rt, name, call, k)
-    _stage(rt, Stage.EVALUATE, lambda: stages.evaluate(rt, it), k)
+    _stage(rt, Stage.EVALUATE, lambda: stages.evaluate(rt, it, rt.generators, lambda: rt.judge), k)
     rt.rd.mark_complete(k, policy_version=it.version, wall_seconds=time.perf_counter() - start)
     rt.track()  # the iteration's numbers, now that it is complete
 
@@ -118,7 +118,7 @@ def _self_play(rt: Runtime, it: stages.Iteration) -> Stages:
 
         return session_stages(rt, it)
     return [(Stage.GENERATE, lambda: stages.generate(rt, it, stages.sample_prompts(rt, it.k),
-                                                     rt.generators(it.policy_in, version=it.k))),
+                                                     rt.generators(it.policy_in, it.k), rt.ready_learners)),
             (Stage.JUDGE, lambda: stages.judge(rt, it, rt.judge)),
             (Stage.PAIRS, lambda: stages.build_pairs(rt, it))]
 
@@ -135,7 +135,8 @@ def _learn(rt: Runtime, it: stages.Iteration) -> Stages:
     return [(Stage.REFERENCE, lambda: stages.reference_logps(rt, it, rt.learners(it.policy_in))),
             (Stage.TRAIN, lambda: stages.train(rt, it, rt.learners(it.policy_in))),
             (Stage.EXPORT, lambda: stages.export(it, lambda: rt.learners(it.policy_in))),
-            (Stage.SYNC, lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group))]
+            (Stage.SYNC, lambda: stages.sync(rt, it, rt.generator_pool, rt.learner_group, lambda: rt.weight_sync,
+                                             rt.generators))]
 
 
 def _unchanged(rt: Runtime, it: stages.Iteration) -> Stages:
@@ -143,7 +144,14 @@ def _unchanged(rt: Runtime, it: stages.Iteration) -> Stages:
     return [(Stage.REFERENCE, lambda: stages.keep_reference(it)),
             (Stage.TRAIN, lambda: {"skipped": "no pairs", "steps": 0}),
             (Stage.EXPORT, lambda: stages.export_unchanged(it)),
-            (Stage.SYNC, lambda: stages.sync_unchanged(rt, it, rt.generator_pool))]
+            (Stage.SYNC, lambda: stages.sync_unchanged(it, rt.generator_pool, rt.generators))]
+
+
+def prepare(rt: Runtime, iterations_follow: bool = True) -> dict[str, Any]:
+    """The prepare stage, given the runtime's parts: each starts on first use, or in the background."""
+    return stages.prepare(rt, generators=rt.generators, learners=rt.learners, start_generators=rt.start_generators,
+                          start_learners=rt.start_learners, judge=lambda: rt.judge,
+                          iterations_follow=iterations_follow)
 
 
 def stop_if_solved(rt: Runtime, k: int) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,11 @@ def sampled_metrics(scores: list[list[float]], answers: list[list[str | None]], 
     return {"pass@k": sum(passes) / n, "pass@1": sum(firsts) / n, "maj@k": sum(maj) / n}
 
 
-def score_eval(rt, examples: list, responses: list[str], baseline: Path | None,
+def score_eval(rt, judge: Callable[[], Any], examples: list, responses: list[str], baseline: Path | None,
                samples: list[list[str]] | None = None) -> tuple[dict[str, Any], pa.Table]:
     """Score the answers (one per prompt) and, with ``evaluation.k``, each prompt's ``samples``; returns
-    eval.json's numbers and the table of ``eval_generations.parquet``."""
+    eval.json's numbers and the table of ``eval_generations.parquet``. ``judge()`` is called only where the
+    recipe's judge scores or compares answers."""
     task, cfg = rt.task, rt.cfg
     result: dict[str, Any] = {}
     verifier_scores = [task.score(ex, r) for ex, r in zip(examples, responses)] if task.has_verifier else None
@@ -102,11 +104,11 @@ def score_eval(rt, examples: list, responses: list[str], baseline: Path | None,
         result["accuracy"] = _mean(verifier_scores)
     judge_scores: list[float | None] | None = None
     if cfg.judge is not None and cfg.judge.type in _SOLO_JUDGES:
-        judge_scores = [s[0] for s in run_judge(rt.judge, _groups(examples, [[r] for r in responses]))]
+        judge_scores = [s[0] for s in run_judge(judge(), _groups(examples, [[r] for r in responses]))]
         result["mean_reward"] = _mean(judge_scores)
     can_compare = verifier_scores is not None or cfg.judge is not None
     if baseline is not None and baseline.exists() and cfg.evaluation.win_rate and can_compare:
-        result["win_rate"] = _win_rate(rt, examples, responses, baseline, verifier_scores)
+        result["win_rate"] = _win_rate(rt, judge, examples, responses, baseline, verifier_scores)
     rows = [{"prompt_id": ex.id, "prompt": encode_prompt(ex.prompt), "reference": ex.reference, "response": r,
              "verifier_score": verifier_scores[i] if verifier_scores else None,
              "judge_score": judge_scores[i] if judge_scores else None}
@@ -122,14 +124,14 @@ def score_eval(rt, examples: list, responses: list[str], baseline: Path | None,
     return result, pa.Table.from_pylist(rows)
 
 
-def _win_rate(rt, examples, responses, baseline: Path, verifier_scores) -> float | None:
+def _win_rate(rt, judge: Callable[[], Any], examples, responses, baseline: Path, verifier_scores) -> float | None:
     base = {row["prompt_id"]: row for row in read_parquet(baseline).to_pylist()}
     keep = [i for i, ex in enumerate(examples) if ex.id in base]
     if not keep:
         return None
     if rt.cfg.judge is not None and rt.cfg.judge.type not in ("verifier",):
         groups = _groups([examples[i] for i in keep], [[responses[i], base[examples[i].id]["response"]] for i in keep])
-        pairs = [(s[0], s[1]) for s in run_judge(rt.judge, groups)]
+        pairs = [(s[0], s[1]) for s in run_judge(judge(), groups)]
     else:
         pairs = [(verifier_scores[i], base[examples[i].id]["verifier_score"]) for i in keep]
     outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs if a is not None and b is not None]

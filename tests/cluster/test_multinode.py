@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def test_one_iteration_with_generators_and_learners_on_two_nodes(cluster, tmp_path):
     from selfplay.config import load_config
     from selfplay.loop import driver, stages
+    from selfplay.loop.manifest import Stage
     from selfplay.loop.runtime import Runtime, open_run_dir
 
     recipe = copy.deepcopy(MICRO)
@@ -35,7 +36,7 @@ def test_one_iteration_with_generators_and_learners_on_two_nodes(cluster, tmp_pa
     rd = open_run_dir(cfg, tmp_path / "run")
     # driver.run, holding the runtime open at the end to ask the actors where they run
     with Runtime(cfg, rd) as rt:
-        driver._stage(rt, "prepare", lambda: stages.prepare(rt))
+        driver._stage(rt, Stage.PREPARE, lambda: driver.prepare(rt))
         driver.run_iteration(rt, 0)
         generators = rt.generators(stages.initial_policy(rt), 0).info()
         learners = rt.learners(stages.initial_policy(rt)).info()

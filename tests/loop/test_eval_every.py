@@ -22,6 +22,10 @@ def test_every_n_iterations_and_always_the_last():
     assert all(stages.eval_due(every1, k) for k in range(5))
 
 
+def _not_started(*args):
+    raise AssertionError("a skipped evaluation starts no part")
+
+
 def test_a_skipped_evaluation_does_no_work_and_status_and_report_show_gaps(tmp_path):
     cfg = load_config(RECIPE)
     rd = RunDir(tmp_path / "run")
@@ -40,7 +44,7 @@ def test_a_skipped_evaluation_does_no_work_and_status_and_report_show_gaps(tmp_p
             write_json(rd.iter_dir(k) / "eval.json", {"version": k + 1, "accuracy": 0.5})
             info = {"accuracy": 0.5}
         else:
-            info = stages.evaluate(rt, stages.iteration(rt, k))
+            info = stages.evaluate(rt, stages.iteration(rt, k), generators=_not_started, judge=_not_started)
             assert info == {"skipped": "evaluation.every=2"}
             assert not (rd.iter_dir(k) / "eval.json").exists()
         rd.mark_stage(k, "evaluate", 1.0, info)

@@ -87,7 +87,8 @@ def test_evaluation_with_k_on_the_tiny_policy(tmp_path, tiny_model_dir, one_thre
     rd.create({}, "", {})
     with Runtime(cfg, rd) as rt:
         rt._generators = _InProcessPool(HFEngine(tiny_model_dir, dtype="float32", batch_size=4))
-        info = stages.evaluate_policy(rt, tiny_model_dir, version=0, out_dir=rd.initial_dir)
+        info = stages.evaluate_policy(rt, tiny_model_dir, version=0, out_dir=rd.initial_dir, generators=rt.generators,
+                                      judge=lambda: rt.judge)
         greedy = rt.sampling(seed=0, eval_mode=True)
         sampled = rt.sampling(seed=0, eval_mode=True, eval_samples=True)
     assert (greedy.temperature, greedy.n) == (0.0, 1)  # with k, accuracy scores the greedy answer

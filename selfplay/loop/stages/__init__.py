@@ -1,10 +1,12 @@
 """The stages of one iteration. Each reads its input artifact from the iteration directory, writes its
-output atomically and returns a small dict of facts that the manifest records (and status shows).
+output atomically and returns its record, which the manifest keeps (and status shows): a typed record
+(:mod:`selfplay.loop.manifest`) where a later stage reads it (pairs, train), the figures it reports otherwise.
 
 A stage says what it needs: an :class:`Iteration` (k, its directory, the policy it starts from, its
 seeds), derived from the run directory by :func:`iteration`, plus the parts it uses (the generator
-pool, the judge, the learner group), which the driver passes in. ``rt`` gives the recipe, the run
-directory, the task and the progress display; no stage reads what another left on it. The policy that
+pool, the judge, the learner group, the weight sync), which the driver passes in. ``rt`` is the narrow
+:class:`~selfplay.loop.stages.context.StageContext`: the recipe, the run directory, the task, the log and
+progress display and the sampling settings; no stage reads what another left on it. The policy that
 *generates* in iteration k is iteration k-1's ``policy/`` (or the initial one) and the policy that
 *trains* starts from the same directory; which weights a running learner group holds is the group's to
 say (``LearnerGroup.holds``). The driver picks the stage list (offline pairs, an iteration without

@@ -7,11 +7,13 @@ from typing import Any
 
 from selfplay.loop import faults
 from selfplay.loop.rundir import write_parquet
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import Iteration, ReadyLearners, StageContext
 from selfplay.loop.stages.cores import room_beside_generation
 
 
-def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
+def generate(rt: StageContext, it: Iteration, prompts: list, pool, ready_learners: ReadyLearners) -> dict[str, Any]:
+    """Iteration ``it``'s prompts sampled by ``pool`` shard by shard; ``ready_learners`` scores each finished
+    shard's reference log-probs while later shards are sampled, where :func:`scored_by_shard` allows."""
     pool.expect_version(it.k)
     sampling = rt.sampling(seed=it.sample_seed)
     shards = -(-len(prompts) // rt.cfg.generation.shard_size)
@@ -25,7 +27,7 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
             if kill is not None:
                 kill(index)
             if ahead:
-                _prescore_shard(rt, it, prompts, index)
+                _prescore_shard(rt, it, prompts, index, ready_learners)
 
         from selfplay.loop.prompt_source import generation_view
 
@@ -51,7 +53,7 @@ def generate(rt, it: Iteration, prompts: list, pool) -> dict[str, Any]:
 EVERY_SAMPLE = ("reference", "all_pairs")
 
 
-def scored_by_shard(rt, it: Iteration) -> bool:
+def scored_by_shard(rt: StageContext, it: Iteration) -> bool:
     """Whether iteration ``it``'s reference pass scores its samples shard by shard (:func:`shard_groups`),
     and so can score each shard on the learners while the generators sample the next: when the
     reference is the weights the learners hold while generating (the previous policy) and the pairs
@@ -62,7 +64,7 @@ def scored_by_shard(rt, it: Iteration) -> bool:
             and (cfg.train.reference == "previous" or it.k == 0))
 
 
-def shard_groups(rt, it: Iteration, generations) -> list:
+def shard_groups(rt: StageContext, it: Iteration, generations) -> list:
     """One table of (prompt, completion) sequences per generation shard (``records.reference_sequences``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -75,16 +77,17 @@ def shard_groups(rt, it: Iteration, generations) -> list:
             for s in range(max(index.values(), default=-1) + 1)]
 
 
-def _shard_sequences(rt, generations):
+def _shard_sequences(rt: StageContext, generations):
     """One shard's sequences: both paths (ahead and in the stage) build a group here, so they agree."""
     from selfplay.records import reference_sequences
 
     return reference_sequences(generations, with_reference=rt.cfg.pairing_strategy == "reference")
 
 
-def _prescore_shard(rt, it: Iteration, prompts: list, index: int) -> None:
+def _prescore_shard(rt: StageContext, it: Iteration, prompts: list, index: int,
+                    ready_learners: ReadyLearners) -> None:
     """Hand shard ``index``'s sequences to the learners, if they are up (never waits for them)."""
-    learners = rt.ready_learners()
+    learners = ready_learners()
     if learners is None:
         return
     from selfplay.generate.shards import read_shard, shard_path

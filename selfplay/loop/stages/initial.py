@@ -3,17 +3,22 @@ start and its evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from selfplay.loop.stages.context import initial_policy
+from selfplay.loop.stages.context import GeneratorsAt, LearnersAt, StageContext, initial_policy
 from selfplay.loop.stages.held_out import evaluate_policy
 
 
-def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
+def prepare(rt: StageContext, *, generators: GeneratorsAt, learners: LearnersAt,
+            start_generators: Callable[[Path, int], None], start_learners: Callable[[Path], None],
+            judge: Callable[[], Any], iterations_follow: bool = True) -> dict[str, Any]:
     """The starting policy (a preset built offline, or a local checkpoint), its warm start, its eval.
 
-    The actors the stage does not wait on start beside it: with a warm start, the generators start on
-    the base policy while the learners fine-tune, and load the result (verified, like a sync) before the
+    The actors the stage does not wait on start beside it (``start_generators``, ``start_learners``:
+    in the background; ``generators``, ``learners`` wait for them): with a warm start, the generators start
+    on the base policy while the learners fine-tune, and load the result (verified, like a sync) before the
     evaluation; without one, the learners start while the generators evaluate (when iterations follow)."""
     from selfplay.models import build_policy, check_model_dir
 
@@ -36,22 +41,23 @@ def prepare(rt, iterations_follow: bool = True) -> dict[str, Any]:
             raise ValueError("policy.warmstart: the task has no reference answers to fine-tune on")
         early_generators = iterations_follow or cfg.evaluation.num_prompts > 0
         if early_generators:
-            rt.start_generators(base, version=0)  # they load the warm-started policy below
-        learners = rt.learners(base)
-        learners.set_metrics_dir(rt.rd.initial_dir)
+            start_generators(base, 0)  # they load the warm-started policy below
+        group = learners(base)
+        group.set_metrics_dir(rt.rd.initial_dir)
         steps = -(-len(rows) // (ws.micro_batch_size * cfg.resources.learners)) * ws.epochs
         with rt.progress(f"warm start: SFT on {len(rows)} reference answers", total=steps,
                          watch_lines=rt.rd.initial_dir / "train_metrics.jsonl"):
-            summary = learners.sft_round(rows, ws)
+            summary = group.sft_round(rows, ws)
         info["warmstart"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
-        learners.save_hf(target)  # atomic: written beside, then renamed into place
+        group.save_hf(target)  # atomic: written beside, then renamed into place
         if early_generators:
-            rt.generators(base, version=0).load_dir(target, 0)  # version 0 is the warm-started policy
+            generators(base, 0).load_dir(target, 0)  # version 0 is the warm-started policy
         rt.rd.manifest.initial_policy = str(target)
     else:
         if iterations_follow:
-            rt.start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
+            start_learners(base)  # iteration 0 starts from ``base``: set up while the evaluation runs
         rt.rd.manifest.initial_policy = str(base)
     rt.rd.save()
-    info.update(evaluate_policy(rt, initial_policy(rt), version=0, out_dir=rt.rd.initial_dir))
+    info.update(evaluate_policy(rt, initial_policy(rt), version=0, out_dir=rt.rd.initial_dir, generators=generators,
+                                judge=judge))
     return info

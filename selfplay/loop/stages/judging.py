@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from selfplay.loop.rundir import read_parquet, write_parquet
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import Iteration, StageContext
 from selfplay.loop.stages.prompts import examples_by_id, sample_prompts
 
 
-def judge(rt, it: Iteration, judge) -> dict[str, Any]:
+def judge(rt: StageContext, it: Iteration, judge) -> dict[str, Any]:
     from selfplay.judges import judge_table
 
     generations = read_parquet(it.dir / "generations.parquet")

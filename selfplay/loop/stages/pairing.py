@@ -7,10 +7,10 @@ from typing import Any
 
 from selfplay.loop.manifest import PairsRecord, Stage
 from selfplay.loop.rundir import read_parquet, write_parquet
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import Iteration, StageContext
 
 
-def build_pairs(rt, it: Iteration) -> PairsRecord:
+def build_pairs(rt: StageContext, it: Iteration) -> PairsRecord:
     from selfplay.pairs import build_pairs as make_pairs
     from selfplay.pairs import mix_previous
 
@@ -23,13 +23,13 @@ def build_pairs(rt, it: Iteration) -> PairsRecord:
     return _write_pairs(rt, it, pairs, stats)
 
 
-def dataset_pairs(rt, it: Iteration) -> PairsRecord:
+def dataset_pairs(rt: StageContext, it: Iteration) -> PairsRecord:
     """Offline pairs: iteration k's chunk of the task's pairs dataset (nothing is generated or judged)."""
     pairs = rt.task.pairs_table(iteration=it.k)
     return _write_pairs(rt, it, pairs, {"pairs": pairs.num_rows, "source": "dataset"})
 
 
-def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> PairsRecord:
+def _write_pairs(rt: StageContext, it: Iteration, pairs, stats: dict[str, Any]) -> PairsRecord:
     write_parquet(it.dir / "pairs.parquet", pairs)
     record = PairsRecord.model_validate({**stats, "pairs": pairs.num_rows})
     if pairs.num_rows == 0:  # not an error: nothing to learn from this iteration, the policy stays as it is
@@ -44,18 +44,18 @@ def _write_pairs(rt, it: Iteration, pairs, stats: dict[str, Any]) -> PairsRecord
     return record
 
 
-def _pairs_record(rt, k: int) -> PairsRecord:
+def _pairs_record(rt: StageContext, k: int) -> PairsRecord:
     record = rt.rd.stage_record(k, Stage.PAIRS)
     assert isinstance(record, PairsRecord)
     return record
 
 
-def no_pairs(rt, k: int) -> bool:
+def no_pairs(rt: StageContext, k: int) -> bool:
     """True when iteration ``k`` built no pairs: its later stages keep the policy as it is."""
     return _pairs_record(rt, k).no_pairs
 
 
-def solved_share(rt, k: int) -> float | None:
+def solved_share(rt: StageContext, k: int) -> float | None:
     """Share of iteration ``k``'s training prompts whose samples were all correct (verifier score 1)."""
     record = _pairs_record(rt, k)
     return record.no_pair_all_correct / record.prompts if record.prompts else None

@@ -6,9 +6,10 @@ import random
 from typing import Any
 
 from selfplay.loop.prompt_source import iteration_prompts
+from selfplay.loop.stages.context import StageContext
 
 
-def sample_prompts(rt, k: int) -> list:
+def sample_prompts(rt: StageContext, k: int) -> list:
     """Iteration k's training prompts: slice k of a seeded permutation of the task's training split,
     so iterations see disjoint prompts until the split is used up (then it wraps around).
     ``generation.prompt_source`` `fixed`/`files` are ``prompt_source.iteration_prompts``."""

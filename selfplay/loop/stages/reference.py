@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from selfplay.loop.rundir import read_parquet, write_parquet
-from selfplay.loop.stages.context import Iteration, initial_policy
+from selfplay.loop.stages.context import Iteration, StageContext, initial_policy
 from selfplay.loop.stages.generation import scored_by_shard, shard_groups
 
 
-def reference_logps(rt, it: Iteration, learners) -> dict[str, Any]:
+def reference_logps(rt: StageContext, it: Iteration, learners) -> dict[str, Any]:
     """Reference log-probs for every pair, computed once and stored beside the pairs."""
     from selfplay.records import pop_prescored
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from selfplay.config.schema import EvalConfig
 from selfplay.loop import faults
+from selfplay.loop.manifest import Stage, TrainRecord
 from selfplay.loop.rundir import read_parquet
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import Iteration, StageContext
 from selfplay.loop.stages.metrics_log import round_metrics, trim_metrics
 
 
-def train(rt, it: Iteration, learners) -> dict[str, Any]:
+def train(rt: StageContext, it: Iteration, learners) -> TrainRecord:
     table = read_parquet(it.dir / "reference.parquet")
     learners.set_counters(*rounds_before(rt, it.k))  # numbered by the run, not by this learner process's history
     ckpt = it.dir / "checkpoint"
@@ -33,21 +34,23 @@ def train(rt, it: Iteration, learners) -> dict[str, Any]:
     info.update(rejected_drift(learners, table, rt.cfg.train, rt.cfg.evaluation.drift_samples))
     # The round's weights are saved as the iteration's policy, not as a DeepSpeed checkpoint: the next
     # round starts with fresh AdamW moments, so an end-of-round checkpoint would write twice the weights'
-    # bytes of optimizer state that nothing reads (159 MB an iteration for the 14M `small` preset; about
-    # 12 bytes a parameter in fp32 at any size). A crash before this stage is marked retrains the round, from
-    # its last `checkpoint_every` checkpoint if it has one.
+    # bytes of optimizer state that nothing reads (about 12 bytes a parameter in fp32, an iteration). A
+    # crash before this stage is marked retrains the round, from its last `checkpoint_every` checkpoint if any.
     learners.save_hf(it.policy_out)  # atomic: written beside, then renamed into place
-    return {**info, "policy": str(it.policy_out)}
+    return TrainRecord.model_validate({**info, "policy": str(it.policy_out)})
 
 
-def rounds_before(rt, k: int) -> tuple[int, int]:
+def rounds_before(rt: StageContext, k: int) -> tuple[int, int]:
     """(rounds, optimizer steps) the learner has run before iteration ``k``'s round, read from the manifest:
     the warm start, then each earlier iteration that trained. A learner restarted by a resume numbers its
     round and steps as an uninterrupted one would, so the step logs of both runs are the same."""
-    warm = rt.rd.manifest.get("prepare", {}).get("warmstart") or {}
+    prepare = rt.rd.manifest.prepare
+    warm = (prepare.warmstart if prepare is not None else None) or {}
     rounds, steps = (1, int(warm.get("steps", 0))) if warm else (0, 0)
     for j in range(k):
-        done = int(rt.rd.stage_info(j, "train").get("steps", 0) or 0)
+        record = rt.rd.stage_record(j, Stage.TRAIN)
+        assert isinstance(record, TrainRecord)
+        done = record.steps
         rounds, steps = rounds + (done > 0), steps + done
     return rounds, steps
 
@@ -61,8 +64,8 @@ def rejected_drift(learners, table, cfg, samples: int = EvalConfig.model_fields[
     It is reported as what it is, a drift of the rejected side (positive: the round pushed them down).
 
     A diagnostic, so it is kept cheap: at most ``samples`` (``evaluation.drift_samples``; 0: not measured)
-    rejected samples, spread evenly over the table, scored alone. Scoring every pair on both sides cost
-    as much as the reference stage (2.4 s of a 17 s iteration of ``bench.iteration``).
+    rejected samples, spread evenly over the table, scored alone. Scoring every pair on both sides costs
+    as much as the reference stage (``python -m bench.iteration`` prints both stages' seconds).
     """
     if samples == 0 or cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
         return {}

@@ -9,7 +9,7 @@ from typing import Any
 
 from selfplay.loop import faults
 from selfplay.loop.rundir import read_parquet, write_parquet
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import GeneratorsAt, Iteration
 from selfplay.loop.stages.weights import start_generators
 
 
@@ -26,10 +26,10 @@ def export_unchanged(it: Iteration) -> dict[str, Any]:
     return {"policy": str(it.policy_out), "unchanged_from": str(it.policy_in)}
 
 
-def sync_unchanged(rt, it: Iteration, pool) -> dict[str, Any]:
+def sync_unchanged(it: Iteration, pool, generators: GeneratorsAt) -> dict[str, Any]:
     """Same weights under the next version number, loaded through the verified path."""
     if pool is None:
-        return start_generators(rt, it)
+        return start_generators(it, generators)
     pool.load_dir(it.policy_out, it.version)
     faults.kill_point("sync", it.k)
     return {"version": it.version, "method": "unchanged policy reloaded from disk"}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selfplay.loop import faults
-from selfplay.loop.stages.context import Iteration
+from selfplay.loop.stages.context import GeneratorsAt, Iteration, StageContext
 
 
 def export(it: Iteration, learners: Callable[[], Any]) -> dict[str, Any]:
@@ -26,29 +26,31 @@ def export(it: Iteration, learners: Callable[[], Any]) -> dict[str, Any]:
     return {"policy": str(it.policy_out)}
 
 
-def sync(rt, it: Iteration, pool, learners) -> dict[str, Any]:
-    """The exported policy into the generators: pushed through the configured sync, verified on a probe.
-    With an adapter-only LoRA sync (``sync.lora``) only the adapter moves, plus the learner's base when the
-    generators do not hold it yet (``lora_parts``; docs/lora.md says when)."""
+def sync(rt: StageContext, it: Iteration, pool, learners, weight_sync: Callable[[], Any],
+         generators: GeneratorsAt) -> dict[str, Any]:
+    """The exported policy into the generators: pushed through the configured sync (``weight_sync()``),
+    verified on a probe. With an adapter-only LoRA sync (``sync.lora``) only the adapter moves, plus the
+    learner's base when the generators do not hold it yet (``lora_parts``; docs/lora.md says when). With no
+    pool running (``pool`` None: a resumed run) the generators start on the exported policy instead."""
     if pool is None:
-        return start_generators(rt, it)
+        return start_generators(it, generators)
     if rt.cfg.adapter_sync:
         from selfplay.sync.base import lora_parts
 
         base = learners.lora_base()
         parts = lora_parts(base, pool.policy.base, rt.cfg.train.reference)
-        report = rt.weight_sync.push(learners, pool, it.version, parts)
+        report = weight_sync().push(learners, pool, it.version, parts)
         # where a restarted generator reloads from: base + adapter, or the merged policy
         pool.remember_policy(it.policy_out, it.version, base=None if parts == ("policy",) else base)
     else:
-        report = rt.weight_sync.push(learners, pool, it.version)
+        report = weight_sync().push(learners, pool, it.version)
         pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
     faults.kill_point("sync", it.k)  # crash tests: generators hold the new weights, the manifest does not say so
     return {"version": it.version, **report.as_dict()}
 
 
-def start_generators(rt, it: Iteration) -> dict[str, Any]:
+def start_generators(it: Iteration, generators: GeneratorsAt) -> dict[str, Any]:
     """No generators run in this process (resumed): start them directly on the exported policy."""
-    rt.generators(it.policy_out, version=it.version)
+    generators(it.policy_out, it.version)
     faults.kill_point("sync", it.k)
     return {"version": it.version, "method": "load from disk (resumed)"}
