@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig, dump_config
+from selfplay.loop import factory
 from selfplay.loop.manifest import STAGES, Stage
 from selfplay.loop.ownership import OwnershipLostError
 from selfplay.loop.rundir import RunDir, RunDirError, write_text
@@ -225,7 +226,6 @@ class Runtime:
         if not self._started_ray:
             return
         import signal
-        import threading
 
         import ray
 
@@ -249,12 +249,10 @@ class Runtime:
             ray.init(address=address, log_to_driver=True)
         else:
             from selfplay.env import embedded_ray_environment
-            from selfplay.loop.factory import ACTOR_JUDGES, judge_resources
-
             res = self.cfg.resources
             cpus = res.learners * res.learner_cpus + self.cfg.generation.replicas * res.generator_cpus
-            if self.cfg.judge is not None and self.cfg.judge.type in ACTOR_JUDGES:
-                cpus += judge_resources(self.cfg)[0]
+            if self.cfg.judge is not None and self.cfg.judge.type in factory.ACTOR_JUDGES:
+                cpus += factory.judge_resources(self.cfg)[0]
             # Short and in /tmp: Ray's socket paths live under it (107 characters at most). The pid
             # in the name says whose it is; it is removed when this run's Ray stops.
             temp = tempfile.mkdtemp(prefix=f"sp-ray-{os.getpid()}-", dir="/tmp")
@@ -310,8 +308,6 @@ class Runtime:
     def progress(self, description: str, total: int | None = None, watch_lines: Path | None = None):
         """A progress bar for a long stage; yields ``advance(n=1)``. With ``watch_lines``, progress is
         the number of lines in that file (a remote learner's step log), polled twice a second."""
-        import threading
-
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         columns = (SpinnerColumn(), TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -341,19 +337,15 @@ class Runtime:
     @property
     def task(self):
         if self._task is None:
-            from selfplay.loop.factory import build_task_from_config
-
-            self._task = build_task_from_config(self.cfg)
+            self._task = factory.build_task_from_config(self.cfg)
         return self._task
 
     @property
     def judge(self):
         if self._judge is None:
-            from selfplay.loop.factory import build_judge_from_config, judge_needs_ray
-
-            if judge_needs_ray(self.cfg):
+            if factory.judge_needs_ray(self.cfg):
                 self.ensure_ray()
-            self._judge, self._judge_pool = build_judge_from_config(self.cfg, self.task)
+            self._judge, self._judge_pool = factory.build_judge_from_config(self.cfg, self.task)
         return self._judge
 
     def generators(self, policy_dir: Path, version: int):
@@ -363,10 +355,8 @@ class Runtime:
             starting, self._starting_generators = self._starting_generators, None
             self._generators = starting.result()
         if self._generators is None:
-            from selfplay.loop.factory import build_generators
-
             self.ensure_ray()
-            self._generators = build_generators(self.cfg, policy_dir, version)
+            self._generators = factory.build_generators(self.cfg, policy_dir, version)
         return self._generators
 
     def learners(self, policy_dir: Path):
@@ -377,10 +367,8 @@ class Runtime:
             starting, self._starting_learners = self._starting_learners, None
             self._learners = starting.result()
         if self._learners is None:
-            from selfplay.loop.factory import build_learners
-
             self.ensure_ray()
-            self._learners = build_learners(self.cfg, policy_dir, self.rd.root)
+            self._learners = factory.build_learners(self.cfg, policy_dir, self.rd.root)
         return self._learners
 
     def ready_learners(self):
@@ -392,25 +380,21 @@ class Runtime:
     def start_learners(self, policy_dir: Path) -> None:
         """Start the learner group from ``policy_dir`` in the background, so that it sets up (DeepSpeed,
         the model) while the generators start and sample; the first :meth:`learners` call waits for it.
-        The learners and the generators are separate actors, so the two starts overlap (on 2 cores the
-        first iteration of ``bench.iteration``'s selfplay side took 21.9-23.4 s in three runs of four,
-        against 26.1-26.6 s with the learners started by the reference stage)."""
+        The learners and the generators are separate actors, so the two starts overlap (the first
+        iteration's wall time in ``python -m bench.iteration`` shows what that saves against starting
+        the learners in the reference stage)."""
         if self._learners is None and self._starting_learners is None:
-            from selfplay.loop.factory import build_learners
-
             self.ensure_ray()
-            self._starting_learners = _Starting("learners", build_learners, self.cfg, policy_dir,
+            self._starting_learners = _Starting("learners", factory.build_learners, self.cfg, policy_dir,
                                                 self.rd.root)
 
     def start_generators(self, policy_dir: Path, version: int) -> None:
         """Start the generator pool holding ``policy_dir`` as ``version`` in the background, so that the
-        engines start (vLLM's import and engine set-up: 13 s of the e2e micro recipe's prepare stage on 2 cores)
+        engines start (vLLM's import and engine set-up, a large share of a small recipe's prepare stage)
         while the learners warm-start; the first :meth:`generators` call waits for it."""
         if self._generators is None and self._starting_generators is None:
-            from selfplay.loop.factory import build_generators
-
             self.ensure_ray()
-            self._starting_generators = _Starting("generators", build_generators, self.cfg, policy_dir, version)
+            self._starting_generators = _Starting("generators", factory.build_generators, self.cfg, policy_dir, version)
 
     @property
     def generator_pool(self):
@@ -426,9 +410,7 @@ class Runtime:
     def weight_sync(self):
         """The configured learner -> generators weight sync (built on first use, then reused)."""
         if self._sync is None:
-            from selfplay.loop.factory import build_sync
-
-            self._sync = build_sync(self.cfg, self.rd.root / "weights")
+            self._sync = factory.build_sync(self.cfg, self.rd.root / "weights")
         return self._sync
 
     def sampling(self, seed: int, eval_mode: bool = False, eval_samples: bool = False):
