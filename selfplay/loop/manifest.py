@@ -176,9 +176,16 @@ class IterationRecord(BaseModel):
     @field_validator("stages", mode="before")
     @classmethod
     def _typed(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {name: record_for(name, data) for name, data in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, data in value.items():
+            try:
+                out[name] = record_for(name, data)
+            except ValidationError as exc:  # said with the stage's name, which the record's own error lacks
+                first = exc.errors()[0]
+                raise ValueError(f"{'.'.join(map(str, (name, *first['loc'])))}: {first['msg']}") from None
+        return out
 
 
 class Failure(BaseModel):
