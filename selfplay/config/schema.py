@@ -288,6 +288,25 @@ class PairsTaskConfig(Section):
     Default: every iteration trains on all the pairs."""
 
 
+class SessionsTaskConfig(Section):
+    """SDPO's self-play (Kong et al. 2025, arXiv:2501.01821): negative sessions from a file; each iteration the
+    policy plays new continuations of them from their erroneous assistant turn (the user turns inside the
+    segment replayed from the file), the judge picks the better session, and the pairs train segment-level
+    DPO. Needs `train.loss.segment_turns` (the segment's assistant turns) and a judge that is not `verifier`
+    or `sft`. The layout is in docs/data.md."""
+
+    type: Literal["sessions"]
+    path: str
+    """A local jsonl or parquet file (or `datasets.save_to_disk` directory) of negative sessions."""
+    prompt_column: str = "prompt"
+    """Column holding each session's history before its erroneous turn: chat messages ending with a user turn."""
+    rejected_column: str = "rejected"
+    """Column holding the negative continuation: the erroneous assistant turn, then user and assistant turns in
+    turn; at least `train.loss.segment_turns` assistant turns. Its user turns are replayed to the policy."""
+    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Fraction of the distinct histories held out (seeded); the evaluation answers them."""
+
+
 class PythonTaskConfig(Section):
     type: Literal["python"]
     target: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")]
@@ -298,7 +317,7 @@ class PythonTaskConfig(Section):
 
 TaskConfig = Annotated[
     ArithmeticTaskConfig | SortingTaskConfig | WordProblemTaskConfig | DatasetTaskConfig | PairsTaskConfig
-    | ReasoningGymTaskConfig | PythonTaskConfig,
+    | SessionsTaskConfig | ReasoningGymTaskConfig | PythonTaskConfig,
     Field(discriminator="type"),
 ]
 
@@ -855,6 +874,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if isinstance(self.task, SessionsTaskConfig):
+            self._check_sessions()
         self._check_judge()
         if self.sync.method == "nccl" and (self.resources.learner_gpus == 0 or self.resources.generator_gpus == 0):
             raise ValueError("sync.method: `nccl` needs GPUs on learners and generators; use object_store")
@@ -866,9 +887,10 @@ class RunConfig(Section):
         if self.train.loss.type == "odpo" and isinstance(self.task, PairsTaskConfig):
             raise ValueError("train.loss.type: odpo's per-pair offsets come from judge scores, and offline "
                              "`pairs` have none; use sigmoid, or generate and judge the pairs")
-        if self.train.loss.segment_turns is not None and not isinstance(self.task, PairsTaskConfig):
+        multi_turn = isinstance(self.task, PairsTaskConfig | SessionsTaskConfig)
+        if self.train.loss.segment_turns is not None and not multi_turn:
             raise ValueError("train.loss.segment_turns: SDPO scores segments of multi-turn sessions, which come from "
-                             "a `pairs` task (generated pairs are one reply each); see docs/data.md")
+                             "a `pairs` or `sessions` task (generated pairs are one reply each); see docs/data.md")
         if isinstance(self.task, PairsTaskConfig) and self.task.chunks is not None \
                 and self.iterations > self.task.chunks:
             raise ValueError(f"iterations: {self.iterations} is more than task.chunks {self.task.chunks} "
@@ -885,6 +907,34 @@ class RunConfig(Section):
             raise ValueError("train.loss.type: `sppo` regresses on win probabilities; it needs a pairwise or "
                              "llm_judge judge (scores in [0, 1]); use sppo_hard otherwise")
         return self
+
+    def _check_sessions(self) -> None:
+        """A `sessions` task plays segments and pairs each played session against its negative one."""
+        if self.train.loss.segment_turns is None:
+            raise ValueError("train.loss.segment_turns: a `sessions` task plays segments of this many assistant "
+                             "turns from each erroneous turn; set it (the paper's segments are 1-3 turns)")
+        if self.judge is None:
+            raise ValueError("judge: a `sessions` task needs a judge to pick the better session: python (a rule), "
+                             "reward_model, pairwise or llm_judge")
+        if self.judge.type in ("verifier", "sft"):
+            raise ValueError(f"judge.type: a `sessions` task compares whole sessions and has no "
+                             f"{'verifier' if self.judge.type == 'verifier' else 'reference answers'}; use python "
+                             "(a rule), reward_model, pairwise or llm_judge")
+        p = self.pairing
+        changed = [name for name, used in (("strategy", p.strategy is not None), ("drop_ties", not p.drop_ties),
+                                           ("length_penalty", p.length_penalty > 0),
+                                           ("max_pairs_per_prompt", p.max_pairs_per_prompt is not None)) if used]
+        if changed:
+            raise ValueError(f"pairing.{changed[0]}: a `sessions` task pairs each session's best played "
+                             "continuation against its negative one (ties dropped); only pairing.min_margin and "
+                             "pairing.mix_previous apply")
+        if self.policy.warmstart is not None:
+            raise ValueError("policy.warmstart: a `sessions` task has no reference answers to fine-tune on; warm-start "
+                             "the policy elsewhere and give it as policy.path")
+        if self.generation.prompt_template is not None or self.generation.prompt_source == "files":
+            field = "prompt_template" if self.generation.prompt_template is not None else "prompt_source"
+            raise ValueError(f"generation.{field}: a `sessions` task plays chat sessions from its own file; "
+                             "remove it")
 
     def _check_judge(self) -> None:
         strategy = self.pairing.strategy

@@ -47,6 +47,11 @@ def build_task_from_config(cfg: RunConfig):
     if t.type == "pairs":
         return PairsTask(t.path, t.prompt_column, t.chosen_column, t.rejected_column, t.eval_fraction, cfg.seed,
                          chunks=t.chunks, segment_turns=cfg.train.loss.segment_turns)
+    if t.type == "sessions":
+        from selfplay.tasks.sessions import SessionsTask
+
+        return SessionsTask(t.path, cfg.train.loss.segment_turns, t.prompt_column, t.rejected_column, t.eval_fraction,
+                            cfg.seed)
     if t.type == "python":
         return build_task("python", target=t.target, **t.kwargs)
     raise ValueError(f"task.type: unknown task {t.type!r}")

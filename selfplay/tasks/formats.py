@@ -117,7 +117,7 @@ def parse_preference_row(row: dict[str, Any], prompt_column: str, chosen_column:
         if len(turns) == 1:
             sides.append(completion_text(turns, f"{where}: column {col!r}, message {shared}"))
             continue
-        _check_turn_order([*prompt_msgs[-1:], *turns], f"{where}: column {col!r}", shared - 1)
+        check_turn_order([*prompt_msgs[-1:], *turns], f"{where}: column {col!r}", shared - 1)
         sides.append(turns)
     if prompt_column in row and not shared and isinstance(prompt, str):
         return prompt, sides[0], sides[1]
@@ -134,7 +134,7 @@ def _one_reply(value: Any) -> bool:
     return not (isinstance(value, list | tuple) and len(value) > 1)
 
 
-def _check_turn_order(messages: Messages, where: str, first: int) -> None:
+def check_turn_order(messages: Messages, where: str, first: int) -> None:
     """A continuation (after the last history message, numbered ``first``) alternates user and assistant."""
     for j, (a, b) in enumerate(zip(messages, messages[1:]), start=first + 1):
         if b["role"] == "system":
