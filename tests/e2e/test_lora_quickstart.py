@@ -1,7 +1,8 @@
 """The quick start with LoRA, end to end: ``selfplay run recipes/quickstart.yaml --set iterations=1
---set train.lora.r=8``, shrunk with ``--set`` (fewer prompts, a short warm start, ties kept so that a
-weak policy still yields pairs) to fit the test budget. Every part is real: local Ray, the vLLM (CPU)
-generator, the DeepSpeed learner with PEFT adapters, the verified adapter-only weight sync.
+--set train.lora.r=8``, shrunk with ``--set`` to fit the test budget (``LORA_TRACKED`` in
+tests/e2e/conftest.py). Every part is real: local Ray, the vLLM (CPU) generator, the DeepSpeed learner with
+PEFT adapters, the verified adapter-only weight sync. The same run is tracked (wandb, mlflow), which
+tests/e2e/test_tracking_run.py checks: one driver run read two ways (``lora_tracked_run``).
 
 The logged trainable parameter count is checked against one computed here from the policy's own
 ``config.json`` (r x (in + out) per adapted projection per layer), not against the learner's figure.
@@ -11,20 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 import torch
 
-from tests.e2e.conftest import ROOT, selfplay_cmd
-
 pytestmark = pytest.mark.slow
-
-SHRINK = ["iterations=1", "train.lora.r=8", "policy.warmstart.examples=256", "policy.warmstart.epochs=2",
-          "generation.prompts_per_iteration=64", "generation.n=4", "generation.shard_size=64",
-          "pairing.drop_ties=false", "evaluation.num_prompts=32", "evaluation.win_rate=false",
-          "generation.replicas=1", "resources.threads_per_actor=1",  # one engine, one thread: not `auto`
-          "sync.lora=adapter"]  # `auto` is merged on CPU generators; the adapter path is what this checks
 
 
 def lora_params(config: dict, r: int) -> int:
@@ -36,16 +28,12 @@ def lora_params(config: dict, r: int) -> int:
     return r * sum(i + o for i, o in shapes) * config["num_hidden_layers"]
 
 
-def test_quickstart_iteration_with_lora_r8(tmp_path):
+def test_quickstart_iteration_with_lora_r8(lora_tracked_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run_dir = tmp_path / "run"
-    args = [a for kv in SHRINK for a in ("--set", kv)]
-    done = subprocess.run(selfplay_cmd("run", "recipes/quickstart.yaml", "--run-dir", str(run_dir), *args),
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-5000:]
+    run_dir, log = lora_tracked_run.run_dir, lora_tracked_run.log
+    assert lora_tracked_run.returncode == 0, log[-5000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["recipe"]["train"]["lora"]["r"] == 8
     stages = manifest["iterations"]["0"]["stages"]
