@@ -32,8 +32,9 @@ test: $(STAMP)
 
 # The cluster tests first, in a process of their own: they start their own Ray cluster.
 # The randomised fault harness (tests/faults/test_fault_harness.py) runs 2 faults in `make test` and 12 here
-# and in `make test-soak`; marker `soak` is the repeated-Ctrl-C test (minutes under load) and the killed-driver
-# resume at fixed points (tests/e2e/test_run.py), whose kills the harness draws at random in `make test`.
+# and in `make test-soak`; marker `soak` is the repeated-Ctrl-C test (minutes under load), the killed-driver
+# resume at fixed points (tests/e2e/test_run.py), whose kills the harness draws at random in `make test`, and the
+# driver-level NaN round (tests/faults/test_driver_faults.py), whose parts other tests in tests/faults cover.
 test-all: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 	SELFPLAY_FAULTS=12 $(PY) -m pytest -m "not cluster" --durations=25 $(PYTEST_ARGS)

@@ -14,8 +14,8 @@ kill at an exact point:
 3. the rerun starts the generators on the exported policy and finishes.
 
 The run must end with the reference's generations, pairs, final weights (bitwise) and evaluation. A
-non-finite loss is checked through the driver as well, by resuming a copy of the reference at train
-with one reference log-prob poisoned.
+non-finite loss is checked through the driver as well (``make test-soak``), by resuming a copy of the
+reference at train with one reference log-prob poisoned.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import yaml
 
 from tests.e2e.conftest import MICRO, run_driver
 
-pytestmark = pytest.mark.slow  # four short CLI runs of a micro recipe (~30 s each on 2 cores)
+pytestmark = pytest.mark.slow  # short CLI runs of a micro recipe, each starting Ray, vLLM and DeepSpeed
 
 # Iteration 0 of this recipe is iteration 0 of MICRO: neither the iteration count nor the checkpoints
 # change what is sampled or trained (the bitwise comparisons below would see it).
@@ -104,7 +104,14 @@ def test_killed_generator_learner_and_driver_leave_a_resumable_run(reference, tm
         _column(ref, "eval_generations.parquet", "response")
 
 
+@pytest.mark.soak
 def test_nonfinite_loss_fails_the_train_stage_naming_the_batch(micro_run, tmp_path):
+    """In ``make test-soak`` and ``make test-all``: its parts are covered in ``make test`` by
+    tests/faults/test_learner_faults.py::test_nonfinite_loss_names_the_batch_and_keeps_the_group (a real
+    learner group names the rank, the step, the table rows and "step not applied", and is not counted lost)
+    and by test_killed_generator_learner_and_driver_leave_a_resumable_run above (a failed train stage: exit 1,
+    "iteration 0, stage train failed", train not in the manifest, no policy exported). This one is the
+    poisoned artifact read back by a resumed driver, a launch of its own."""
     run = tmp_path / "run"
     shutil.copytree(micro_run.run_dir, run)
     manifest = _manifest(run)
