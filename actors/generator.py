@@ -14,13 +14,15 @@ Fault tolerance (the loop itself is :mod:`actors.shard_run`):
 * Replicas are created with ``max_restarts`` (``resources.max_restarts``, default 3) and
   ``max_task_retries=0``: Ray restarts a dead replica's process, but a call that was running on it fails
   instead of being replayed blindly, so the pool decides what to redo: only that replica's shard.
-* A restarted replica starts from its constructor arguments (the pool's first policy), so the pool
-  keeps what every replica should hold, ``version`` plus where its weights can be had again: the HF
-  directory it was built from or told about (``remember_policy``, which the driver calls after each
-  sync with the exported ``policy/``), or the buckets of the last pool-level ``load_buckets`` (kept in
-  the object store). ``restore`` reloads that into the replica and verifies the version (and checksum).
-  After an adapter-only LoRA sync that is the base directory plus the adapter directory served on it
-  (``remember_policy(path, version, base=...)``), so a restarted replica gets base + current adapter.
+* The pool is the one owner of what every replica holds: every weight load goes through it (a sync's
+  parts, :meth:`GeneratorPool.load`, staged by the sync method as its strategy; ``load_dir``;
+  ``load_buckets``), and it records the version, the checksum and where the weights can be had again
+  (:class:`PolicySource`): the directory the learner saved them to when it has one
+  (``LearnerHandle.directory``), else what the sync left (the object-store buckets, the filesystem
+  sync's version directory). No caller tells the pool what it holds.
+* A restarted replica starts from its constructor arguments (the pool's first policy); ``restore``
+  reloads what the pool recorded and verifies the version (and checksum). After an adapter-only LoRA
+  sync that is the base plus the adapter served on it, so a restarted replica gets base + current adapter.
 * Restarts are noticed by each replica's Ray worker id: ``heal`` (run before ``generate`` and
   ``expect_version``) restores any replica whose process changed since the pool last saw it.
 * Placement: one placement group of R bundles, ``resources.placement`` (pack | spread | strict_pack |
@@ -40,14 +42,21 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from safetensors.torch import load_file
 
 from actors.shard_run import run_shards
 from selfplay.config.cores import count, generator_threads
 from selfplay.generate import Completion, Sampling, make_engine
 from selfplay.generate.shards import completed_shards, plan_shards, read_shard, shard_path
-from selfplay.remote import RemoteCallError, call_all, ray_get, targets
-from selfplay.sync.base import SyncError
-from selfplay.sync.verify import check_versions
+from selfplay.remote import RemoteCallError, call_all, ray_get
+from selfplay.sync.base import Load, Staged, SyncError
+from selfplay.sync.buckets import pack_buckets
+from selfplay.sync.filesystem import read_weights_dir
+from selfplay.sync.nccl import BroadcastEndpoint
+from selfplay.sync.verify import check_loaded, check_versions
 
 log = logging.getLogger(__name__)
 
@@ -89,37 +98,25 @@ class GeneratorActor:
         self._maybe_fault("generate")
         return self.engine.generate(prompts, sampling, first_index)
 
-    def load_buckets(self, blobs: Sequence[Any], version: int) -> str:
-        """Load buckets given as bytes or as ObjectRefs to bytes (fetched here, not via the driver)."""
-        import ray
-
-        if blobs and isinstance(blobs[0], ray.ObjectRef):
-            blobs = ray.get(list(blobs))
-        return self.engine.load_buckets(blobs, version)
+    def load_buckets(self, blobs: Any, version: int) -> str:
+        """Load buckets given as bytes, ObjectRefs to bytes, or one ObjectRef to them all (fetched here, not
+        via the driver; a restore passes the pool's ref inside its ``Load``, where Ray does not resolve it)."""
+        return self.engine.load_buckets(_fetched(blobs), version)
 
     def load_path(self, path: str, version: int) -> str:
-        from selfplay.sync.filesystem import read_weights_dir
-
+        """Load a filesystem sync's version directory (``selfplay.sync.filesystem``)."""
         return self.engine.load_buckets(read_weights_dir(path, version), version)
 
-    def load_adapter(self, blobs: Sequence[Any], version: int) -> str:
-        """Serve a LoRA adapter (buckets of its tensors, or ObjectRefs to them) on the base this engine holds."""
-        if blobs and isinstance(blobs[0], ray.ObjectRef):
-            blobs = ray.get(list(blobs))
-        return self.engine.load_adapter(blobs, version)
+    def load_adapter(self, blobs: Any, version: int) -> str:
+        """Serve a LoRA adapter (its buckets, given as ``load_buckets`` takes them) on the base this engine holds."""
+        return self.engine.load_adapter(_fetched(blobs), version)
 
     def load_adapter_path(self, path: str, version: int) -> str:
-        from selfplay.sync.filesystem import read_weights_dir
-
         return self.engine.load_adapter(read_weights_dir(path, version), version)
 
     @ray.method(**_RETRY)
     def load_adapter_dir(self, path: str, version: int) -> str:
         """Serve a PEFT adapter directory (``adapter_model.safetensors``) through the verified adapter path."""
-        from safetensors.torch import load_file
-
-        from selfplay.sync.buckets import pack_buckets
-
         tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
         return self.engine.load_adapter(list(pack_buckets(tensors.items(), version=version)), version)
 
@@ -127,10 +124,6 @@ class GeneratorActor:
     def load_dir(self, path: str, version: int) -> str:
         """Load a Hugging Face directory's weights into the running engine, through the same verified
         bucket path as a sync (so no engine needs a second way in)."""
-        from safetensors.torch import load_file
-
-        from selfplay.sync.buckets import pack_buckets
-
         tensors: dict[str, Any] = {}
         for f in sorted(Path(path).glob("*.safetensors")):
             tensors.update(load_file(f))
@@ -139,17 +132,15 @@ class GeneratorActor:
         return self.engine.load_buckets(list(pack_buckets(tensors.items(), version=version)), version)
 
     @ray.method(**_RETRY)
-    def restore(self, version: int, path: str | None = None, buckets: Any = None,
-                adapter: str | None = None) -> dict[str, Any]:
-        """Bring this (restarted) replica to ``version``: load ``buckets`` if given, else the HF directory
-        ``path`` (nothing to load when this replica was started from it at that version), then the LoRA
-        ``adapter`` directory on top when given. Returns ``info``."""
-        if buckets is not None:
-            self.load_buckets(buckets, version)
-        elif path is not None and (path != self.model_path or (adapter is None and self.engine.version != version)):
-            self.load_dir(path, version)
+    def restore(self, version: int, weights: Load, adapter: Load | None = None) -> dict[str, Any]:
+        """Bring this (restarted) replica to ``version``: the ``weights`` load (nothing to load when it is
+        the directory this replica was started from, at that version or under an adapter), then the
+        ``adapter`` load on top when given. Returns ``info``."""
+        started_on = weights.method == "load_dir" and weights.source == self.model_path
+        if not started_on or (adapter is None and self.engine.version != version):
+            getattr(self, weights.method)(weights.source, version)
         if adapter is not None:
-            self.load_adapter_dir(adapter, version)
+            getattr(self, adapter.method)(adapter.source, version)
         return self.info()
 
     @ray.method(**_RETRY)
@@ -158,8 +149,6 @@ class GeneratorActor:
 
     @ray.method(**_RETRY)
     def info(self) -> dict[str, Any]:
-        import torch
-
         ctx = ray.get_runtime_context()
         return {
             **self.engine.info(),
@@ -194,8 +183,6 @@ class GeneratorActor:
     def broadcast_join(
         self, host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float
     ) -> bool:
-        from selfplay.sync.nccl import BroadcastEndpoint
-
         self._broadcast = BroadcastEndpoint(host, port, world_size, rank, backend, timeout_s)
         return True
 
@@ -205,28 +192,36 @@ class GeneratorActor:
         return self.engine.load_buckets(self._broadcast.receive(), version)
 
 
-@dataclass
+def _fetched(blobs: Any) -> Sequence[Any]:
+    """Buckets from what a load was given: the buckets, ObjectRefs to each, or one ObjectRef to the list."""
+    if isinstance(blobs, ray.ObjectRef):
+        return ray.get(blobs)
+    if blobs and isinstance(blobs[0], ray.ObjectRef):
+        return ray.get(list(blobs))
+    return blobs
+
+
+@dataclass(frozen=True)
 class PolicySource:
-    """What every replica should hold, and where a restarted one gets it again."""
+    """What every replica holds, and where a restarted one gets it again: the ``weights`` load (the whole
+    policy, or the base under the adapter), then the ``adapter`` load on top (adapter-only LoRA sync).
+    ``weights`` None: nowhere known (a broadcast from a learner that saved nothing)."""
 
     version: int
-    path: str | None = None  # a Hugging Face directory
-    buckets: Any = None  # an ObjectRef to the buckets of a pool-level load_buckets
-    checksum: str | None = None  # the sync checksum those buckets load with
-    adapter: str | None = None  # a PEFT adapter directory served on top of path/buckets (adapter-only sync)
+    weights: Load | None
+    adapter: Load | None = None
+    checksum: str | None = None  # what the replicas answered when they loaded it (None: not checked on restore)
 
     @property
     def base(self) -> str | None:
-        """The directory of the weights under the adapter (or of the whole policy), when one is known."""
-        return self.path if self.buckets is None else None
+        """The Hugging Face directory of the weights under the adapter (or of the whole policy), when known."""
+        w = self.weights
+        return w.source if w is not None and w.method == "load_dir" else None
 
 
 def place_generators(gen_cfg: Any, resources: Any, timeout_s: float) -> tuple[Any, list[dict[str, Any]]]:
     """Reserve one placement group of ``gen_cfg.replicas`` bundles (``resources.placement``, custom
     ``resources.generator_resources`` in each) and return it with each replica's actor options."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
     cpus = getattr(resources, "generator_cpus", 1.0)
     gpus = getattr(resources, "generator_gpus", 0.0) * gen_cfg.tensor_parallel_size
     custom = dict(getattr(resources, "generator_resources", None) or {})
@@ -277,8 +272,8 @@ class GeneratorPool:
             .remote(name, str(model_path), gen_cfg.backend, version, threads, kwargs)
             for name, options in zip(self.names, placed)
         ]
-        call_all(targets(self), "ready", (), start_timeout_s)
-        self.policy = PolicySource(version, path=str(model_path))
+        call_all(self._named(), "ready", (), start_timeout_s)
+        self.policy = PolicySource(version, Load("load_dir", str(model_path)))
         self._workers = [i["worker_id"] for i in self.info()]
         self.last_run: dict[str, Any] = {}
 
@@ -318,24 +313,28 @@ class GeneratorPool:
 
     # --- restarts
     def remember_policy(self, path: str | Path, version: int, *, base: str | Path | None = None) -> None:
-        """Record that every replica now holds ``version``, whose weights are the HF directory ``path``
-        (a sync that addresses the actors directly does not pass through the pool: tell it here).
-        With ``base`` (an adapter-only sync), the replicas hold the base directory ``base`` and serve the
-        adapter ``path/adapter`` on it; a restarted replica gets both back."""
+        """Record that every replica holds ``version`` from the Hugging Face directory ``path`` (with ``base``:
+        the base directory ``base`` under the adapter ``path/adapter``), unless a load through the pool
+        already recorded ``version``: a sync records what it loaded itself, so calling this after one changes
+        nothing. Kept for callers of the older protocol, where a sync went around the pool."""
+        if self.policy.version == version:
+            return
         if base is None:
-            self.policy = PolicySource(version, path=str(path))
+            self.policy = PolicySource(version, Load("load_dir", str(path)))
         else:
-            self.policy = PolicySource(version, path=str(base), adapter=str(Path(path) / "adapter"))
+            self.policy = PolicySource(version, Load("load_dir", str(base)),
+                                       Load("load_adapter_dir", str(Path(path) / "adapter")))
 
     def submit_restore(self, a: int, version: int) -> Any:
         """Start restoring replica ``a`` (restarted by Ray) to the pool's policy; returns the call's ref.
         Waiting for the restarted process is part of the call: Ray queues it until the actor is back."""
         p = self.policy
-        if p.version != version:
+        if p.version != version or p.weights is None:
+            knows = "of no source for it" if p.version == version else f"only where version {p.version} is"
             raise RemoteCallError(
-                f"{self.names[a]} must be restored to version {version}, but the pool only knows where "
-                f"version {p.version} is; call GeneratorPool.remember_policy(path, version) after each sync")
-        return self.actors[a].restore.remote(p.version, p.path, p.buckets, p.adapter)
+                f"{self.names[a]} must be restored to version {version}, but the pool knows {knows}: only "
+                "weights loaded through the pool (a sync, load_dir, load_buckets) can be restored")
+        return self.actors[a].restore.remote(p.version, p.weights, p.adapter)
 
     def check_restored(self, a: int, ref: Any, version: int) -> dict[str, Any]:
         """Wait for :meth:`submit_restore`'s call and verify the replica holds ``version`` (and checksum)."""
@@ -355,7 +354,7 @@ class GeneratorPool:
         A restarted replica that already holds what the others hold (a sync reached it after its restart)
         is accepted as it is. Raises when the pool cannot tell where the current version's weights are.
         """
-        infos = call_all(targets(self), "info", (), self.start_timeout_s)
+        infos = call_all(self._named(), "info", (), self.start_timeout_s)
         restarted = [a for a, info in enumerate(infos) if info["worker_id"] != self._workers[a]]
         if not restarted:
             return []
@@ -389,27 +388,65 @@ class GeneratorPool:
                 return
             time.sleep(0.05)
 
-    # --- weights and state
+    # --- weights and state: every load into a replica is one of these
+    def load(self, staged: Staged, version: int, timeout: float) -> list[str]:
+        """Load one staged part of a sync (the sync method, :class:`~selfplay.sync.strategy.WeightSync`, is
+        the strategy that staged it) into every replica as ``version``; returns the checksums they loaded.
+
+        A load replaces every weight, so one whose replica Ray restarts meanwhile is sent again. A
+        broadcast's receives are started first, then its ``send`` runs. Each replica's answer must be the
+        learner's checksum (else :class:`~selfplay.sync.base.SyncError`, and nothing is recorded). The pool
+        then holds ``staged.restore`` as where the part comes from again: the whole policy
+        (``policy``/``base``), or the adapter on the weights it held."""
+        load = staged.load
+        if staged.send is None:
+            checksums = call_all(self._named(), load.method, (load.source, version), timeout, retry_dead=True)
+        else:
+            refs = [getattr(a, load.method).remote(version) for a in self.actors]
+            staged.send()
+            checksums = [ray_get(ref, f"{name}.{load.method}", timeout) for name, ref in zip(self.names, refs)]
+        if staged.summary is not None:  # a sync: every replica must have loaded exactly the learner's bytes
+            check_loaded(self.names, checksums, staged.summary[0], version)
+        # a restore that replays this very load must answer the same checksum; one from another form of the
+        # weights (the learner's directory) packs them differently, so only its version is checked
+        checksum = checksums[0] if checksums and staged.restore is load else None
+        if staged.part == "adapter":
+            self.policy = PolicySource(version, self.policy.weights, staged.restore, checksum)
+        else:
+            self.policy = PolicySource(version, staged.restore, None, checksum)
+        return checksums
+
+    def join_broadcast(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
+                       learner_join: Callable[[], Any]) -> None:
+        """Every replica joins a broadcast sync's process group as ranks 1..R; ``learner_join`` (rank 0) runs
+        once their joins are under way (gloo connects all ranks at once)."""
+        refs = [a.broadcast_join.remote(host, port, world_size, r + 1, backend, timeout_s)
+                for r, a in enumerate(self.actors)]
+        learner_join()
+        for name, ref in zip(self.names, refs):
+            ray_get(ref, f"{name}.broadcast_join", timeout_s)
+
     def load_buckets(self, blobs: Any, version: int) -> list[str]:
         """Load buckets (bytes, or an ObjectRef to them) into every replica; they stay in the object store
         as the policy a restarted replica reloads."""
         ref = blobs if isinstance(blobs, ray.ObjectRef) else ray.put(list(blobs))
-        checksums = call_all(targets(self), "load_buckets", (ref, version), self.call_timeout_s)
-        self.policy = PolicySource(version, buckets=ref, checksum=checksums[0] if checksums else None)
-        return checksums
+        source = Load("load_buckets", ref)
+        return self.load(Staged("policy", source, 0.0, None, restore=source), version, self.call_timeout_s)
 
     def load_dir(self, path: str | Path, version: int) -> list[str]:
         """Load a Hugging Face directory into every replica as ``version`` (verified like a sync); it becomes
         the policy a restarted replica reloads."""
-        checksums = call_all(targets(self), "load_dir", (str(path), version), self.call_timeout_s)
-        self.policy = PolicySource(version, path=str(path), checksum=checksums[0] if checksums else None)
-        return checksums
+        source = Load("load_dir", str(path))
+        return self.load(Staged("policy", source, 0.0, None, restore=source), version, self.call_timeout_s)
 
-    def probe_logps(self, sequences: list[list[int]]) -> list[list[list[float]]]:
-        return call_all(targets(self), "probe_logps", (sequences,), self.call_timeout_s)
+    def probe_logps(self, sequences: list[list[int]], timeout: float | None = None) -> list[list[list[float]]]:
+        return call_all(self._named(), "probe_logps", (sequences,), timeout or self.call_timeout_s)
 
-    def info(self) -> list[dict[str, Any]]:
-        return call_all(targets(self), "info", (), self.call_timeout_s)
+    def info(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        return call_all(self._named(), "info", (), timeout or self.call_timeout_s)
+
+    def _named(self) -> list[tuple[str, Any]]:
+        return list(zip(self.names, self.actors))
 
     def version(self) -> int:
         versions = {i["version"] for i in self.info()}
@@ -424,9 +461,6 @@ class GeneratorPool:
         check_versions(self, version, checksum, self.call_timeout_s)
 
     def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

@@ -103,19 +103,9 @@ def worst_ratio(rows: list[dict[str, Any]]) -> float | None:
     return max(ratios) if ratios else None
 
 
-class _Named:
-    """The first ``k`` generators of a pool, in the shape a WeightSync takes."""
-
-    def __init__(self, names: list[str], actors: list[Any]):
-        self.names = names
-        self.actors = actors
-
-
-def last_load(actors: list[Any]) -> tuple[float, float]:
+def last_load(pool: Any) -> tuple[float, float]:
     """The slowest generator's seconds to checksum and to load the last sync (its ``info()["last_load"]``)."""
-    import ray
-
-    stats = [info.get("last_load") or {} for info in ray.get([a.info.remote() for a in actors])]
+    stats = [info.get("last_load") or {} for info in pool.info()]
     return max(s.get("verify_s", 0.0) for s in stats), max(s.get("load_s", 0.0) for s in stats)
 
 
@@ -128,36 +118,35 @@ def bench_preset(preset: str, args: argparse.Namespace, rows: list[dict[str, Any
 
     path = build_policy(CACHE / preset, preset=preset, tokenizer="char", seed=0)
     params = count_parameters(path)
-    gens = max(args.gens)
     resources = ResourcesConfig(learners=args.learners, learner_cpus=1, generator_cpus=1, threads_per_actor=1)
-    pool = GeneratorPool(path, GenerationConfig(replicas=gens, max_model_len=128), resources, dtype="float32",
-                         start_timeout_s=900)
     version = 0
-    try:
-        for zero in args.zero:
-            cfg = TrainConfig(zero_stage=zero, micro_batch_size=2)
-            group = LearnerGroup(path, cfg, num_learners=args.learners, resources=resources, setup_timeout_s=900)
-            try:
-                for k in sorted(args.gens):
-                    named = _Named(pool.names[:k], pool.actors[:k])
+    for k in sorted(args.gens):  # a pool of k generators: every load goes through the pool that owns them
+        pool = GeneratorPool(path, GenerationConfig(replicas=k, max_model_len=128), resources, dtype="float32",
+                             start_timeout_s=900)
+        try:
+            for zero in args.zero:
+                cfg = TrainConfig(zero_stage=zero, micro_batch_size=2)
+                group = LearnerGroup(path, cfg, num_learners=args.learners, resources=resources,
+                                     setup_timeout_s=900)
+                try:
                     sync = ObjectStoreSync(args.bucket_mb, probe=DEFAULT_PROBE, timeout_s=900)
                     for _ in range(args.warmup):
                         version += 1
-                        sync.push(group, named, version)
+                        sync.push(group, pool, version)
                     reports, parts = [], []
                     for _ in range(args.repeats):
                         version += 1
-                        reports.append(sync.push(group, named, version))
-                        parts.append(last_load(named.actors))
+                        reports.append(sync.push(group, pool, version))
+                        parts.append(last_load(pool))
                     row = summarize_reports(preset, params, zero, k, reports, parts)
                     row["bound_s"] = copy_bound(row["bytes"], int(args.bucket_mb * 1024 * 1024), k)
                     row["ratio"] = row["full_s"] / row["bound_s"]
                     rows.append(row)
                     print_row(row)
-            finally:
-                group.shutdown()
-    finally:
-        pool.shutdown()
+                finally:
+                    group.shutdown()
+        finally:
+            pool.shutdown()
 
 
 def summarize_reports(preset: str, params: int, zero: int, gens: int, reports: list[Any],

@@ -1,6 +1,6 @@
 """Remote calls: the one place that decides how a call to a Ray actor waits, fails and is described.
 
-Generators, judges, learner groups and weight syncs all call actors; they all go through this module,
+Generators, judges and learner groups all call actors; they all go through this module,
 so "a hung call becomes an error naming the actor and the method" and "a remote failure is summed up
 in one line" are written once. Ray is imported inside the functions: importing this module pulls no
 engine, so library code that only *may* talk to actors stays importable without Ray.
@@ -9,9 +9,9 @@ engine, so library code that only *may* talk to actors stays importable without 
   says what happened: ``timeout``, ``died`` (the actor's process is gone), ``restarting`` (Ray is bringing
   the actor back) or ``raised`` (the remote code raised; the message carries its type and first line).
 * :func:`describe` is the one-line summary of a remote failure used in every message.
-* :func:`call_all` calls a method on many targets concurrently (local objects are called in place);
-  ``retry_dead=True`` sends a call again when its actor died and Ray restarted it, for calls that are
-  safe to repeat (a weight load replaces every weight).
+* :func:`call_all` calls a method on many actors concurrently; ``retry_dead=True`` sends a call again
+  when its actor died and Ray restarted it, for calls that are safe to repeat (a weight load replaces
+  every weight).
 * :func:`first_ready` is the wait of a loop that hands work to several actors at once (deadlines are
   the caller's: the generator pool's shards, the learner group's ranks).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 RETRIES = 3  # deaths a retried call survives (``call_all(retry_dead=True)``)
@@ -41,17 +40,11 @@ class RemoteCallError(RuntimeError):
         return self.kind in ("died", "restarting")
 
 
-def is_remote(obj: Any, method: str) -> bool:
-    """True if ``obj.method`` is a Ray actor method (has ``.remote``)."""
-    return callable(getattr(getattr(obj, method, None), "remote", None))
-
-
 def describe(exc: BaseException) -> str:
     """One line for a remote failure: the remote code's exception (type and first line), or the line of
     an actor's death notice that names the exception (e.g. a failed ``__init__``), never Ray's whole
     remote traceback."""
-    import ray
-
+    ray = _ray()
     if isinstance(exc, ray.exceptions.RayActorError):
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
@@ -64,8 +57,7 @@ def describe(exc: BaseException) -> str:
 
 def ray_get(ref: Any, what: str, timeout: float) -> Any:
     """``ray.get`` with a timeout; failures re-raised as :class:`RemoteCallError` naming ``what``."""
-    import ray
-
+    ray = _ray()
     try:
         return ray.get(ref, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
@@ -79,48 +71,29 @@ def ray_get(ref: Any, what: str, timeout: float) -> Any:
 
 def first_ready(refs: Sequence[Any], timeout: float) -> Any | None:
     """The first of ``refs`` to finish within ``timeout`` seconds, else None (nothing is fetched)."""
-    import ray
-
+    ray = _ray()
     ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, timeout))
     return ready[0] if ready else None
 
 
 def all_ready(refs: Sequence[Any], timeout: float) -> bool:
     """Whether every one of ``refs`` finishes within ``timeout`` seconds (nothing is fetched)."""
-    import ray
-
+    ray = _ray()
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=max(0.0, timeout))
     return len(ready) == len(refs)
 
 
-def targets(generators: Any) -> list[tuple[str, Any]]:
-    """``(name, handle or engine)`` for each generator of a pool (``names``/``actors``) or a list."""
-    if hasattr(generators, "actors"):
-        return list(zip(generators.names, generators.actors))
-    return [(f"generator-{i}", g) for i, g in enumerate(generators)]
-
-
 def call_all(named: Sequence[tuple[str, Any]], method: str, args: tuple, timeout: float,
              retry_dead: bool = False) -> list[Any]:
-    """Call ``method(*args)`` on every target (remote ones concurrently); results in order.
+    """Call ``method(*args)`` on every named actor concurrently; results in order.
 
-    Raises :class:`RemoteCallError` naming the first failing target. With ``retry_dead``, a call whose
+    Raises :class:`RemoteCallError` naming the first failing actor. With ``retry_dead``, a call whose
     actor died is sent again (Ray delivers it once a restarted actor is back) until ``timeout``.
     """
     deadline = time.monotonic() + timeout
-    pending = []
-    for name, t in named:
-        if is_remote(t, method):
-            pending.append((name, getattr(t, method).remote(*args)))
-        else:
-            pending.append((name, _local(t, method, args, name)))
-    out = []
-    for (name, r), (_, t) in zip(pending, named):
-        if isinstance(r, _Done):
-            out.append(r.value)
-        else:
-            out.append(_get(r, t, name, method, args, deadline, RETRIES if retry_dead else 0))
-    return out
+    refs = [getattr(actor, method).remote(*args) for _, actor in named]
+    return [_get(ref, actor, name, method, args, deadline, RETRIES if retry_dead else 0)
+            for ref, (name, actor) in zip(refs, named)]
 
 
 def _get(ref: Any, target: Any, name: str, method: str, args: tuple, deadline: float, retries: int) -> Any:
@@ -139,14 +112,8 @@ def _get(ref: Any, target: Any, name: str, method: str, args: tuple, deadline: f
             ref = getattr(target, method).remote(*args)
 
 
-@dataclass
-class _Done:
-    value: Any
+def _ray() -> Any:
+    """The ``ray`` module, imported on first use (so that importing this module pulls no engine)."""
+    import ray
 
-
-def _local(target: Any, method: str, args: tuple, name: str) -> _Done:
-    try:
-        return _Done(getattr(target, method)(*args))
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise RemoteCallError(f"{name}.{method} failed: {type(exc).__name__}: {text[0] if text else ''}") from exc
+    return ray

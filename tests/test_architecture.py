@@ -161,3 +161,111 @@ def test_only_the_family_registry_picks_an_objective_family():
     # the check finds what it forbids, and sees the module it exempts
     planted = 'if cfg.train.loss.type == "kto" or loss_cfg.type in ("sft", "tdpo") or cfg.loss.reference_free: pass'
     assert len(_family_branches(planted, "planted")) == 3 and FAMILY_REGISTRY in MODULES
+
+
+# ------------------------------------------------------------------ who loads weights into a generator
+def _classes(path: Path) -> dict[str, ast.ClassDef]:
+    return {n.name: n for n in ast.parse(path.read_text(), str(path)).body if isinstance(n, ast.ClassDef)}
+
+
+def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+def _dotted(node: ast.AST) -> str:
+    """``a.b.c`` for a chain of names and attributes, else ``""``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return ""
+
+
+def _generator_load_methods() -> set[str]:
+    """The generator actor's methods that put weights into its engine: those that call the engine's
+    ``load_*``, call such a method of their own, or call one of their own methods by name (``restore``)."""
+    methods = _methods(_classes(MODULES["actors.generator"])["GeneratorActor"])
+    loads: set[str] = set()
+    while True:
+        found = set(loads)
+        for name, fn in methods.items():
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Call):
+                    continue
+                f = node.func
+                if _dotted(f).startswith("self.engine.load"):
+                    found.add(name)  # self.engine.load_*(...)
+                elif isinstance(f, ast.Attribute) and _dotted(f.value) == "self" and f.attr in loads:
+                    found.add(name)  # self.<a load method>(...)
+                elif isinstance(f, ast.Call) and _dotted(f.func) == "getattr" and _dotted(f.args[0]) == "self":
+                    found.add(name)  # getattr(self, <a method named by the caller>)(...)
+        if found == loads:
+            return loads
+        loads = found
+
+
+def _scanned() -> dict[str, Path]:
+    bench = {f"bench.{p.stem}": p for p in sorted((ROOT / "bench").glob("*.py"))}
+    return {**MODULES, **bench}
+
+
+def test_only_the_sync_and_the_pool_load_weights_into_a_generator():
+    """A load method of the generator actor is reached as ``.<method>.remote(...)`` or by its name (``call_all``,
+    ``getattr``); outside ``selfplay/sync`` and the generator module's actor and pool classes, neither occurs.
+    ``selfplay/sync`` names them (a staged part says which method loads it) but calls none: the pool does."""
+    loads = _generator_load_methods()
+    assert {"load_buckets", "load_dir", "load_path", "load_adapter", "restore", "broadcast_receive"} <= loads
+    pool_classes = {"GeneratorActor", "GeneratorPool", "PolicySource"}  # the actor, the pool and its record
+    offenders = []
+    for name, path in _scanned().items():
+        sync = name.startswith("selfplay.sync")
+        tree = ast.parse(path.read_text(), str(path))
+        skip: set[int] = set()
+        if name == "actors.generator":
+            for cls in tree.body:
+                if isinstance(cls, ast.ClassDef) and cls.name in pool_classes:
+                    skip |= {id(n) for n in ast.walk(cls)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            remote = (isinstance(node, ast.Attribute) and node.attr == "remote"
+                      and isinstance(node.value, ast.Attribute) and node.value.attr in loads)
+            named = not sync and isinstance(node, ast.Constant) and node.value in loads
+            if remote or named:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+# ------------------------------------------------------------ kinds of worker differ by type, not by attribute
+def _worker_attributes() -> set[str]:
+    """The public names of the learner and generator interfaces and their implementations, plus Ray's mark of
+    an actor handle (``remote``) and the names the older kind checks used."""
+    names = {"remote", "actors", "export_ref", "is_remote", "_local"}
+    for module, classes in (("selfplay.sync.base", ("LearnerHandle", "GeneratorSide")),
+                            ("actors.learner", ("LocalLearner", "LearnerGroup", "_Handle", "LearnerActor")),
+                            ("actors.generator", ("GeneratorActor", "GeneratorPool"))):
+        found = _classes(MODULES[module])
+        for cls in classes:
+            names |= {n for n in _methods(found[cls]) if not n.startswith("__")}
+            names |= {n.target.id for n in found[cls].body
+                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return names
+
+
+def test_learner_and_generator_kinds_are_not_told_apart_by_attribute_checks():
+    """No ``hasattr(x, NAME)``, ``getattr(x, NAME, default)`` or ``is_remote(...)`` where NAME is part of the
+    learner or generator interfaces: a caller has one path (``LearnerHandle``; the pool for generators)."""
+    names = _worker_attributes()
+    assert {"export", "probe_logps", "load", "holds", "load_buckets", "remote"} <= names
+    offenders = []
+    for _, path in _scanned().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            fn, args = node.func.id, node.args
+            checks = (fn == "hasattr" and len(args) == 2) or (fn == "getattr" and len(args) == 3)
+            attr = args[1].value if checks and isinstance(args[1], ast.Constant) else None
+            if fn == "is_remote" or attr in names:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {fn}(..., {attr!r})")
+    assert offenders == []

@@ -1,11 +1,11 @@
 """The sync stage: push the trained weights into the running generators, then check them.
 
 * :mod:`~selfplay.sync.buckets`: the wire format (size-bounded safetensors buckets, blake3 each).
-* :mod:`~selfplay.sync.base`: the ``WeightSync`` protocol (``push(learner, generators, version)``),
-  ``SyncReport``, ``SyncError`` and the learner side (remote calls and their timeouts are
-  :mod:`selfplay.remote`'s).
-* Methods: :mod:`~selfplay.sync.object_store` (default), :mod:`~selfplay.sync.filesystem`,
-  :mod:`~selfplay.sync.nccl` (bucketed broadcast; GPUs).
+* :mod:`~selfplay.sync.base`: the two sides' interfaces (``LearnerHandle``; ``GeneratorSide``, which the
+  generator pool implements), ``WeightSync.push(learner, pool, version)``, ``SyncReport``, ``SyncError``
+  (remote calls and their timeouts are :mod:`selfplay.remote`'s).
+* Methods, each a transfer strategy the pool loads through: :mod:`~selfplay.sync.object_store`
+  (default), :mod:`~selfplay.sync.filesystem`, :mod:`~selfplay.sync.nccl` (bucketed broadcast; GPUs).
 * :mod:`~selfplay.sync.verify`: versions, checksums and probe log-probs after every sync.
 
 :func:`make_sync` is the plain factory from ``SyncConfig``. Importing this package imports no engine.
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.remote import RemoteCallError
-from selfplay.sync.base import SyncError, SyncReport, WeightSync
+from selfplay.sync.base import LearnerHandle, SyncError, SyncReport
+from selfplay.sync.strategy import WeightSync
 from selfplay.sync.verify import ProbeSpec
 
 
@@ -42,4 +43,4 @@ def make_sync(cfg: Any, run_dir: str | Path | None = None, *, timeout_s: float =
     raise ValueError(f"sync.method: unknown method {cfg.method!r}")
 
 
-__all__ = ["ProbeSpec", "RemoteCallError", "SyncError", "SyncReport", "WeightSync", "make_sync"]
+__all__ = ["LearnerHandle", "ProbeSpec", "RemoteCallError", "SyncError", "SyncReport", "WeightSync", "make_sync"]

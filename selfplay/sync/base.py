@@ -1,43 +1,41 @@
-"""What every weight sync shares: the ``WeightSync`` protocol, its report and error, and the learner side.
+"""What every weight sync shares: the two sides' interfaces, the push every method runs, its report and error.
 
 A sync moves the learner's weights (buckets from :mod:`selfplay.sync.buckets`) into every generator,
-then (optionally) verifies them (:mod:`selfplay.sync.verify`). Sides:
+then (optionally) verifies them (:mod:`selfplay.sync.verify`). Each side is one typed interface, so the
+sync has one path whatever runs where:
 
-* the *learner side* has ``export_weights(bucket_mb, version)`` (a list of byte buffers: ``bytes``, or
-  numpy ``uint8`` arrays from a learner actor, which Ray stores without pickling them) and
-  ``probe_logps(sequences) -> list[list[float]]``. It is a local object (a ``Learner``), one Ray actor
-  handle, or a learner group (:class:`~actors.learner.LearnerGroup`, recognised by ``export_ref``).
-  A sync never holds a group's rank handles: the group calls every rank (a ZeRO-3 gather is
-  collective), keeps rank 0's buckets in the object store (``export_ref``) and, when a rank dies or
-  hangs meanwhile, marks itself lost like any other of its calls;
-* the *generators* are a :class:`~actors.generator.GeneratorPool` (anything with ``actors`` and
-  ``names``), a list of actor handles, or local engines (``VLLMEngine``/``HFEngine``).
+* :class:`LearnerHandle`, the learner side: ``export`` (its buckets, local or left in the object store),
+  ``probe_logps``, ``directory`` (where the exported weights already are on disk) and the broadcast pair.
+  Implemented in-process by :class:`~actors.learner.LocalLearner` and over Ray ranks by
+  :class:`~actors.learner.LearnerGroup`. A sync never holds a group's rank handles: the group calls every
+  rank (a ZeRO-3 gather is collective) and, when a rank dies or hangs meanwhile, marks itself lost.
+* :class:`GeneratorSide`, the generators: the :class:`~actors.generator.GeneratorPool`, the one owner of
+  what each replica holds. A sync never calls a generator itself: it hands the pool a :class:`Staged` part
+  (which generator method loads it, from what, and where a restarted replica gets it again), and the pool
+  loads it into every replica, checks each answered checksum and records what the replicas now hold.
 
-Every remote call goes through :mod:`selfplay.remote` (timeouts, errors naming the actor and the
-method): a hung transfer (TRL #6797) becomes an error, not a stalled run. Loading calls
-(``load_buckets``/``load_path``) pass ``retry_dead=True``: a generator that dies while Ray restarts it
-is called again once it is back (Ray queues the call meanwhile), within the same deadline and at most
-``RETRIES`` times, because a load replaces every weight and is safe to repeat.
+A method (:mod:`~selfplay.sync.object_store`, :mod:`~selfplay.sync.filesystem`, :mod:`~selfplay.sync.nccl`)
+is a *transfer strategy* (:class:`~selfplay.sync.strategy.WeightSync`): it exports one part and puts it
+where the generators can load it; the push around it is the same for every method.
 
 What a push carries is a sequence of *parts* (:data:`Part`), each exported and loaded as its own set of
-buckets, verified once at the end: ``policy`` (the learner's weights, LoRA adapters merged in; the
-default), or with LoRA and ``sync.lora: adapter`` ``adapter`` (the adapter tensors alone, loaded with
-``load_adapter`` on the base the generators hold), preceded by ``base`` (the base weights, loaded with
-``load_buckets``) when the generators' base is not the learner's, or the merged ``policy`` instead
-(:func:`lora_parts`).
+buckets: ``policy`` (the learner's weights, LoRA adapters merged in; the default), or with LoRA and
+``sync.lora: adapter`` ``adapter`` (the adapter tensors alone, served on the base the generators hold),
+preceded by ``base`` (the base weights) when the generators' base is not the learner's, or the merged
+``policy`` instead (:func:`lora_parts`).
+
+Every remote call goes through :mod:`selfplay.remote` (timeouts, errors naming the actor and the
+method): a hung transfer (TRL #6797) becomes an error, not a stalled run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from selfplay.remote import RemoteCallError, all_ready, is_remote, ray_get
-
 Part = Literal["policy", "base", "adapter"]
-LOAD_METHOD: dict[str, str] = {"policy": "load_buckets", "base": "load_buckets", "adapter": "load_adapter"}
-"""The generator method that loads each part's buckets."""
 
 
 def lora_parts(learner_base: str | None, generators_base: str | None, reference: str = "initial"
@@ -47,8 +45,6 @@ def lora_parts(learner_base: str | None, generators_base: str | None, reference:
     on it (the base stays the learner's for the rest of the run); with ``previous`` the merged policy
     (the learner merges it into its base at the next round's start, so the generators then hold that
     base already and the next sync is the adapter alone)."""
-    from pathlib import Path
-
     same = (learner_base is not None and generators_base is not None
             and Path(learner_base).resolve() == Path(generators_base).resolve())
     if same:
@@ -87,14 +83,6 @@ class SyncReport:
         return {**asdict(self), "seconds": round(self.seconds, 4), "gb_per_s": round(self.gb_per_s, 3)}
 
 
-class WeightSync(Protocol):
-    method: str
-
-    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
-        """Deliver ``parts`` of the learner's current weights to every generator as ``version`` (and verify)."""
-        ...
-
-
 def combine(reports: Sequence[SyncReport]) -> SyncReport:
     """One report for the parts of a push, in order: bytes, buckets and seconds add up; the checksum is the
     last part's (what the generators report holding once all parts are loaded)."""
@@ -106,16 +94,6 @@ def combine(reports: Sequence[SyncReport]) -> SyncReport:
                       last.generators, parts=[p for r in reports for p in r.parts])
 
 
-# ------------------------------------------------------------------------------- the learner side
-def learner_call(learner: Any, method: str, args: tuple, timeout: float) -> Any:
-    """``method(*args)`` on the learner side: a learner group applies its own bookkeeping and ``timeout``."""
-    if is_remote(learner, method):
-        return ray_get(getattr(learner, method).remote(*args), f"learner.{method}", timeout)
-    if hasattr(learner, "export_ref"):
-        return getattr(learner, method)(*args, timeout=timeout)
-    return getattr(learner, method)(*args)
-
-
 def summarize(blobs: Sequence[bytes]) -> tuple[str, int, int]:
     """``(sync checksum, total bytes, bucket count)`` of a list of buckets (reads headers only)."""
     from selfplay.sync.buckets import bucket_nbytes, sync_digest
@@ -123,46 +101,130 @@ def summarize(blobs: Sequence[bytes]) -> tuple[str, int, int]:
     return sync_digest(blobs), sum(bucket_nbytes(b) for b in blobs), len(blobs)
 
 
+# ------------------------------------------------------------------------------- the learner side
 @dataclass
 class Exported:
-    """The learner's buckets of one sync: local bytes, or rank 0's ObjectRef (never fetched by the driver)."""
+    """The learner's buckets of one part: local bytes, or rank 0's ObjectRef (never fetched by the driver)."""
 
-    blobs: list[bytes] | None
+    blobs: list[Any] | None
     ref: Any
     checksum: str
     bytes: int
     count: int
 
 
-def export(learner: Any, bucket_mb: float, version: int, timeout: float, part: Part = "policy") -> Exported:
-    """Ask the learner side for its buckets of ``part``. A remote export stays in the object store; its summary
-    is computed next to the data (by the exporting rank, or a small task) instead of pulling it into the driver."""
-    if hasattr(learner, "export_ref"):  # a learner group: every rank exports, rank 0's buckets stay remote
-        ref, summary = learner.export_ref(bucket_mb, version, timeout=timeout, **_part(part))
-        if ref is None:  # the group's learner runs in this process: summary holds the buckets themselves
-            return Exported(list(summary), None, *summarize(summary))
-        return Exported(None, ref, *summary)
-    if is_remote(learner, "export_weights"):
-        ref = learner.export_weights.remote(bucket_mb, version, **_part(part))
-        if not all_ready([ref], timeout):
-            raise RemoteCallError(f"learner.export_weights did not answer within {timeout:.0f} s", "timeout")
-        checksum, nbytes, count = ray_get(_remote(summarize).remote(ref), "summarize(buckets)", timeout)
-        return Exported(None, ref, checksum, nbytes, count)
-    blobs = list(learner.export_weights(bucket_mb, version, **_part(part)))
-    return Exported(blobs, None, *summarize(blobs))
+class LearnerHandle(Protocol):
+    """The learner as the sync, export and stage code call it: in-process or W Ray ranks, one interface.
+
+    ``timeout`` bounds a remote call (an in-process learner ignores it). ``holds`` is where the learner's
+    weights are on disk (a Hugging Face or checkpoint directory; None: unsaved)."""
+
+    holds: str | None
+
+    # --- the sync side
+    def export(self, bucket_mb: float, version: int, part: Part = "policy", *,
+               timeout: float | None = None) -> Exported: ...
+
+    def probe_logps(self, sequences: list[list[int]], *, timeout: float | None = None) -> list[list[float]]: ...
+
+    def directory(self, part: Part, *, timeout: float | None = None) -> str | None:
+        """The directory holding exactly ``part`` of the current weights (a Hugging Face directory; a PEFT
+        adapter directory for ``adapter``), else None: where a restarted generator can get them again."""
+        ...
+
+    def broadcast_join(self, host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float,
+                       *, timeout: float | None = None) -> bool: ...
+
+    def broadcast_send(self, bucket_mb: float, version: int, *,
+                       timeout: float | None = None) -> tuple[str, int, int] | None: ...
+
+    # --- the stages
+    def lora_base(self, *, timeout: float | None = None) -> str | None: ...
+
+    def reload(self, model_path: str | Path, cfg: Any = None, *, timeout: float | None = None) -> None: ...
+
+    def train_round(self, pairs: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
+                    on_step: Any = None, final_checkpoint: bool = True, timeout: float | None = None
+                    ) -> dict[str, Any]: ...
+
+    def sft_round(self, examples: Any, cfg: Any = None, *, checkpoint_dir: str | Path | None = None,
+                  on_step: Any = None, timeout: float | None = None) -> dict[str, Any]: ...
+
+    def prescore(self, sequences: Any, cfg: Any = None) -> None: ...
+
+    def compute_reference(self, pairs: Any, model_path: str | Path | None = None, cfg: Any = None, *,
+                          as_reference: bool = True, only_rejected: bool = False, groups: Any = None,
+                          timeout: float | None = None) -> Any: ...
+
+    def export_weights(self, bucket_mb: float = 64.0, version: int = 0, dtype: str | None = None, *,
+                       timeout: float | None = None) -> list[Any]: ...
+
+    def save_hf(self, out_dir: str | Path, dtype: str | None = None, *, timeout: float | None = None) -> str: ...
+
+    def save_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> str: ...
+
+    def load_checkpoint(self, ckpt_dir: str | Path, *, timeout: float | None = None) -> dict[str, Any]: ...
+
+    def set_counters(self, rounds: int, global_step: int, *, timeout: float | None = None) -> None: ...
+
+    def set_metrics_dir(self, out_dir: str | Path | None, *, timeout: float | None = None) -> None: ...
+
+    def info(self, *, timeout: float | None = None) -> list[dict[str, Any]]: ...
+
+    def shutdown(self) -> None: ...
 
 
-def _part(part: Part) -> dict[str, Any]:
-    """The export call's ``part`` keyword; none for ``policy``, so a learner side that predates parts (or
-    wraps one, as the fault tests do) still answers a plain sync."""
-    return {} if part == "policy" else {"part": part}
+# ---------------------------------------------------------------------------- the generator side
+@dataclass(frozen=True)
+class Load:
+    """One generator-actor load call: ``method(source, version)`` (``load_buckets``, ``load_path``,
+    ``load_dir``, ``load_adapter``, ``load_adapter_path``, ``load_adapter_dir``)."""
+
+    method: str
+    source: Any  # buckets or an ObjectRef to them, or a directory
+
+
+@dataclass
+class Staged:
+    """One part of a push, ready for the pool to load into every replica.
+
+    ``load`` is how every replica loads it now; ``restore`` how a replica Ray restarts gets it again (None:
+    nowhere, e.g. a broadcast). A broadcast has no source: the pool submits ``load`` (no ``source``) on every
+    replica, then calls ``send``, which returns the buckets' summary once the learner has sent them."""
+
+    part: Part
+    load: Load
+    export_s: float
+    summary: tuple[str, int, int] | None  # (checksum, bytes, buckets); None until ``send`` has run
+    restore: Load | None = None
+    send: Callable[[], tuple[str, int, int]] | None = None
+    where: str = ""  # said in a failure's message (the directory a filesystem sync wrote)
+
+
+class GeneratorSide(Protocol):
+    """The generators as a sync sees them: the pool that loads every weight and records what it loaded."""
+
+    names: list[str]
+
+    def load(self, staged: Staged, version: int, timeout: float) -> list[str]:
+        """Load ``staged`` into every replica as ``version``; the checksums they loaded, in replica order."""
+        ...
+
+    def join_broadcast(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
+                       learner_join: Callable[[], Any]) -> None:
+        """Every replica joins a broadcast group as ranks 1..R, with ``learner_join`` (rank 0) in between."""
+        ...
+
+    def info(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
+
+    def probe_logps(self, sequences: list[list[int]], timeout: float | None = None) -> list[list[list[float]]]: ...
 
 
 _REMOTE: dict[Any, Any] = {}
 
 
-def _remote(fn: Any) -> Any:
-    """``fn`` as a zero-CPU Ray task (created once per process)."""
+def as_task(fn: Any) -> Any:
+    """``fn`` as a zero-CPU Ray task (created once per process): work done next to the data it reads."""
     if fn not in _REMOTE:
         import ray
 

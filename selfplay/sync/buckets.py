@@ -14,17 +14,18 @@ Choices (copies are the main cost of a sync, so each one is counted):
   first, then by name (as ``safetensors`` does), so every tensor starts at a multiple of its element
   size. The checksum is computed from the source tensors' memory, not from a copy.
 * The checksum is BLAKE3 (the ``blake3`` package, one thread), recorded under the metadata key
-  ``"blake3"``: it runs 4-5x faster than sha256 on one core here (403 MB: 0.07 s against 0.31 s), and a
-  sync hashes every byte twice (learner and generator). Any accidental change is still detected (a
-  256-bit digest), and it is not a keyed MAC either way: the object store is trusted not to forge.
+  ``"blake3"``: it is several times faster than sha256 on one core (``bench/sync.py`` times both on each
+  preset's weights), and a sync hashes every byte twice (learner and generator). Any accidental change
+  is still detected (a 256-bit digest), and it is not a keyed MAC either way: the object store is
+  trusted not to forge.
   Buckets recorded with ``"sha256"`` (written by earlier versions, e.g. a filesystem sync's directory)
   are still verified with sha256; a bucket with neither key is refused.
 * A bucket may also travel *split*: a list of byte buffers whose concatenation is that layout, the
   header first and then one buffer per tensor (:func:`pack_bucket_parts`). The parts are the tensors'
   own memory, so a learner actor that returns them has Ray write every byte into the object store
   once (with its parallel copy) instead of joining them into a ``bytes`` first and then storing that
-  (measured on 403 MB: the join alone took 0.19 s on one thread, the store 0.05 s), and its memory
-  never holds a second copy of the model. Readers read a split bucket exactly as the joined one.
+  (the join alone costs more than the store; ``bench/sync.py`` times both), and its memory never holds a
+  second copy of the model. Readers read a split bucket exactly as the joined one.
 * Unpacking accepts any byte buffer (``bytes``, ``bytearray``, ``memoryview``, a numpy ``uint8``
   array such as Ray's zero-copy read of the object store), or a split bucket of them, and returns
   ``torch.frombuffer`` views of it: no copy. The header is parsed and checked here (known dtypes,

@@ -9,7 +9,8 @@ Layout: ``<shared_dir>/v{version:06d}/bucket_{i:05d}.safetensors`` plus ``manife
   exists is complete; a generator never reads a half-written sync.
 * Generators read the files and go through the same verified load as every other method (checksum per
   bucket, version, complete names), rather than vLLM's own reload-from-path, which would skip checks.
-* Only the newest ``keep`` versions are kept (with all their parts).
+* Only the newest ``keep`` versions are kept (with all their parts), so the current one is always there
+  for a generator Ray restarts (unless the learner has the same weights in a directory of its own).
 * A generator reads each file into memory it owns (one copy) rather than mapping it: the bytes it
   verifies are then the bytes it loads, even if something rewrote the shared file in between, and a
   file removed on another NFS client cannot fault (SIGBUS) the generator mid-load. Verification and
@@ -22,15 +23,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from selfplay.atomic import replace_dir
-from selfplay.remote import RemoteCallError, call_all, ray_get, targets
-from selfplay.sync.base import Part, SyncError, SyncReport, _remote, combine, export, summarize
+from selfplay.remote import ray_get
+from selfplay.sync.base import LearnerHandle, Load, Part, Staged, as_task, summarize
 from selfplay.sync.buckets import BucketError, bucket_parts
-from selfplay.sync.verify import DEFAULT_PROBE, EarlyProbes, ProbeSpec, finish, loaded_report
+from selfplay.sync.strategy import WeightSync
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec
 
 PATH_METHOD: dict[str, str] = {"policy": "load_path", "base": "load_path", "adapter": "load_adapter_path"}
 """The generator method that loads each part from its directory."""
@@ -120,20 +121,7 @@ def prune(root: str | Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-class _PathLoader:
-    """Gives a local engine the ``load_path`` a generator actor has."""
-
-    def __init__(self, engine: Any):
-        self.engine = engine
-
-    def load_path(self, path: str, version: int) -> str:
-        return self.engine.load_buckets(read_weights_dir(path, version), version)
-
-    def load_adapter_path(self, path: str, version: int) -> str:
-        return self.engine.load_adapter(read_weights_dir(path, version), version)
-
-
-class FilesystemSync:
+class FilesystemSync(WeightSync):
     method = "filesystem"
 
     def __init__(
@@ -145,40 +133,22 @@ class FilesystemSync:
         timeout_s: float = 600.0,
         keep: int = 2,
     ):
+        super().__init__(bucket_mb, probe, timeout_s)
         self.root = Path(shared_dir)
-        self.bucket_mb = bucket_mb
-        self.probe = probe
-        self.timeout_s = timeout_s
         self.keep = keep
-        self.early = EarlyProbes()
 
-    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
-        named = [(n, t if hasattr(t, "load_path") else _PathLoader(t)) for n, t in targets(generators)]
-        reports = [self._deliver(learner, named, version, part, last=i == len(parts) - 1)
-                   for i, part in enumerate(parts)]
-        prune(self.root, self.keep)
-        return finish(combine(reports), learner, generators, self.probe, self.timeout_s, self.early)
-
-    def _deliver(self, learner: Any, named: list[tuple[str, Any]], version: int, part: Part, last: bool
-                 ) -> SyncReport:
-        """Export one part, write it and have every generator load it; that part's report (not yet verified)."""
+    def stage(self, learner: LearnerHandle, pool: Any, version: int, part: Part) -> Staged:
+        """Export one part and write it as a version directory (writing is part of the transfer)."""
         start = time.perf_counter()
-        ex = export(learner, self.bucket_mb, version, self.timeout_s, part)
+        ex = learner.export(self.bucket_mb, version, part, timeout=self.timeout_s)
         export_s = time.perf_counter() - start
-        if last:
-            self.early.start(learner, self.probe, self.timeout_s)  # the learner probes while the generators load
-
-        start = time.perf_counter()  # writing the files is part of the transfer
         if ex.blobs is not None:
             path = write_weights_dir(self.root, version, ex.blobs, part)
         else:  # written by a task next to the learner's buckets, not through the driver
-            task = _remote(write_weights_dir).remote(str(self.root), version, ex.ref, part)
+            task = as_task(write_weights_dir).remote(str(self.root), version, ex.ref, part)
             path = ray_get(task, "write_weights_dir", self.timeout_s)
-        try:
-            checksums = call_all(named, PATH_METHOD[part], (path, version), self.timeout_s, retry_dead=True)
-        except RemoteCallError as exc:
-            raise SyncError(f"sync to version {version} from {path} failed: {exc}") from exc
-        report = loaded_report(self.method, named, checksums, ex.checksum, version, ex.bytes, ex.count, export_s,
-                               time.perf_counter() - start)
-        report.parts = [part]
-        return report
+        load = Load(PATH_METHOD[part], path)
+        return Staged(part, load, export_s, (ex.checksum, ex.bytes, ex.count), restore=load, where=path)
+
+    def after_push(self) -> None:
+        prune(self.root, self.keep)

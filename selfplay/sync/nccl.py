@@ -18,23 +18,29 @@ Choices and limits:
   host for verification). A zero-copy GPU path would skip the host round trips; it is not written yet.
   On CPU (gloo) the sender broadcasts a view of its bucket bytes and a receiver hands the received
   tensor's memory on as a numpy array: no copies besides the transfer itself.
-* The learner side is either a local object with ``export_weights`` (the driver is rank 0), one learner
-  actor that includes :class:`BroadcastSenderMixin`, or a learner group of such actors (its rank 0
-  joins the group; ``LearnerGroup.broadcast_join``/``broadcast_send``).
+* The learner side is a :class:`~selfplay.sync.base.LearnerHandle`: in-process, the driver is rank 0
+  (``LocalLearner``); a learner group's rank 0 joins through its actor's :class:`BroadcastSenderMixin`.
+  The pool joins its replicas and receives (``GeneratorPool.join_broadcast``/``load``).
+* Nothing stays for a generator Ray restarts: the pool restores it from the learner's directory
+  (``LearnerHandle.directory``), or refuses to guess.
 
 NCCL needs one GPU per rank; the GPU test (``tests/sync/test_nccl_gpu.py``) was not run (see docs/gpu.md).
 """
 
 from __future__ import annotations
 
-import time
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from selfplay.remote import RemoteCallError, is_remote, ray_get, targets
-from selfplay.sync.base import Part, SyncError, SyncReport, summarize
-from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec, finish, loaded_report
+import torch
+import torch.distributed as dist
+
+from selfplay.remote import RemoteCallError
+from selfplay.sync.base import LearnerHandle, Load, Part, Staged, SyncError, summarize
+from selfplay.sync.strategy import WeightSync
+from selfplay.sync.verify import DEFAULT_PROBE, ProbeSpec
 
 STORE_PREFIX = "selfplay-weight-sync"
 
@@ -51,9 +57,6 @@ class BroadcastEndpoint:
         backend: str = "nccl",
         timeout_s: float = 300.0,
     ):
-        import torch
-        import torch.distributed as dist
-
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(
@@ -72,8 +75,6 @@ class BroadcastEndpoint:
             raise ValueError(f"unknown broadcast backend {backend!r}; expected nccl or gloo")
 
     def _broadcast(self, tensor: Any, what: str) -> None:
-        import torch.distributed as dist
-
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         try:
@@ -84,8 +85,6 @@ class BroadcastEndpoint:
             raise TimeoutError(f"rank {self.rank}: broadcast of {what} timed out after {self.timeout}")
 
     def send(self, blobs: list[bytes]) -> None:
-        import torch
-
         if self.rank != 0:
             raise RuntimeError("only rank 0 (the learner) sends")
         self._broadcast(torch.tensor([len(blobs)], dtype=torch.int64, device=self.device), "bucket count")
@@ -95,8 +94,6 @@ class BroadcastEndpoint:
 
     def receive(self) -> list[Any]:
         """The buckets of one sync as numpy ``uint8`` arrays (on CPU: the received memory itself)."""
-        import torch
-
         count = torch.zeros(1, dtype=torch.int64, device=self.device)
         self._broadcast(count, "bucket count")
         sizes = torch.zeros(int(count.item()), dtype=torch.int64, device=self.device)
@@ -111,10 +108,6 @@ class BroadcastEndpoint:
 
 def _byte_tensor(blob: Any) -> Any:
     """A uint8 tensor over a bucket's memory without a copy (the root of a broadcast only reads it)."""
-    import warnings
-
-    import torch
-
     if not len(blob):
         return torch.empty(0, dtype=torch.uint8)
     with warnings.catch_warnings():
@@ -142,7 +135,7 @@ class BroadcastSenderMixin:
         return summarize(blobs)
 
 
-class BroadcastSync:
+class BroadcastSync(WeightSync):
     method = "nccl"
 
     def __init__(
@@ -153,64 +146,48 @@ class BroadcastSync:
         probe: ProbeSpec | None = DEFAULT_PROBE,
         timeout_s: float = 600.0,
     ):
-        self.bucket_mb, self.backend, self.probe, self.timeout_s = bucket_mb, backend, probe, timeout_s
+        super().__init__(bucket_mb, probe, timeout_s)
+        self.backend = backend
         self._store = None
-        self._local: BroadcastEndpoint | None = None
 
-    def _join(self, learner: Any, named: list[tuple[str, Any]]) -> None:
-        """Build the group: a store hosted here, every generator and learner rank 0 connected to it."""
-        import ray
-        import torch.distributed as dist
-
-        host = ray.util.get_node_ip_address()
-        world = 1 + len(named)
-        timeout = timedelta(seconds=self.timeout_s)
-        self._store = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
-        port = self._store.port
-        joins = [
-            (n, t.broadcast_join.remote(host, port, world, r + 1, self.backend, self.timeout_s))
-            for r, (n, t) in enumerate(named)
-        ]
-        if is_remote(learner, "broadcast_join"):  # one learner actor
-            ray_get(
-                learner.broadcast_join.remote(host, port, world, 0, self.backend, self.timeout_s),
-                "learner.broadcast_join",
-                self.timeout_s,
-            )
-        elif getattr(learner, "remote", False):  # a learner group of rank actors: its rank 0 joins
-            learner.broadcast_join(host, port, world, 0, self.backend, self.timeout_s, timeout=self.timeout_s)
-        else:  # the driver itself is rank 0 (gloo connects every rank here, so the others were started first)
-            self._local = BroadcastEndpoint(host, port, world, 0, self.backend, self.timeout_s)
-        for name, ref in joins:
-            ray_get(ref, f"{name}.broadcast_join", self.timeout_s)
-
-    def push(self, learner: Any, generators: Any, version: int, parts: Sequence[Part] = ("policy",)) -> SyncReport:
+    def check_parts(self, parts: Sequence[Part]) -> None:
         if tuple(parts) != ("policy",):
             raise SyncError(f"the nccl sync broadcasts merged weights only, not {list(parts)}; "
                             "use sync.lora: merged, or sync.method object_store or filesystem")
-        named = targets(generators)
-        if not all(is_remote(t, "broadcast_receive") for _, t in named):
-            raise SyncError("broadcast sync needs generator actors (GeneratorPool), not local engines")
-        start = time.perf_counter()
-        try:
-            if self._store is None:
-                self._join(learner, named)
-            receives = [(n, t.broadcast_receive.remote(version)) for n, t in named]
-            if self._local is not None:
-                blobs = list(learner.export_weights(self.bucket_mb, version))
-                summary = summarize(blobs)
-                self._local.send(blobs)
-            elif is_remote(learner, "broadcast_send"):
-                summary = ray_get(learner.broadcast_send.remote(self.bucket_mb, version), "learner.broadcast_send",
-                                  self.timeout_s)
-            else:  # a learner group: every rank exports, rank 0 sends
-                summary = learner.broadcast_send(self.bucket_mb, version, timeout=self.timeout_s)
-            checksums = [ray_get(ref, f"{n}.broadcast_receive", self.timeout_s) for n, ref in receives]
-        except (RemoteCallError, TimeoutError, RuntimeError) as exc:
-            self._store, self._local = None, None  # a failed collective leaves the group unusable
-            raise SyncError(f"broadcast sync to version {version} failed: {exc}") from exc
-        checksum, nbytes, count = summary
-        # export and transfer overlap here (rank 0 exports while receivers wait): all of it is transfer
-        report = loaded_report(self.method, named, checksums, checksum, version, nbytes, count, 0.0,
-                               time.perf_counter() - start)
-        return finish(report, learner, generators, self.probe, self.timeout_s)
+
+    def _join(self, learner: LearnerHandle, pool: Any) -> None:
+        """Build the group: a store hosted here, every generator and learner rank 0 connected to it (gloo
+        connects every rank at once, so the generators' joins are under way before the learner's)."""
+        import ray
+        host = ray.util.get_node_ip_address()
+        world = 1 + len(pool.names)
+        timeout = timedelta(seconds=self.timeout_s)
+        self._store = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        port = self._store.port
+        pool.join_broadcast(host, port, world, self.backend, self.timeout_s,
+                            lambda: learner.broadcast_join(host, port, world, 0, self.backend, self.timeout_s,
+                                                           timeout=self.timeout_s))
+
+    def stage(self, learner: LearnerHandle, pool: Any, version: int, part: Part) -> Staged:
+        """Nothing moves yet: the pool starts every replica's receive, then ``send`` exports and broadcasts
+        (export and transfer overlap, so all of it counts as transfer)."""
+        if self._store is None:
+            try:
+                self._join(learner, pool)
+            except (RemoteCallError, TimeoutError, RuntimeError) as exc:
+                self.failed()
+                raise SyncError(f"broadcast sync to version {version} failed: {exc}") from exc
+        staged = Staged(part, Load("broadcast_receive", None), 0.0, None)
+
+        def send() -> tuple[str, int, int]:
+            staged.summary = learner.broadcast_send(self.bucket_mb, version, timeout=self.timeout_s)
+            return staged.summary
+
+        staged.send = send
+        return staged
+
+    def failed(self) -> None:
+        self._store = None  # a failed collective leaves the group unusable
+
+    def failure(self, version: int, staged: Staged, exc: BaseException) -> str:
+        return f"broadcast sync to version {version} failed: {exc}"

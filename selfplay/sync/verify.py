@@ -34,8 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from selfplay.remote import call_all, targets
-from selfplay.sync.base import SyncError, SyncReport, learner_call
+from selfplay.sync.base import GeneratorSide, LearnerHandle, SyncError, SyncReport
 
 
 def probe_sequences(vocab_size: int, count: int = 4, length: int = 32, seed: int = 0) -> list[list[int]]:
@@ -44,11 +43,10 @@ def probe_sequences(vocab_size: int, count: int = 4, length: int = 32, seed: int
     return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(count)]
 
 
-def check_versions(generators: Any, version: int, checksum: str | None, timeout: float = 60.0) -> list[dict]:
+def check_versions(pool: GeneratorSide, version: int, checksum: str | None, timeout: float = 60.0) -> list[dict]:
     """Every generator reports ``version`` (and ``checksum`` when given); else :class:`SyncError`."""
-    named = targets(generators)
-    infos = call_all(named, "info", (), timeout)
-    for (name, _), info in zip(named, infos):
+    infos = pool.info(timeout)
+    for name, info in zip(pool.names, infos):
         if info.get("version") != version:
             raise SyncError(f"{name} holds policy version {info.get('version')}, expected {version}")
         if checksum is not None and info.get("checksum") != checksum:
@@ -94,11 +92,11 @@ class LearnerProbe:
     row. :class:`EarlyProbes` starts it on the vocabulary the generators reported at the previous sync.
     """
 
-    def __init__(self, learner: Any, vocab: int, spec: ProbeSpec, timeout: float):
+    def __init__(self, learner: LearnerHandle, vocab: int, spec: ProbeSpec, timeout: float):
         self.vocab = vocab
         self.sequences = probe_sequences(vocab, spec.count, spec.length, spec.seed)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="probe-learner")
-        self._future = self._pool.submit(learner_call, learner, "probe_logps", (self.sequences,), timeout)
+        self._future = self._pool.submit(lambda: learner.probe_logps(self.sequences, timeout=timeout))
 
     def result(self) -> list[list[float]]:
         try:
@@ -108,8 +106,8 @@ class LearnerProbe:
 
 
 def verify_sync(
-    learner: Any, generators: Any, version: int, checksum: str | None, spec: ProbeSpec, timeout: float = 300.0,
-    early: EarlyProbes | None = None,
+    learner: LearnerHandle, pool: GeneratorSide, version: int, checksum: str | None, spec: ProbeSpec,
+    timeout: float = 300.0, early: EarlyProbes | None = None,
 ) -> float:
     """Check versions/checksums, then probe log-probs on every generator. Returns the largest difference.
 
@@ -118,14 +116,13 @@ def verify_sync(
     thread of its own while the generators score it (they are independent processes once remote), or
     already did (``early``: started before the generators loaded, used when its vocabulary still fits).
     """
-    infos = check_versions(generators, version, checksum, timeout)
+    infos = check_versions(pool, version, checksum, timeout)
     vocab = min(int(info.get("vocab_size") or 2) for info in infos)
     learner_side = (early.take(vocab) if early is not None else None) or LearnerProbe(learner, vocab, spec, timeout)
-    named = targets(generators)
-    generated = call_all(named, "probe_logps", (learner_side.sequences,), timeout)
+    generated = pool.probe_logps(learner_side.sequences, timeout)
     expected = learner_side.result()
     worst = 0.0
-    for (name, _), got in zip(named, generated):
+    for name, got in zip(pool.names, generated):
         diff = max_abs_diff(expected, got)
         if not diff <= spec.tolerance:
             raise SyncError(
@@ -137,14 +134,14 @@ def verify_sync(
 
 
 def finish(
-    report: SyncReport, learner: Any, generators: Any, spec: ProbeSpec | None, timeout: float,
+    report: SyncReport, learner: LearnerHandle, pool: GeneratorSide, spec: ProbeSpec | None, timeout: float,
     early: EarlyProbes | None = None,
 ) -> SyncReport:
     """The common end of every push: verify (when ``spec`` is given) and fill in the report."""
     if spec is None:
         return report
     start = time.perf_counter()
-    report.max_diff = verify_sync(learner, generators, report.version, report.checksum, spec, timeout, early)
+    report.max_diff = verify_sync(learner, pool, report.version, report.checksum, spec, timeout, early)
     report.verify_s = time.perf_counter() - start
     return report
 
@@ -158,7 +155,7 @@ class EarlyProbes:
         self.vocab: int | None = None
         self.pending: LearnerProbe | None = None
 
-    def start(self, learner: Any, spec: ProbeSpec | None, timeout: float) -> None:
+    def start(self, learner: LearnerHandle, spec: ProbeSpec | None, timeout: float) -> None:
         self.pending = LearnerProbe(learner, self.vocab, spec, timeout) if spec and self.vocab else None
 
     def take(self, vocab: int) -> LearnerProbe | None:
@@ -171,7 +168,7 @@ class EarlyProbes:
 
 
 def check_loaded(names: list[str], checksums: list[Any], expected: str, version: int) -> None:
-    """Each generator's ``load_*`` answer (the checksum it loaded) must be the learner's."""
+    """Each generator's load answer (the checksum it loaded) must be the learner's; else :class:`SyncError`."""
     for name, got in zip(names, checksums):
         if got != expected:
             raise SyncError(
@@ -179,11 +176,3 @@ def check_loaded(names: list[str], checksums: list[Any], expected: str, version:
                 f"the learner sent {expected[:12]}"
             )
 
-
-def loaded_report(method: str, named: list[tuple[str, Any]], checksums: list[Any], checksum: str, version: int,
-                  nbytes: int, count: int, export_s: float, transfer_s: float) -> SyncReport:
-    """The common middle of every push: each generator must have loaded exactly the learner's bytes
-    (:func:`check_loaded`); then the report of the transfer, before verification fills in the rest."""
-    names = [n for n, _ in named]
-    check_loaded(names, checksums, checksum, version)
-    return SyncReport(method, version, count, nbytes, checksum, export_s, transfer_s, names)

@@ -54,10 +54,10 @@ def test_failed_shard_write_keeps_the_shards_before_it(tmp_path, monkeypatch, fa
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_dir):
-    from actors.learner import LearnerGroup
+    from actors.learner import LocalLearner
 
     cfg = TrainConfig(learning_rate=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=1)
-    group = LearnerGroup(tiny_model_dir, cfg, local=True)
+    group = LocalLearner.start(tiny_model_dir, cfg)
     yield group
     group.shutdown()
 
@@ -91,7 +91,7 @@ def test_failed_checkpoint_keeps_the_last_good_one(learner, tmp_path, monkeypatc
     good = weights(learner.export_weights())
     tag = (ckpt / "latest").read_text()
 
-    engine = learner._local.engine
+    engine = learner.learner.engine
     real_save = engine.save_checkpoint
 
     def partial_then_fail(save_dir, tag=None, **kwargs):
@@ -119,7 +119,7 @@ def test_nonfinite_weights_are_never_exported(learner, tmp_path):
     out = tmp_path / "policy"
     learner.save_hf(out)
     before = (out / "model.safetensors").read_bytes()
-    name, param = next(iter(learner._local.engine.module.named_parameters()))
+    name, param = next(iter(learner.learner.engine.module.named_parameters()))
     saved = param.detach().clone()
     with torch.no_grad():
         param.view(-1)[3] = float("inf")  # injected fault: one weight diverged
@@ -141,7 +141,7 @@ def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_
     learner.train_round(learner.compute_reference(toy_pairs(8, seed=3)), checkpoint_dir=ckpt)
     good = weights(learner.export_weights())
     tag = (ckpt / "latest").read_text()
-    engine = learner._local.engine
+    engine = learner.learner.engine
     real_save = engine.save_checkpoint
     written = []
 
@@ -153,13 +153,13 @@ def test_saving_the_same_step_again_keeps_the_last_good_checkpoint(learner, tmp_
 
     monkeypatch.setattr(engine, "save_checkpoint", partial_then_fail)
     with pytest.raises(OSError, match="injected"):
-        learner._local.save_checkpoint(ckpt)  # same global step as the round's last save
+        learner.learner.save_checkpoint(ckpt)  # same global step as the round's last save
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert written and written[0] != tag  # written beside the good one, not over it
     assert (ckpt / "latest").read_text() == tag
     learner.load_checkpoint(ckpt)
     assert all(torch.equal(good[k], v) for k, v in weights(learner.export_weights()).items())
-    learner._local.save_checkpoint(ckpt)  # the retry succeeds and replaces the old tag
+    learner.learner.save_checkpoint(ckpt)  # the retry succeeds and replaces the old tag
     assert (ckpt / "latest").read_text() == f"{tag}.1" or (ckpt / "latest").read_text().startswith(tag + ".")
     assert not (ckpt / tag).exists()
 

@@ -16,7 +16,7 @@ import pytest
 
 from selfplay.generate import Sampling
 from selfplay.generate.shards import read_generations
-from selfplay.remote import RemoteCallError, call_all, targets
+from selfplay.remote import RemoteCallError
 
 ray = pytest.importorskip("ray", reason="needs Ray (absent on the GPU machines: docs/gpu.md)")
 
@@ -81,9 +81,9 @@ def test_hung_replica_is_named_in_time_and_restored_from_the_policy_directory(po
     from selfplay.models import build_policy
 
     v2 = build_policy(tmp_path / "v2", preset="nano", tokenizer="char", seed=2)
-    # a sync that addresses the actors directly (as selfplay.sync does), then the driver tells the pool
-    call_all(targets(pool), "load_dir", (str(v2), 2), 120)
-    pool.remember_policy(v2, 2)
+    pool.load_dir(v2, 2)  # through the pool, which records where version 2 is
+    pool.remember_policy(tmp_path / "elsewhere", 2)  # the older protocol's call after a load changes nothing
+    assert (pool.policy.version, pool.policy.base) == (2, str(v2))
     want, _ = pool.generate(PROMPTS, SAMPLING)
     assert {c.policy_version for g in want for c in g} == {2}
 
@@ -97,7 +97,7 @@ def test_hung_replica_is_named_in_time_and_restored_from_the_policy_directory(po
     finally:
         pool.shard_timeout_s = 300.0
     # the hung replica was killed and Ray restarted it on its start-up weights (version 0); the next
-    # call restores it from the directory the pool was told about, before generating
+    # call restores it from the directory the pool loaded, before generating
     got, _ = pool.generate(PROMPTS, SAMPLING)
     assert records(got) == records(want)
     infos = pool.info()
@@ -107,5 +107,5 @@ def test_hung_replica_is_named_in_time_and_restored_from_the_policy_directory(po
 def test_weights_the_pool_was_not_told_about_are_never_guessed(pool, v1):
     pool.load_buckets(weight_buckets(v1, 1), version=1)
     # the replicas hold version 1 and the pool knows where it is; version 3 it does not
-    with pytest.raises(RemoteCallError, match=r"generator-1 must be restored to version 3.*remember_policy"):
+    with pytest.raises(RemoteCallError, match=r"generator-1 must be restored to version 3.*only where version 1 is"):
         pool.submit_restore(1, 3)

@@ -5,14 +5,15 @@ learner (real DeepSpeed, real PEFT) that trains one DPO round. The adapter sync 
 bytes only, pass the verification every sync passes (checksums, version, probe log-probs), and leave the
 generator computing what the merged model computes: its greedy outputs and their log-probs are then
 compared with the same engine after a merged push (which replaces the base and drops the adapter), and
-after a base + adapter push back (through the filesystem method). A replica Ray restarts gets base +
-current adapter back from the pool.
+after a base + adapter push back (through the filesystem method). Every push goes through the pool, which
+records what its replica holds (no caller tells it): a replica Ray restarts gets base + current adapter back.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -21,7 +22,7 @@ from selfplay.config.schema import LORA_DEFAULT_TARGETS, GenerationConfig, Resou
 from selfplay.generate import Sampling
 from selfplay.generate.adapter import AdapterSpec
 from selfplay.sync import ProbeSpec
-from selfplay.sync.base import lora_parts
+from selfplay.sync.base import Load, lora_parts
 from selfplay.sync.filesystem import FilesystemSync
 from selfplay.sync.object_store import ObjectStoreSync
 
@@ -59,11 +60,11 @@ def lora_pool(ray_local, tiny_model_dir):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """A LoRA learner after one DPO round, and its exported policy directory (merged + ``adapter/``)."""
-    from selfplay.train import Learner
+    from actors.learner import LocalLearner
 
     cfg = TrainConfig(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant",
                       lora={"r": R, "alpha": ALPHA})
-    learner = Learner(tiny_model_dir, cfg, threads=1)
+    learner = LocalLearner.start(tiny_model_dir, cfg, threads=1)
     learner.train_round(learner.compute_reference(pairs()))
     policy = learner.save_hf(tmp_path_factory.mktemp("lora_policy") / "policy")
     yield learner, policy
@@ -89,9 +90,10 @@ def test_adapter_sync_moves_only_the_adapter_and_serves_the_merged_policy(lora_p
     assert parts == ("adapter",)  # the generator started on the learner's base: nothing else to move
     sync = ObjectStoreSync(64.0, probe=PROBE, timeout_s=300)
     adapter = sync.push(learner, lora_pool, 1, parts)
-    lora_pool.remember_policy(policy, 1, base=base)
+    saved_adapter = Load("load_adapter_dir", str(Path(policy) / "adapter"))
+    assert (lora_pool.policy.version, lora_pool.policy.adapter) == (1, saved_adapter)  # recorded by the push
     merged_bytes = sum(len(b) for b in learner.export_weights(64.0, 1))
-    n_adapter = sum(t.numel() * 4 for t in learner.engine.module.parameters() if t.requires_grad)
+    n_adapter = sum(t.numel() * 4 for t in learner.learner.engine.module.parameters() if t.requires_grad)
     # only adapter bytes moved: the fp32 adapter tensors plus one bucket header
     assert adapter.parts == ["adapter"] and n_adapter <= adapter.bytes < n_adapter + 16_384
     assert adapter.bytes < merged_bytes / 10 and adapter.max_diff <= 1e-4
@@ -110,7 +112,8 @@ def test_adapter_sync_moves_only_the_adapter_and_serves_the_merged_policy(lora_p
                                                                             lora_parts(base, str(policy)))
     assert again.parts == ["base", "adapter"] and again.bytes == merged_bytes + adapter.bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000003-adapter", "v000003-base"]
-    lora_pool.remember_policy(policy, 3, base=base)
+    # the learner saved both: a restart reloads its directories, not the sync's files
+    assert lora_pool.policy.weights == Load("load_dir", base) and lora_pool.policy.adapter == saved_adapter
     assert lora_pool.info()[0]["adapter"] is True
     assert_same(served, outputs(lora_pool))
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2"])
 def test_a_segment_level_round_on_multi_turn_sessions(family, tmp_path, one_thread):
-    from actors.learner import LearnerGroup
+    from actors.learner import LocalLearner
     from selfplay.models.families import build_family
     from selfplay.train.data import encode_pairs
 
@@ -31,9 +31,9 @@ def test_a_segment_level_round_on_multi_turn_sessions(family, tmp_path, one_thre
                       loss=LossConfig(type="sigmoid", beta=0.1, segment_turns=2))
     pairs = PairsTask("docs/examples/multiturn_prefs.jsonl", eval_fraction=0.0, segment_turns=2).pairs_table(0)
     pairs = pairs.slice(0, 12)
-    group = LearnerGroup(model_dir, cfg, local=True)
+    group = LocalLearner.start(model_dir, cfg)
     try:
-        data = encode_pairs(pairs, group._local.tokenizer, cfg)
+        data = encode_pairs(pairs, group.learner.tokenizer, cfg)
         assert data.stats["truncated"] == 0 and min(len(p) for p in data.prompts) > 40
         for key in ("chosen", "rejected"):
             assert all(0 < sum(m) < len(c) for m, c in zip(data.masks[key], data.completions[key]))
