@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
 
 from selfplay.atomic import replace_dir, write_text
 from selfplay.sync.buckets import pack_bucket, pack_buckets, size_groups
@@ -173,8 +176,6 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, global_step: int, client_
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     save_rng(ckpt_dir / tag / f"rng_rank{_rank()}.pt")
     if reference is not None and _rank() == 0:
-        from safetensors.torch import save_file
-
         state = {k: v.detach().cpu().contiguous() for k, v in reference.state_dict().items()}
         save_file(state, str(ckpt_dir / tag / "reference.safetensors"))
     _barrier()
@@ -218,8 +219,6 @@ _DEEPSPEED_DATA_CLASSES = (
 
 
 def _deepspeed_data_classes() -> list[Any]:
-    import importlib
-
     found = []
     for name in _DEEPSPEED_DATA_CLASSES:
         module, _, attr = name.partition(":")
@@ -236,8 +235,6 @@ def check_tensor_files(tag_dir: Path) -> None:
     ``weights_only=True`` (memory-mapped, so nothing is read twice in full), which runs no code and fails
     on anything a pickle could use to run some.
     """
-    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
-
     allowed = _deepspeed_data_classes()
     for path in sorted(Path(tag_dir).glob("*.pt")):
         try:

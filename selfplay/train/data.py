@@ -35,6 +35,7 @@ a list of chat messages), ``chosen``, ``rejected`` and optionally ``offset`` (OD
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from selfplay.generate.types import encode_prompts
 from selfplay.records import KTO_REF_COLUMNS, REF_COLUMNS, decode_prompt
 
 SCORE_COLUMNS = ("chosen_score", "rejected_score")  # the judge's scores: SPPO's win probabilities
@@ -80,8 +83,6 @@ def read_table(data: pa.Table | str | Path | list[dict[str, Any]]) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, str | Path):
-        import pyarrow.parquet as pq
-
         return pq.read_table(data)
     if isinstance(data, list):
         return pa.Table.from_pylist(data)
@@ -99,8 +100,6 @@ class PromptEncoder:
         self._cache: dict[str, list[int]] = {}
 
     def prompt(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        from selfplay.generate.types import encode_prompts
-
         key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
         ids = self._cache.get(key)
         if ids is None:
@@ -321,8 +320,6 @@ def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def table_fingerprint(table: pa.Table) -> str:
     """A content hash of the text columns, to recognise the same round's data when resuming."""
-    import hashlib
-
     h = hashlib.sha256()
     for name in sorted(table.column_names):
         if name.startswith("ref_"):

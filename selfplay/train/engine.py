@@ -13,10 +13,10 @@ Imports DeepSpeed lazily (inside functions): ``import selfplay.train`` must not 
   tensor per weight instead of AdamW's two.
 * **No extension is compiled on CPU.** DeepSpeed's CPU backend JIT-builds a shared-memory op
   (``deepspeed_shm_comm``) at ``init_distributed``, used only by its inference all-reduce; training
-  collectives go through the gloo group either way. The build is turned off: it cost ~45 s on first
-  use, its lock file outlives a process killed mid-build and then every later learner waits on it
-  forever (seen: a run killed during start-up hung every run after it on that machine), and its
-  kernels need AVX2/AVX-512 that another CPU may lack.
+  collectives go through the gloo group either way. The build is turned off: it makes the first start-up
+  wait for a compiler, its lock file outlives a process killed mid-build and then every later learner
+  waits on it forever (seen: a run killed during start-up hung every run after it on that machine), and
+  its kernels need AVX2/AVX-512 that another CPU may lack.
 * **Gradient accumulation** is driven by the learner (``set_gradient_accumulation_boundary``), and losses
   are pre-normalised by the learner (``backward(..., scale_wrt_gas=False)``); DeepSpeed's
   ``gradient_accumulation_steps`` is only bookkeeping.
@@ -174,8 +174,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name
 
 def fused_ok(params: list[torch.Tensor]) -> dict[str, bool]:
     """``fused=True`` where torch has a fused kernel for every parameter (floating point, on CPU or CUDA),
-    else the per-tensor loop. On one CPU thread the fused AdamW step of the 14M ``small`` model takes 18 ms
-    against 56 ms for the loop (74 ms with ``foreach``), a tenth of a training step at 8 pairs."""
+    else the per-tensor loop, which is slower (``foreach`` slower still); the optimizer step's share of a
+    training step shows in ``python -m bench.learner``."""
     ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return {"fused": True} if ok else {"foreach": False}
 
@@ -186,8 +186,8 @@ def build_engine(model: torch.nn.Module, cfg: Any, world_size: int) -> tuple[Any
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, getattr(cfg, "optimizer", "adamw"))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, world_size))
     if world_size == 1 and int(cfg.zero_stage) == 0:
-        # Alone, DeepSpeed still flattens every gradient into buckets and all-reduces them over gloo, an
-        # identity that cost 33 ms a step on the `small` model (5% of a step at 8 pairs).
+        # Alone, DeepSpeed still flattens every gradient into buckets and all-reduces them over gloo: an
+        # identity that costs time every step (``python -m bench.learner`` measures the step).
         engine.enable_backward_allreduce = False
     return engine, optimizer
 
@@ -232,6 +232,24 @@ def _copy(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is not None and t.is_floating_point():
         t = t.to(dtype)
     return t.to("cpu", copy=True).contiguous()
+
+
+def model_from_state(config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                     what: str = "weights") -> torch.nn.Module:
+    """A plain HF model in ``dtype`` holding the full HF-named ``state`` (a frozen reference copy, or a
+    LoRA policy merged into its new base). Every weight is overwritten, so the random init is skipped;
+    ``what`` names the state in the error raised when it does not fit the model."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.to(dtype).load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{what} do not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model
 
 
 def compute_dtype(cfg: Any) -> torch.dtype:

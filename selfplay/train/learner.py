@@ -6,7 +6,9 @@ ranks call it with the same arguments; results that are not per-rank come back o
 
 A round (``train_round``/``sft_round``) is: tokenise -> plan the steps from the seed -> for each step run
 this rank's micro-batches (forward, loss, backward), reduce the statistics, check they are finite, take
-the optimizer step, log, maybe checkpoint. Choices:
+the optimizer step, log, maybe checkpoint. What depends on the loss (reference columns, encoding,
+per-step hook, micro-batch loss) is its objective family's (``family.py``); what depends on LoRA is the
+weights variant's (``variant.py``). Choices:
 
 * **Fresh optimizer state per round** (AdamW moments and the LR schedule restart; the weights carry over),
   so an iteration's starting state is just the previous iteration's weights, an immutable artifact. A
@@ -21,12 +23,13 @@ the optimizer step, log, maybe checkpoint. Choices:
 * **Dropout off** by default (``train.disable_dropout``), and reference log-probs come from the same
   forward path as training (prefix sharing only where training uses it), so at step 0 the policy's
   log-probs equal the stored reference's and every implicit reward starts at exactly 0.
-* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing, LoRA (``lora.py``). Per
+* Fixed at construction: ZeRO stage, precision, offload, gradient checkpointing, LoRA (``variant.py``). Per
   round: everything else in ``TrainConfig`` (lr, schedule, epochs, batch sizes, clipping, loss).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 import warnings
@@ -39,32 +42,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from selfplay.records import KTO_REF_COLUMNS, PRESCORED_KEY, REF_COLUMNS
+from selfplay.env import setup_env
+from selfplay.losses import token_logps
+from selfplay.records import PRESCORED_KEY
 from selfplay.train import checkpoint as ckpt
 from selfplay.train import lora
 from selfplay.train import reference as ref
 from selfplay.train.batches import plan_round
-from selfplay.train.data import (
-    Encoded,
-    encode_pairs,
-    encode_sft,
-    kl_partners,
-    kto_view,
-    read_table,
-    scored_mask,
-    table_fingerprint,
-)
+from selfplay.train.data import Encoded, encode_pairs, read_table, table_fingerprint
 from selfplay.train.engine import (
     build_engine,
     compute_dtype,
     destroy_distributed,
     device_for,
     init_distributed,
+    model_from_state,
 )
+from selfplay.train.family import REFERENCE_COLUMN, SFT, Family, Objective, family_for
 from selfplay.train.metrics import MetricsWriter
-from selfplay.train.objective import kto_objective, kto_step_kl, pair_objective, sft_objective, shares_prefix
+from selfplay.train.objective import shares_prefix
 from selfplay.train.rounds import RoundSpec, metrics_record, round_fingerprint, summary
 from selfplay.train.step import optimizer_step, step_rows
+from selfplay.train.variant import weights_for
 
 DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "resid_dropout", "embd_dropout", "hidden_dropout",
                       "activation_dropout", "dropout")
@@ -93,8 +92,6 @@ class Learner:
                  output_dir: str | Path | None = None, master_addr: str | None = None,
                  master_port: int | None = None, local_rank: int = 0, threads: int | None = None,
                  timeout_s: float = 1800.0, tensorboard: bool = True) -> None:
-        from selfplay.env import setup_env
-
         setup_env(threads)
         self.cfg, self.rank, self.world_size, self.seed = cfg, rank, world_size, seed
         self.device = device_for(local_rank)
@@ -124,7 +121,7 @@ class Learner:
         if self.engine is not None:
             self.engine.destroy()
             self.engine = self.optimizer = self.ref_model = None
-        base, adapter = lora.base_source(model_path, cfg)  # LoRA: an export may name its base + adapter
+        base, adapter = weights_for(cfg).source(model_path, cfg)  # LoRA: an export may name its base + adapter
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         pad = self.tokenizer.pad_token_id
@@ -140,7 +137,7 @@ class Learner:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         self.cfg = cfg
-        model, self.lora = lora.wrap(model, cfg, base, adapter, seed=self.seed)
+        model, self.variant = weights_for(cfg).build(model, cfg, base, adapter, self.seed)  # full or LoRA
         self.param_counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                              "total_params": sum(p.numel() for p in model.parameters())}
         self.engine, self.optimizer = build_engine(model, cfg, self.world_size)
@@ -151,17 +148,15 @@ class Learner:
         # A forward per completion key when their lengths differ: not under ZeRO-3, whose ranks must run
         # the same forwards (see objective.run_model).
         self.split_keys = int(cfg.zero_stage) != 3
-        self.ref_model: torch.nn.Module | None = None  # tdpo only
+        self.ref_model: torch.nn.Module | None = None  # a family's frozen reference (TDPO)
         self._prescored: dict[tuple[ref.Sequence, ...], dict[ref.Sequence, float]] = {}  # see prescore
 
     def _rebuild(self, cfg: Any) -> None:
         """Rebuild the engine under ``cfg`` from the current weights, LoRA adapters merged in (fresh ones
-        when ``cfg`` has LoRA on; see ``lora.py``). Collective."""
-        import copy
-
+        when ``cfg`` has LoRA on; see ``variant.py``). Collective."""
         state = dict(lora.hf_params(self.engine, None, to_all=True))
-        model = lora.model_from_state(copy.deepcopy(self.engine.module.config), state)
-        base = self.lora.export if self.lora is not None else None
+        model = model_from_state(copy.deepcopy(self.engine.module.config), state, what="merged weights")
+        base = self.variant.export
         self.engine.destroy()
         self.engine = self.optimizer = None
         self._setup(model, cfg, Path(base) if base else None)
@@ -171,7 +166,8 @@ class Learner:
                     checkpoint_dir: str | Path | None = None,
                     on_step: Callable[[dict[str, Any]], None] | None = None,
                     final_checkpoint: bool = True) -> dict[str, Any]:
-        """One preference round on ``pairs`` (with reference columns unless the loss is reference-free).
+        """One round of ``cfg.loss``'s objective family (``family.py``) on ``pairs`` (with the reference
+        columns that family needs).
 
         ``checkpoint_dir``: where ``cfg.checkpoint_every`` checkpoints (and one at the end) go.
         ``final_checkpoint=False`` skips the one at the end: for a caller that saves the round's weights
@@ -179,41 +175,12 @@ class Learner:
         moments and the end checkpoint's optimizer state (twice the weights' bytes) would never be read.
         ``on_step(record)``: called on every rank after each optimizer step (metrics, fault injection).
         Returns the round summary (rank 0's view; identical on all ranks).
-        With loss ``sft`` the round is :meth:`sft_round` on the ``chosen`` responses (rejection-sampling
+        With loss ``sft`` the round is an SFT round on the ``chosen`` responses (rejection-sampling
         fine-tuning when the rows are each prompt's best verified sample); ``rejected`` may then be null.
         """
         cfg = cfg or self.cfg
-        table = read_table(pairs)
-        loss = cfg.loss
-        if loss.type == "sft":
-            keep = [c for c in ("prompt", "chosen", "chosen_token_ids", "weight") if c in table.column_names]
-            return self.sft_round(table.select(keep), cfg, checkpoint_dir=checkpoint_dir, on_step=on_step,
-                                  final_checkpoint=final_checkpoint)
-        data = encode_pairs(table, self.tokenizer, cfg)
-        prepare = None
-        if loss.type == "kto":
-            ref.require_columns(table, (*REF_COLUMNS, *KTO_REF_COLUMNS), cfg)
-            data = kto_view(data, self.seed)
-            step_kl = {"mean": 0.0}
-
-            def prepare(micros: tuple) -> None:  # z0 from the whole step, all ranks, before any backward
-                step_kl["mean"] = kto_step_kl(self.engine, data, micros, self.pad_id, self.device, self.world_size)
-
-            share = shares_prefix(self.engine, data, self.share_prefix)
-            objective = lambda d, m: kto_objective(self.engine, d, m, loss, self.pad_id, self.device,
-                                                   step_kl["mean"], share_prefix=share)
-        else:
-            if loss.type == "tdpo" and self.ref_model is None:
-                self.ref_model = self._tdpo_reference(table)
-            if not loss.reference_free and loss.type != "tdpo":
-                ref.require_columns(table, REF_COLUMNS, cfg)
-            share = shares_prefix(self.engine, data, self.share_prefix)
-            objective = lambda d, m: pair_objective(self.engine, d, m, loss, self.pad_id, self.device,
-                                                    ref_model=self.ref_model, share_prefix=share,
-                                                    split=self.split_keys)
-        spec = RoundSpec.of(cfg, self.cfg)
-        return self._round("train", table, data, spec, objective, lambda d, step: step.count, checkpoint_dir,
-                           on_step, cfg, prepare, final_checkpoint)
+        family = family_for(cfg.loss)
+        return self._train(family, family.rows(read_table(pairs)), cfg, checkpoint_dir, on_step, final_checkpoint)
 
     def sft_round(self, examples: pa.Table | str | Path | list[dict], cfg: Any = None, *,
                   checkpoint_dir: str | Path | None = None,
@@ -222,35 +189,28 @@ class Learner:
         """Supervised fine-tuning (mean NLL per completion token) on (prompt, reference) examples.
 
         ``cfg``: a ``WarmStartConfig`` (its ``examples`` caps the rows used) or a ``TrainConfig``; fields it
-        lacks come from the learner's ``TrainConfig``.
+        lacks come from the learner's ``TrainConfig``. With LoRA it trains every weight (see ``variant.py``).
         """
         cfg = cfg or self.cfg
         table = read_table(examples)
         limit = getattr(cfg, "examples", None)
         if limit is not None and table.num_rows > limit:
             table = table.slice(0, limit)
-        base = self.cfg
-        data = encode_sft(table, self.tokenizer, max_prompt_length=base.max_prompt_length,
-                          max_completion_length=base.max_completion_length, truncation=base.truncation)
-        objective = lambda d, m: sft_objective(self.engine, d, m, self.pad_id, self.device)
-        n_tokens = np.asarray([sum(scored_mask(data, "completion", i)) for i in range(len(data))], dtype=np.int64)
-        denominator = lambda d, step: sum(int(n_tokens[i]) for m in step.micros
-                                          for i, real in zip(m.indices, m.real) if real)
-        if self.lora is None:
-            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                               checkpoint_dir, on_step, cfg, final_checkpoint=final_checkpoint)
-        # LoRA: a warm start trains every weight (adapters on a randomly initialised policy barely learn),
-        # then becomes the base, i.e. the initial policy and the `initial` reference, with fresh adapters.
-        self._rebuild(base.model_copy(update={"lora": base.lora.model_copy(update={"r": 0})}))
-        try:
-            return self._round("sft", table, data, RoundSpec.of(cfg, base), objective, denominator,
-                               checkpoint_dir, on_step, cfg, final_checkpoint=final_checkpoint)
-        finally:
-            self._rebuild(base)
+        return self._train(SFT, table, cfg, checkpoint_dir, on_step, final_checkpoint)
 
-    def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Callable,
-               denominator: Callable, checkpoint_dir: str | Path | None, on_step: Callable | None,
-               cfg: Any, prepare: Callable | None = None, final_checkpoint: bool = True) -> dict[str, Any]:
+    def _train(self, family: Family, table: pa.Table, cfg: Any, checkpoint_dir: str | Path | None,
+               on_step: Callable | None, final_checkpoint: bool) -> dict[str, Any]:
+        data = family.encode(self, table, cfg)
+        family.check(table, cfg)
+        if family.frozen_reference and self.ref_model is None:
+            self.ref_model = self._frozen_reference(table)
+        objective = family.bind(self, data, cfg)
+        return self._round(family.kind, table, data, RoundSpec.of(cfg, self.cfg), objective, checkpoint_dir,
+                           on_step, cfg, final_checkpoint)
+
+    def _round(self, kind: str, table: pa.Table, data: Encoded, spec: RoundSpec, objective: Objective,
+               checkpoint_dir: str | Path | None, on_step: Callable | None, cfg: Any,
+               final_checkpoint: bool = True) -> dict[str, Any]:
         self._prescored = {}  # the weights change from here on
         table_hash = table_fingerprint(table)
         fingerprint = round_fingerprint(kind, table_hash, cfg, spec, self.world_size, self.seed)
@@ -258,7 +218,7 @@ class Learner:
         resuming = resume is not None and resume.get("fingerprint") == fingerprint
         if resume is not None and not resuming:
             warnings.warn(f"the loaded checkpoint belongs to another round (data or settings differ); starting "
-                          f"this {kind} round from step 0 with the loaded weights", stacklevel=3)
+                          f"this {kind} round from step 0 with the loaded weights", stacklevel=4)
         round_index = int(resume["round_index"]) if resuming else self.rounds
         start = int(resume["position"]) if resuming else 0
         # The data order depends on the run seed and the data only (not on how many rounds this process
@@ -268,30 +228,40 @@ class Learner:
                           spec.epochs, spec.length_grouping)
         if not plan:
             raise ValueError(f"{kind} round has no examples left (input {data.stats})")
-        if (self.lora is not None and kind == "train" and not resuming and not self.lora.fresh
-                and getattr(cfg, "reference", self.cfg.reference) == "previous"):
-            self._rebuild(self.cfg)  # the base becomes the previous policy, the reference of this round
-        spec.apply(self.engine, self.optimizer)
-        if not resuming:
-            self.optimizer.state.clear()  # fresh AdamW moments for a new round
-        self.scheduler = spec.scheduler(self.optimizer, len(plan), start)
-        self._round_state = {"fingerprint": fingerprint, "position": start, "round_index": round_index}
+        reference = getattr(cfg, "reference", self.cfg.reference)
+        with self.variant.round(kind, resuming, reference, self.cfg, self._rebuild):  # LoRA may rebuild the engine
+            spec.apply(self.engine, self.optimizer)
+            if not resuming:
+                self.optimizer.state.clear()  # fresh AdamW moments for a new round
+            self.scheduler = spec.scheduler(self.optimizer, len(plan), start)
+            self._round_state = {"fingerprint": fingerprint, "position": start, "round_index": round_index}
+            t_round = time.perf_counter()
+            records = self._steps(kind, data, spec, objective, plan, start, round_index, checkpoint_dir, on_step)
+            self.rounds = round_index + 1
+            if checkpoint_dir and final_checkpoint and self._saved_step != self.global_step:
+                self.save_checkpoint(checkpoint_dir)
+            self._round_state = None
+            return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),
+                    **self.param_counts}
+
+    def _steps(self, kind: str, data: Encoded, spec: RoundSpec, objective: Objective, plan: list, start: int,
+               round_index: int, checkpoint_dir: str | Path | None, on_step: Callable | None
+               ) -> list[dict[str, Any]]:
+        """The round's optimizer steps from position ``start``, and their records."""
         records: list[dict[str, Any]] = []
-        t_round = time.perf_counter()
         for position in range(start, len(plan)):
             epoch, step = plan[position]
             t0 = time.perf_counter()
             where = f"{kind} round step {position + 1}/{len(plan)} (epoch {epoch})"
-            denom = denominator(data, step)
-            stats, lr, norm = optimizer_step(self.engine, self.optimizer, objective, data,
+            denom = objective.denominator(data, step)
+            stats, lr, norm = optimizer_step(self.engine, self.optimizer, objective.loss, data,
                                              step.for_rank(self.rank, spec.accumulation), denom, self.world_size,
                                              self.device, where + f", table rows {step_rows(data, step)}",
-                                             prepare)
+                                             objective.per_step)
             self.scheduler.step()
             self.global_step += 1
             self._round_state["position"] = position + 1
-            if self.lora is not None:
-                self.lora.stepped()
+            self.variant.stepped()
             record = metrics_record(kind, stats, denom, time.perf_counter() - t0, lr=lr, grad_norm=norm,
                                     round_index=round_index, step=position + 1, global_step=self.global_step,
                                     epoch=epoch)
@@ -301,12 +271,7 @@ class Learner:
                 self.save_checkpoint(checkpoint_dir)
             if on_step is not None:
                 on_step(record)
-        self.rounds = round_index + 1
-        if checkpoint_dir and final_checkpoint and self._saved_step != self.global_step:
-            self.save_checkpoint(checkpoint_dir)
-        self._round_state = None
-        return {**summary(kind, records, data.stats, start, len(plan), time.perf_counter() - t_round),
-                **self.param_counts}
+        return records
 
     # --------------------------------------------------------------------------------------- reference
     def prescore(self, sequences: pa.Table | str | Path | list[dict], cfg: Any = None) -> int:
@@ -339,7 +304,8 @@ class Learner:
                           groups: list[pa.Table] | None = None) -> pa.Table:
         """``pairs`` with reference log-prob columns from the current weights (or from ``model_path``).
 
-        For ``tdpo`` this also (re)builds the frozen reference model used during training, unless
+        The loss's family (``family.py``) says which completions are scored (none: ``pairs`` come back as
+        they are). For ``tdpo`` this also (re)builds the frozen reference model used during training, unless
         ``as_reference=False``: then the columns are only a measurement (the loop's drift after a round)
         and the round's frozen reference is kept. ``only_rejected`` scores the rejected completions alone
         (a measurement: only ``ref_rejected_logps`` is written). ``groups`` (tables of ``prompt``/
@@ -348,24 +314,22 @@ class Learner:
         """
         cfg = cfg or self.cfg
         table = read_table(pairs)
-        if cfg.loss.reference_free:
+        family = family_for(cfg.loss)
+        if not family.needs_reference:
             return table
         data = encode_pairs(table, self.tokenizer, cfg)
-        keys: tuple[str, ...] = ("rejected",) if only_rejected else ("chosen", "rejected")
-        if cfg.loss.type == "kto" and not only_rejected:
-            data = ref.kto_scoring_view(data, kl_partners(len(data), self.seed))
-            keys = (*keys, "kl_chosen", "kl_rejected")
+        data, keys = (data, ("rejected",)) if only_rejected else family.reference_view(data, self.seed)
         # LoRA: a reference that is the learner's base is the same network with the adapters disabled.
-        use_base = self.lora is not None and lora.same_dir(model_path, self.lora.base)
-        model = (self.engine if model_path is None or use_base
+        base_only = self.variant.base_only(self.engine, model_path)
+        model = (self.engine if model_path is None or base_only is not None
                  else ref.load_plain_model(str(model_path), self.dtype, self.device))
-        if cfg.loss.type == "tdpo" and as_reference:
+        if family.frozen_reference and as_reference:
             self.ref_model = (ref.frozen_reference(self.engine, self.engine.module.config, self.dtype, self.device)
                               if model_path is None else model)
         held, self._prescored = self._prescored, {}
         known: dict[ref.Sequence, float] = {}
         taken = 0
-        with lora.adapters_disabled(self.engine) if use_base else nullcontext():
+        with base_only or nullcontext():
             for group in groups or ():
                 seqs = self._group_sequences(read_table(group), cfg)
                 hit = model_path is None and seqs in held
@@ -376,15 +340,14 @@ class Learner:
                                       share_prefix=shares_prefix(model, data, self.share_prefix),
                                       split=self.split_keys, known=known)
         self.engine.train()
-        names = dict(zip(("chosen", "rejected", "kl_chosen", "kl_rejected"), (*REF_COLUMNS, *KTO_REF_COLUMNS)))
         meta = {**ref.reference_meta(cfg), "reference_model": None if model_path is None else str(model_path)}
-        out = ref.with_columns(table, data.rows, {names[k]: v for k, v in values.items()}, meta)
+        out = ref.with_columns(table, data.rows, {REFERENCE_COLUMN[k]: v for k, v in values.items()}, meta)
         if groups:  # how much was scored ahead: for the caller's log (records.pop_prescored), not for the artifact
             out = out.replace_schema_metadata({**out.schema.metadata, PRESCORED_KEY: f"{taken}/{len(groups)}"})
         return out
 
-    def _tdpo_reference(self, table: pa.Table) -> torch.nn.Module:
-        """TDPO's frozen reference when compute_reference did not run in this process (a restarted driver):
+    def _frozen_reference(self, table: pa.Table) -> torch.nn.Module:
+        """A frozen reference (TDPO's) when compute_reference did not run in this process (a restarted driver):
         the model directory the columns were computed from, else the weights held now (the round's start)."""
         source = ref.stored_meta(table).get("reference_model")
         if source:
@@ -394,8 +357,6 @@ class Learner:
     def probe_logps(self, sequences: list[list[int]]) -> list[list[float]]:
         """fp32 log-prob of each token ``t >= 1`` of each sequence given its prefix (no grad). Sequences of
         the same length share one forward pass (no padding, so nothing else changes)."""
-        from selfplay.losses import token_logps
-
         out: list[list[float]] = [[] for _ in sequences]
         by_length: dict[int, list[int]] = {}
         for i, seq in enumerate(sequences):
@@ -421,19 +382,13 @@ class Learner:
 
     def lora_base(self) -> str | None:
         """The directory holding exactly this learner's base weights (LoRA), when known; else None."""
-        return self.lora.base if self.lora is not None else None
+        return self.variant.base
 
     def save_hf(self, out_dir: str | Path, dtype: str | None = None) -> str | None:
         """Write a standard Hugging Face directory (rank 0, atomically). Collective."""
-        base = self.lora.base if self.lora is not None else None
-        if self.lora is not None and self.lora.fresh and base is None:
-            base = str(out_dir)  # fresh adapters on a base known from no directory (a warm start): this one
+        base = self.variant.adapter_base(out_dir)
         path = ckpt.save_hf(self.engine, self.tokenizer, out_dir, self._dtype(dtype), adapter_base=base)
-        if self.lora is not None:  # remember what this directory holds (see LoraState)
-            if self.lora.fresh and self.lora.base is None:
-                self.lora.base = base
-            elif not self.lora.fresh:
-                self.lora.export = str(out_dir)
+        self.variant.saved(out_dir)  # LoRA: remember what this directory holds
         return None if path is None else str(path)
 
     def save_checkpoint(self, ckpt_dir: str | Path) -> str:
@@ -447,8 +402,7 @@ class Learner:
         """Restore a checkpoint; the next ``train_round`` on the same round's data resumes where it stopped."""
         self._prescored = {}
         client = ckpt.load_checkpoint(self.engine, ckpt_dir)
-        if self.lora is not None:
-            self.lora.stepped()  # the loaded adapters are trained ones
+        self.variant.stepped()  # LoRA: the loaded adapters are trained ones
         self.global_step = int(client.get("global_step", 0))
         self.rounds = int(client.get("rounds", 0))
         self._resume = client.get("round")

@@ -1,7 +1,8 @@
 """LoRA learners: the policy wrapped with PEFT adapters, trained under DeepSpeed, exported merged.
 
-``train.lora.r > 0`` turns it on (``r: 0`` is full fine-tuning and none of this runs). PEFT is imported
-lazily, so ``import selfplay.train`` does not need it. Choices:
+``train.lora.r > 0`` turns it on (``r: 0`` is full fine-tuning and none of this runs); the learner reaches
+it through one seam, :class:`selfplay.train.variant.LoraWeights`. PEFT is imported lazily, so
+``import selfplay.train`` does not need it. Choices:
 
 * **Only the adapters train.** ``get_peft_model`` freezes every base weight; the learner's AdamW then holds
   only the adapter parameters, so ZeRO 0-3 shard (and offload) adapter gradients and moments only.
@@ -34,11 +35,13 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from selfplay.train.engine import iter_full_params
 
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
@@ -53,23 +56,6 @@ def enabled(cfg: Any) -> bool:
 
 def is_peft(module: Any) -> bool:
     return hasattr(module, "peft_config") and hasattr(module, "disable_adapter")
-
-
-@dataclass
-class LoraState:
-    """What the learner tracks about its adapters between rounds."""
-
-    base: str | None  # a directory holding exactly the base weights, when known
-    fresh: bool = True  # adapters are freshly initialised (B = 0): the network equals its base
-    export: str | None = None  # an HF export of the current (trained) network, until the next step
-    trainable: int = 0
-    total: int = 0
-
-    def stepped(self) -> None:
-        self.fresh, self.export = False, None
-
-    def counts(self) -> dict[str, int]:
-        return {"trainable_params": self.trainable, "total_params": self.total}
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -99,14 +85,11 @@ def base_source(model_path: str | Path, cfg: Any) -> tuple[Path, Path | None]:
     return Path(base), adapter
 
 
-def wrap(model: torch.nn.Module, cfg: Any, base: Path | None, adapter: Path | None, seed: int = 0
-         ) -> tuple[Any, LoraState | None]:
-    """The model with PEFT adapters (and ``adapter``'s weights when given); unchanged when LoRA is off.
+def wrap(model: torch.nn.Module, cfg: Any, adapter: Path | None, seed: int = 0) -> Any:
+    """The model with PEFT adapters per ``cfg.lora`` (and ``adapter``'s weights when given).
 
     The adapters' random init is seeded from ``seed`` (every rank builds the same adapters, and a
     restarted learner the same ones as before), without touching the global RNG stream."""
-    if not enabled(cfg):
-        return model, None
     from peft import LoraConfig, get_peft_model
 
     lc = cfg.lora
@@ -120,17 +103,15 @@ def wrap(model: torch.nn.Module, cfg: Any, base: Path | None, adapter: Path | No
         model = get_peft_model(model, peft_cfg)
     if adapter is not None:
         _load_adapter(model, adapter, peft_cfg)
-    state = LoraState(base=None if base is None else str(base), fresh=adapter is None)
-    state.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    state.total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     log.info("LoRA r=%d on %s: %d trainable of %d parameters (%.3f%%)", lc.r, ",".join(lc.target_modules),
-             state.trainable, state.total, 100.0 * state.trainable / max(state.total, 1))
-    return model, state
+             trainable, total, 100.0 * trainable / max(total, 1))
+    return model
 
 
 def _load_adapter(model: Any, adapter: Path, peft_cfg: Any) -> None:
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     saved = json.loads((adapter / "adapter_config.json").read_text())
     want = {"r": peft_cfg.r, "lora_alpha": peft_cfg.lora_alpha, "target_modules": sorted(peft_cfg.target_modules)}
@@ -143,21 +124,6 @@ def _load_adapter(model: Any, adapter: Path, peft_cfg: Any) -> None:
     if missing or result.unexpected_keys:
         raise RuntimeError(f"adapter {adapter} does not fit the model: missing {missing[:4]}, "
                            f"unexpected {list(result.unexpected_keys)[:4]}")
-
-
-def model_from_state(config: Any, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A plain HF model (fp32) holding ``state`` (HF names), for rebuilding the engine on a merged base."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"merged weights do not match the model: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    return model
 
 
 # ----------------------------------------------------------------------------------------- weights
@@ -202,8 +168,6 @@ def hf_params(engine: Any, dtype: torch.dtype | None, to_all: bool = False, copy
               ) -> Iterator[tuple[str, torch.Tensor | None]]:
     """Full HF-named weights of the engine's model, adapters merged when it is a PEFT model. Collective.
     ``copy=False``: see :func:`~selfplay.train.engine.iter_full_params` (a PEFT model's are always copies)."""
-    from selfplay.train.engine import iter_full_params
-
     if not is_peft(engine.module):
         yield from iter_full_params(engine, dtype, to_all=to_all, copy=copy)
         return
@@ -224,8 +188,6 @@ def export_part(engine: Any, part: str, dtype: torch.dtype | None) -> Iterator[t
     """The named tensors of one export ``part`` of a PEFT engine (collective; ``None`` off rank 0):
     ``policy`` (merged, HF names), ``base`` (HF names, adapters left out) or ``adapter`` (PEFT names, the
     adapter matrices in fp32, as ``adapter/`` holds them)."""
-    from selfplay.train.engine import iter_full_params
-
     if part == "policy":
         return hf_params(engine, dtype)
     if not is_peft(engine.module):
@@ -240,8 +202,6 @@ def export_part(engine: Any, part: str, dtype: torch.dtype | None) -> Iterator[t
 def adapter_state(engine: Any) -> dict[str, torch.Tensor]:
     """The adapter weights, PEFT-named as ``save_pretrained`` writes them, on rank 0 ({} elsewhere or
     without adapters). Collective under ZeRO-3 (every rank walks every parameter)."""
-    from selfplay.train.engine import iter_full_params
-
     if not is_peft(engine.module):
         return {}
     from peft.utils import get_peft_model_state_dict
@@ -252,8 +212,6 @@ def adapter_state(engine: Any) -> dict[str, torch.Tensor]:
 
 def write_adapter(out_dir: Path, module: Any, state: dict[str, torch.Tensor], base: str | None) -> None:
     """A PEFT adapter directory (``adapter_config.json``, ``adapter_model.safetensors``)."""
-    from safetensors.torch import save_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_cfg = module.peft_config["default"]
     saved_base = peft_cfg.base_model_name_or_path

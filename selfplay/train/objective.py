@@ -1,7 +1,8 @@
 """One micro-batch through the model: log-probs, the configured loss, and the statistics to log.
 
-The learner calls exactly one function here per micro-batch (KTO: plus :func:`kto_step_kl` once per
-step); the loss formulas themselves are the pure functions of :mod:`selfplay.losses`. Choices:
+Each objective family (``family.py``) binds exactly one function here as its micro-batch loss (KTO:
+plus :func:`kto_step_kl` as its per-step hook); the loss formulas themselves are the pure functions of
+:mod:`selfplay.losses`. Choices:
 
 * **KTO's reference point is per step**: its mismatched-KL rows are scored without gradient for the
   whole step on every rank before any backward, so ``z0`` does not depend on how the step is split.
@@ -25,13 +26,22 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from selfplay.losses import kto_loss, next_token_targets, preference_loss, tdpo_loss, token_kl, token_logps
+from selfplay.losses import (
+    REFERENCE_FREE,
+    kto_loss,
+    next_token_targets,
+    preference_loss,
+    tdpo_loss,
+    token_kl,
+    token_logps,
+)
 from selfplay.train.batches import Micro, collate, collate_shared, column
 from selfplay.train.data import Encoded
 
@@ -75,8 +85,8 @@ class ScoredByKey:
 SPLIT_BELOW = 0.8
 """A prefix-shared micro-batch runs one completion forward per key when that pads to at most this share
 of the tokens one forward over all keys would run. In self-play the keys' lengths often differ by kind
-(SPIN: short reference answers against samples that run to ``max_tokens``): on ``bench.iteration``'s
-pairs the split runs 8.1k tokens an epoch against 10.7k padded together (6.7k real)."""
+(SPIN: short reference answers against samples that run to ``max_tokens``, as in ``bench.iteration``'s
+pairs)."""
 
 
 def run_model(model: Any, data: Encoded, indices: tuple[int, ...] | list[int], keys: tuple[str, ...],
@@ -281,45 +291,65 @@ def _tokens(scored: Scored | ScoredByKey, weights: Tensor) -> Tensor:
     return (scored.tokens * (weights > 0)).sum()
 
 
+PAIR_INPUTS: dict[str, Callable[[Encoded, Micro, torch.device], dict[str, Tensor]]] = {
+    "odpo": lambda data, micro, device: {"offset": _offsets(data, micro, device)},
+    "sppo": lambda data, micro, device: _win_probs(data, micro, device),
+}
+"""Pair losses that read per-pair columns besides the log-probs: the loss parameters read from them."""
+
+
 def pair_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
-                   ref_model: Any = None, share_prefix: bool = True, split: bool = True
-                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Summed weighted preference loss (DPO family or TDPO) of one micro-batch, and its statistics.
+                   share_prefix: bool = True, split: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """Summed weighted preference loss (DPO family) of one micro-batch, and its statistics.
 
     ``split``: see :func:`run_model` (ZeRO-3 passes False: every rank must run the same forwards)."""
-    keys = ("chosen", "rejected")
-    tdpo = loss_cfg.type == "tdpo"  # compares per-token logits with its reference: one padding for both
-    scored = run_model(model, data, micro.indices, keys, pad_id, device, share_prefix, split=split and not tdpo)
+    scored = run_model(model, data, micro.indices, ("chosen", "rejected"), pad_id, device, share_prefix, split)
     logps, lengths = sequence_sums(scored)
     pc, pr = logps.chunk(2)
     lc, lr = lengths.chunk(2)
-    weights = _weights(data, micro, device)
+    rc = rr = None
+    if loss_cfg.type not in REFERENCE_FREE:
+        rc = _ref(data, "ref_chosen_logps", micro, device)
+        rr = _ref(data, "ref_rejected_logps", micro, device)
     params = loss_cfg.resolved_params()
-    if loss_cfg.type == "tdpo":
-        with torch.no_grad():
-            ref_scored = run_model(ref_model, data, micro.indices, keys, pad_id, device, share_prefix, split=False)
-            ref_logps, _ = sequence_sums(ref_scored)
-        seq_kl = token_kl(scored.logits, ref_scored.logits, scored.mask).sum(-1)[scored.order]
-        rc, rr = ref_logps.chunk(2)
-        kc, kr = seq_kl.chunk(2)
-        losses, chosen_r, rejected_r = tdpo_loss(pc, pr, rc, rr, kc, kr, beta=loss_cfg.beta, **params)
-    else:
-        rc = rr = None
-        if not loss_cfg.reference_free:
-            rc = _ref(data, "ref_chosen_logps", micro, device)
-            rr = _ref(data, "ref_rejected_logps", micro, device)
-        if loss_cfg.type == "odpo":
-            params["offset"] = _offsets(data, micro, device)
-        if loss_cfg.type == "sppo":
-            params.update(_win_probs(data, micro, device))
-        losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
-                                                       chosen_lengths=lc, rejected_lengths=lr, **params)
+    if (inputs := PAIR_INPUTS.get(loss_cfg.type)) is not None:
+        params.update(inputs(data, micro, device))
+    losses, chosen_r, rejected_r = preference_loss(loss_cfg.type, pc, pr, rc, rr, beta=loss_cfg.beta,
+                                                   chosen_lengths=lc, rejected_lengths=lr, **params)
+    quantiles = loss_cfg.type in QUANTILE_LOSSES
+    return _pair_result(scored, data, micro, loss_cfg, device, losses, chosen_r, rejected_r, pc, pr, lc, quantiles)
+
+
+def tdpo_objective(model: Any, data: Encoded, micro: Micro, loss_cfg: Any, pad_id: int, device: torch.device,
+                   ref_model: Any, share_prefix: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """TDPO's summed weighted loss of one micro-batch: ``ref_model`` (frozen) runs the same micro-batch
+    for its per-token distributions. Both sides share one padding (no ``split``): their logits are
+    compared position by position."""
+    keys = ("chosen", "rejected")
+    scored = run_model(model, data, micro.indices, keys, pad_id, device, share_prefix, split=False)
+    logps, lengths = sequence_sums(scored)
+    pc, pr = logps.chunk(2)
+    lc, _ = lengths.chunk(2)
+    with torch.no_grad():
+        ref_scored = run_model(ref_model, data, micro.indices, keys, pad_id, device, share_prefix, split=False)
+        ref_logps, _ = sequence_sums(ref_scored)
+    seq_kl = token_kl(scored.logits, ref_scored.logits, scored.mask).sum(-1)[scored.order]
+    rc, rr = ref_logps.chunk(2)
+    kc, kr = seq_kl.chunk(2)
+    losses, chosen_r, rejected_r = tdpo_loss(pc, pr, rc, rr, kc, kr, beta=loss_cfg.beta, **loss_cfg.resolved_params())
+    return _pair_result(scored, data, micro, loss_cfg, device, losses, chosen_r, rejected_r, pc, pr, lc, False)
+
+
+def _pair_result(scored: Scored | ScoredByKey, data: Encoded, micro: Micro, loss_cfg: Any, device: torch.device,
+                 losses: Tensor, chosen_r: Tensor, rejected_r: Tensor, pc: Tensor, pr: Tensor, lc: Tensor,
+                 quantiles: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """A pair loss's weighted sum and statistics, with Iterative RPO's NLL term when ``nll_weight`` is set."""
+    weights = _weights(data, micro, device)
     nll_weight = getattr(loss_cfg, "nll_weight", 0.0)
     if nll_weight:  # Iterative RPO: + the chosen response's length-normalised NLL, per pair
         losses = losses - nll_weight * pc / lc.clamp(min=1).to(pc.dtype)
-    loss_weights = weights
-    if loss_cfg.type in QUANTILE_LOSSES:  # entry i is the i-th quantile, not pair i: no pair's own weight fits it
-        loss_weights = weights.mean().expand_as(weights)
+    # entry i of a quantile loss is the i-th quantile, not pair i: no pair's own weight fits it
+    loss_weights = weights.mean().expand_as(weights) if quantiles else weights
     ones = torch.ones_like(weights)
     stats = _stats(weights, losses, ones, ones, chosen_r, rejected_r, pc, pr, chosen_r > rejected_r,
                    _tokens(scored, weights), loss_weights=loss_weights)

@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors.torch import load_file
 
 from selfplay.train.batches import shard_indices
 from selfplay.train.data import Encoded, scored_mask
+from selfplay.train.engine import iter_full_params, model_from_state
 from selfplay.train.objective import run_model, sequence_sums
 
 META_KEY = b"selfplay.reference"
@@ -195,28 +197,14 @@ def load_plain_model(path: str, dtype: torch.dtype, device: torch.device) -> Any
 
 def frozen_reference(engine: Any, config: Any, dtype: torch.dtype, device: torch.device) -> Any:
     """A frozen full copy of the engine's current weights (every rank; collective under ZeRO-3)."""
-    from selfplay.train.engine import iter_full_params
-
-    return _frozen_from_state(dict(iter_full_params(engine, dtype=dtype, to_all=True)), config, dtype, device)
+    return _frozen(dict(iter_full_params(engine, dtype=dtype, to_all=True)), config, dtype, device)
 
 
 def load_frozen(path: str, config: Any, dtype: torch.dtype, device: torch.device) -> Any:
     """The frozen reference saved with a checkpoint (``reference.safetensors``)."""
-    from safetensors.torch import load_file
-
-    return _frozen_from_state(load_file(path), config, dtype, device)
+    return _frozen(load_file(path), config, dtype, device)
 
 
-def _frozen_from_state(state: dict[str, torch.Tensor], config: Any, dtype: torch.dtype, device: torch.device
-                       ) -> Any:
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    with no_init_weights():  # every weight is overwritten below; skip the random init
-        model = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = model.to(dtype).load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"reference copy does not match the model: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
+def _frozen(state: dict[str, torch.Tensor], config: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    model = model_from_state(config, state, dtype, what="reference copy's weights")
     return model.to(device).eval().requires_grad_(False)

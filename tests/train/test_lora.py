@@ -12,6 +12,7 @@ from train_helpers import assert_vllm_logps_match, toy_pairs, weights
 from selfplay.config.schema import LossConfig, TrainConfig
 from selfplay.train import Learner
 from selfplay.train.lora import ADAPTER_DIR, merge_stream
+from selfplay.train.variant import LoraWeights
 
 BASE = dict(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=2)
 LORA = dict(r=4, alpha=8.0)
@@ -149,9 +150,9 @@ def _check_sync_parts(learner, tiny_model_dir, merged: dict, out) -> None:
 
 
 @pytest.mark.slow
-def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model_dir, tmp_path):
-    """A real vLLM engine (CPU build, in a subprocess: it patches process-wide torch settings) on the merged
-    export reproduces the LoRA learner's log-probs."""
+def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model_dir, tmp_path, vllm_child):
+    """A real vLLM engine (CPU build, in the tier's child process: it patches process-wide torch settings) on
+    the merged export reproduces the LoRA learner's log-probs."""
     learner.reload(tiny_model_dir, cfg())
     learner.train_round(learner.compute_reference(toy_pairs(16)))
     out = learner.save_hf(tmp_path / "policy")
@@ -160,7 +161,7 @@ def test_merged_export_loads_in_vllm_with_the_learners_logps(learner, tiny_model
     base = learner.compute_reference(toy_pairs(4), model_path=tiny_model_dir)  # adapters off: the base
     moved = learner.compute_reference(toy_pairs(4))
     assert base.column("ref_chosen_logps").to_pylist() != moved.column("ref_chosen_logps").to_pylist()
-    assert_vllm_logps_match(out, probes, ours)
+    assert_vllm_logps_match(vllm_child, out, probes, ours, tmp_path)
 
 
 def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learner, tiny_model_dir, tmp_path):
@@ -175,7 +176,7 @@ def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learne
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert set(base) == set(exported) and all(torch.equal(base[k], exported[k]) for k in base)
-    assert learner.lora.base == str(tmp_path / "p0")
+    assert learner.variant.base == str(tmp_path / "p0")
     adapter_cfg = json.loads((tmp_path / "p0" / ADAPTER_DIR / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir)
 
@@ -185,7 +186,7 @@ def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learne
     learner.save_hf(tmp_path / "p1")
     want = weights(learner.export_weights())
     learner.reload(tmp_path / "p1", cfg())
-    assert learner.lora.base == str(tiny_model_dir) and not learner.lora.fresh
+    assert learner.variant.base == str(tiny_model_dir) and not learner.variant.fresh
     got = weights(learner.export_weights())
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got)
 
@@ -234,7 +235,7 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     assert summary["trainable_params"] == summary["total_params"]  # full fine-tuning for the warm start
     after = weights(learner.export_weights())
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
-    assert learner.lora is not None and learner.lora.fresh  # LoRA again, on the warm-started base
+    assert isinstance(learner.variant, LoraWeights) and learner.variant.fresh  # LoRA again, on the warm-started base
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert all(torch.equal(base[k], after[k]) for k in after)
@@ -242,7 +243,7 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     learner.save_hf(tmp_path / "initial")
     adapter_cfg = json.loads((tmp_path / "initial" / ADAPTER_DIR / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tmp_path / "initial")
-    assert learner.lora.base == str(tmp_path / "initial")
+    assert learner.variant.base == str(tmp_path / "initial")
     base_model = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base_model, tmp_path / "initial" / ADAPTER_DIR).eval()
     probes = _probes(learner.tokenizer)
