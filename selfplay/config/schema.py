@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from selfplay.losses import KTO_PARAMS, LOSS_PARAMS, REFERENCE_FREE, TDPO_PARAMS, validate_loss_params
+from selfplay.losses import KTO_PARAMS, LOSS_PARAMS, TDPO_PARAMS, validate_loss_params
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -573,10 +573,6 @@ class LossConfig(Section):
             except ValueError as exc:
                 raise ValueError(f"params: {exc}") from None
         return self
-
-    @property
-    def reference_free(self) -> bool:
-        return self.type in REFERENCE_FREE or self.type == "sft"
 
     def resolved_params(self) -> dict[str, Any]:
         return {**loss_param_defaults(self.type), **self.params}

@@ -12,6 +12,7 @@ from train_helpers import pair_accuracy, toy_pairs, weights
 
 from selfplay.config.schema import LossConfig, TrainConfig, WarmStartConfig
 from selfplay.train import Learner, NonFiniteError
+from selfplay.train.family import family_for
 
 BASE = dict(learning_rate=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=2)
 
@@ -119,14 +120,14 @@ def test_other_losses_learn_the_toy_preference(learner, tiny_model_dir, loss):
     cfg = TrainConfig(**BASE, loss=loss)
     learner.reload(tiny_model_dir, cfg)
     pairs = learner.compute_reference(toy_pairs(16))
-    if loss.reference_free:
+    if not family_for(loss).needs_reference:
         assert "ref_chosen_logps" not in pairs.column_names
     if loss.type == "tdpo":  # as in a restarted process: the frozen reference is rebuilt from the weights held
         learner.reload(tiny_model_dir, cfg)
     summary = learner.train_round(pairs)
     half = len(summary["losses"]) // 2
     assert sum(summary["losses"][half:]) < sum(summary["losses"][:half])
-    if not loss.reference_free:  # the trained policy prefers every chosen answer more than the reference did
+    if family_for(loss).needs_reference:  # the trained policy prefers every chosen answer more than the reference did
         assert pair_accuracy(pairs, learner.compute_reference(toy_pairs(16))) >= 0.9
     else:
         assert summary["reward_accuracy"] >= 0.9

@@ -15,6 +15,7 @@ from selfplay.config import ConfigError, load_config
 from selfplay.config.schema import PairingConfig, TrainConfig
 from selfplay.pairs import build_pairs
 from selfplay.tasks.arithmetic import ArithmeticTask
+from selfplay.train.family import SFT, family_for
 
 BASE = dict(learning_rate=3e-3, micro_batch_size=16, warmup_ratio=0.0, lr_schedule="constant", epochs=4)
 
@@ -51,7 +52,7 @@ def test_best_keeps_the_first_verified_sample_per_prompt():
 def test_recipe_settings_select_it_and_bad_combinations_are_named(tmp_path):
     base = ["policy.preset=nano", "task.type=arithmetic", "judge.type=verifier"]
     cfg = load_config({}, [*base, "pairing.strategy=best", "train.loss.type=sft"])
-    assert cfg.pairing_strategy == "best" and cfg.train.loss.reference_free and cfg.pairing.min_score == 1.0
+    assert cfg.pairing_strategy == "best" and family_for(cfg.train.loss) is SFT and cfg.pairing.min_score == 1.0
     with pytest.raises(ConfigError, match=r"pairing\.strategy: `best` makes SFT targets .* needs train\.loss\.type"):
         load_config({}, [*base, "pairing.strategy=best"])
     with pytest.raises(ConfigError, match=r"train\.loss\.params: .* not accepted by loss 'sft'"):

@@ -9,6 +9,7 @@ from selfplay.loop import faults
 from selfplay.loop.rundir import write_parquet
 from selfplay.loop.stages.context import Iteration, ReadyLearners, StageContext
 from selfplay.loop.stages.cores import room_beside_generation
+from selfplay.train.family import family_for
 
 
 def generate(rt: StageContext, it: Iteration, prompts: list, pool, ready_learners: ReadyLearners) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def scored_by_shard(rt: StageContext, it: Iteration) -> bool:
     are built from (nearly) every sample of this iteration (:data:`EVERY_SAMPLE`). A decision from the
     recipe alone, so a resumed run groups alike."""
     cfg = rt.cfg
-    return (cfg.task.type != "pairs" and not cfg.train.loss.reference_free and cfg.pairing_strategy in EVERY_SAMPLE
+    return (cfg.task.type != "pairs" and family_for(cfg.train.loss).needs_reference
+            and cfg.pairing_strategy in EVERY_SAMPLE
             and (cfg.train.reference == "previous" or it.k == 0))
 
 

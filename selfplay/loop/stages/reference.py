@@ -7,6 +7,7 @@ from typing import Any
 from selfplay.loop.rundir import read_parquet, write_parquet
 from selfplay.loop.stages.context import Iteration, StageContext, initial_policy
 from selfplay.loop.stages.generation import scored_by_shard, shard_groups
+from selfplay.train.family import family_for
 
 
 def reference_logps(rt: StageContext, it: Iteration, learners) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def reference_logps(rt: StageContext, it: Iteration, learners) -> dict[str, Any]
     from selfplay.records import pop_prescored
 
     pairs = read_parquet(it.dir / "pairs.parquet")
-    if rt.cfg.train.loss.reference_free:
+    if not family_for(rt.cfg.train.loss).needs_reference:
         write_parquet(it.dir / "reference.parquet", pairs)
         return {"skipped": "reference-free loss"}
     # `previous`: the weights the learner holds now (iteration k-1's policy). `initial`: loaded from disk.

@@ -10,6 +10,7 @@ from selfplay.loop.manifest import Stage, TrainRecord
 from selfplay.loop.rundir import read_parquet
 from selfplay.loop.stages.context import Iteration, StageContext
 from selfplay.loop.stages.metrics_log import round_metrics, trim_metrics
+from selfplay.train.family import family_for
 
 
 def train(rt: StageContext, it: Iteration, learners) -> TrainRecord:
@@ -67,7 +68,7 @@ def rejected_drift(learners, table, cfg, samples: int = EvalConfig.model_fields[
     rejected samples, spread evenly over the table, scored alone. Scoring every pair on both sides costs
     as much as the reference stage (``python -m bench.iteration`` prints both stages' seconds).
     """
-    if samples == 0 or cfg.loss.reference_free or "ref_rejected_logps" not in table.column_names:
+    if samples == 0 or not family_for(cfg.loss).needs_reference or "ref_rejected_logps" not in table.column_names:
         return {}
     sampled = [i for i, ids in enumerate(table.column("rejected_token_ids").to_pylist()) if ids is not None]
     if not sampled:
