@@ -31,7 +31,14 @@ from selfplay.loop import stages
 from selfplay.loop.manifest import Stage
 from selfplay.loop.rundir import read_parquet, write_parquet
 from selfplay.loop.stages.context import Iteration, StageContext
-from selfplay.pairs.sessions import JudgedSession, NegativeSession, judge_sessions, play_sessions, session_pairs
+from selfplay.pairs.sessions import (
+    JudgedSession,
+    NegativeSession,
+    judge_sessions,
+    play_sessions,
+    session_hint,
+    session_pairs,
+)
 from selfplay.records import PAIRS_SCHEMA, encode_prompt
 
 SESSIONS_SCHEMA = pa.schema([("session_id", pa.string()), ("prompt", pa.string()), ("negative", pa.string()),
@@ -107,6 +114,8 @@ def pairs(rt: StageContext, it: Iteration) -> dict[str, Any]:
     made = session_pairs(judged, name, it.k, rt.cfg.pairing.min_margin)
     built = pa.Table.from_pylist(made.rows, schema=PAIRS_SCHEMA)
     stats: dict[str, Any] = {**made.stats, "prompts": len(judged)}
+    if not made.rows:
+        stats["hint"] = session_hint(made.stats)  # why no session made a pair, kept in the pairs record
     if rt.cfg.pairing.mix_previous > 0 and it.k > 0:
         previous = read_parquet(rt.rd.iter_dir(it.k - 1) / "pairs.parquet")
         mixed = mix_previous(built, previous, rt.cfg.pairing.mix_previous, seed=it.pair_seed)

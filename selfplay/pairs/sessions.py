@@ -173,6 +173,21 @@ def _drop_reason(s: JudgedSession, usable: list[tuple[float, int]], min_margin: 
     return None
 
 
+SESSION_DROP_HINTS = {
+    "not_better": "no played session scored above the negative one (more samples per session: generation.n; "
+                  "or a lower pairing.min_margin)",
+    "undecided": "the judge could not decide (it returned None)",
+    "empty_turn": "every played continuation had an empty assistant turn (generation.max_tokens, generation.stop)",
+    "same_first_turn": "the played first turn repeated the erroneous one (generation.temperature)",
+}
+
+
+def session_hint(stats: dict[str, int]) -> str:
+    """Why sessions made no pair, most frequent cause first, each with the recipe field to look at."""
+    counts = sorted(((stats.get(r, 0), r) for r in SESSION_DROP_HINTS), key=lambda c: -c[0])
+    return "; ".join(f"{n} session{'s' if n != 1 else ''} {r}: {SESSION_DROP_HINTS[r]}" for n, r in counts if n)
+
+
 def segment(continuation: Messages, segment_turns: int) -> Messages:
     """The continuation up to and including its ``segment_turns``-th assistant turn (all of it if shorter)."""
     seen = 0

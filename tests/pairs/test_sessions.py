@@ -10,7 +10,14 @@ import pytest
 
 from docs.examples.session_judge import DismissiveJudge
 from selfplay.generate import Sampling, make_engine
-from selfplay.pairs.sessions import JudgedSession, NegativeSession, judge_sessions, play_sessions, session_pairs
+from selfplay.pairs.sessions import (
+    JudgedSession,
+    NegativeSession,
+    judge_sessions,
+    play_sessions,
+    session_hint,
+    session_pairs,
+)
 from selfplay.tasks.pairs import PairsTask
 from selfplay.tasks.sessions import SessionsTask
 
@@ -105,7 +112,7 @@ def test_a_session_makes_one_pair_at_most_and_a_dropped_one_is_counted(scores, n
     reason, index, score = outcome
     assert made.stats[reason] == 1 and made.stats["played"] == 2
     if index is None:
-        assert made.rows == []
+        assert made.rows == [] and session_hint(made.stats).startswith(f"1 session {reason}: ")
         return
     (row,) = made.rows
     assert json.loads(row["chosen"]) == played[index] and json.loads(row["rejected"]) == neg.continuation
@@ -118,3 +125,33 @@ def test_a_played_first_turn_equal_to_the_erroneous_one_makes_no_pair():
     same = _turns("Whatever.", "Hm?", "Hello!")  # the sessions would first differ at the second turn
     made = session_pairs([JudgedSession(neg, [same], [1.0], neg.continuation, -2.0)], "rule", iteration=0)
     assert made.rows == [] and made.stats["same_first_turn"] == 1
+
+
+def test_the_pairs_stage_of_a_run_writes_the_kept_pairs_or_says_why_there_are_none(tmp_path):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selfplay.config import load_config
+    from selfplay.loop import session_play
+    from selfplay.loop.rundir import write_parquet
+    from selfplay.loop.stages.context import Iteration
+    from selfplay.records import encode_prompt
+
+    logged: list[str] = []
+    rt = SimpleNamespace(cfg=load_config("recipes/sdpo_selfplay.yaml"), rd=None, log=logged.append)
+    it = Iteration(0, tmp_path, tmp_path / "policy_in", 0)
+    neg = _turns("Whatever.", "Hm?", "Whatever.")
+    played = [_turns("Hello, how can I help?", "Hm?", "Tell me more.")]
+    for scores, negative, kept in (([0.0], -2.0, 1), ([-3.0], -2.0, 0)):
+        row = {"session_id": "s1", "prompt": encode_prompt([{"role": "user", "content": "Hi"}]),
+               "negative": encode_prompt(neg), "played": [encode_prompt(p) for p in played], "played_scores": scores,
+               "negative_segment": encode_prompt(neg), "negative_score": negative, "judge": "rule"}
+        write_parquet(tmp_path / "session_judgments.parquet",
+                      pa.Table.from_pylist([row], schema=session_play.JUDGED_SCHEMA))
+        record = session_play.pairs(rt, it)
+        table = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
+        assert len(table) == record.pairs == kept
+    assert record.no_pairs and record.hint.startswith("1 session not_better: no played session scored above")
+    assert "iteration 0 has no preference pairs" in logged[-1]
