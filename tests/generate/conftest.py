@@ -1,5 +1,5 @@
-"""Fixtures of the generate tests: one torch thread here (``one_thread``), and a two-replica vLLM pool on the
-nano policy."""
+"""Fixtures of the generate tests: one torch thread here (``one_thread``), a two-replica vLLM pool on the
+nano policy, and one child process that runs the tier's fresh-engine scenarios (``vllm_steps``)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,13 @@ def _one_thread_per_module(one_thread):
 @pytest.fixture(scope="module")
 def gen_pool(vllm_pool):
     return vllm_pool
+
+
+@pytest.fixture(scope="package")
+def vllm_child(tmp_path_factory):
+    """The tier's vLLM child process (``vllm_steps.VLLMChild``): its imports are paid once for every scenario."""
+    from vllm_steps import VLLMChild
+
+    child = VLLMChild(tmp_path_factory.mktemp("vllm_child"))
+    yield child
+    child.close()

@@ -21,12 +21,12 @@ from __future__ import annotations
 import pytest
 import torch
 from test_vllm_prefix_cache import PROMPTS
-from vllm_steps import completions, run_steps, write_blobs
+from vllm_steps import completions, write_blobs
 
 from selfplay.generate import make_engine
 from selfplay.generate.types import encode_prompts
 
-pytestmark = pytest.mark.slow  # a vLLM engine in a subprocess: ~10 s of CPU, more on a loaded machine
+pytestmark = pytest.mark.slow  # a vLLM engine in the tier's child process
 
 TOLERANCE = 2e-2
 
@@ -36,7 +36,7 @@ def worst(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True))
 
 
-def test_bf16_generate_sync_probe(tiny_model_dir, tmp_path):
+def test_bf16_generate_sync_probe(tiny_model_dir, tmp_path, vllm_child):
     learner = make_engine("hf", tiny_model_dir, dtype="bfloat16", max_model_len=512, batch_size=1)
     old = make_engine("hf", tiny_model_dir, dtype="bfloat16", max_model_len=512, batch_size=1)
     g = torch.Generator().manual_seed(7)
@@ -46,7 +46,7 @@ def test_bf16_generate_sync_probe(tiny_model_dir, tmp_path):
     blobs = write_blobs(buckets, tmp_path / "blobs")
     ids = encode_prompts(learner.tokenizer, PROMPTS)
     sampling = {"temperature": 0, "max_tokens": 16, "logprobs": True}
-    before, checksum, after, probe = run_steps(tiny_model_dir, [
+    before, checksum, after, probe = vllm_child.run_steps(tiny_model_dir, [
         {"op": "generate", "prompts": PROMPTS, "sampling": sampling},
         {"op": "load", "blobs": blobs, "version": 1},
         {"op": "generate", "prompts": PROMPTS, "sampling": sampling},

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm_steps import completions, run_steps, write_blobs
+from vllm_steps import completions, write_blobs
 
 from selfplay.generate import Sampling, make_engine
 from selfplay.generate.types import encode_prompts
 
-pytestmark = pytest.mark.slow  # a vLLM engine in a subprocess: ~10 s of CPU, more on a loaded machine
+pytestmark = pytest.mark.slow  # a vLLM engine in the tier's child process
 
 SYSTEM = ("You are a careful calculator. Read the question, add the two numbers digit by digit from the "
           "right, carry when a column passes nine, check the sum once more, and then answer with the sum "
@@ -30,7 +30,7 @@ PROMPTS = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f
 GREEDY = Sampling(temperature=0, max_tokens=16, logprobs=True)
 
 
-def test_sync_resets_the_prefix_cache(tiny_model_dir, tmp_path):
+def test_sync_resets_the_prefix_cache(tiny_model_dir, tmp_path, vllm_child):
     learner = make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=512, batch_size=1)
     ids = encode_prompts(learner.tokenizer, PROMPTS)
     assert all(280 <= len(x) <= 320 for x in ids), [len(x) for x in ids]  # 2 full blocks + a tail
@@ -40,7 +40,7 @@ def test_sync_resets_the_prefix_cache(tiny_model_dir, tmp_path):
                                    for k, v in learner.model.state_dict().items()})
     blobs = write_blobs(learner.export_weights(bucket_mb=1.0, version=1), tmp_path / "blobs")
     sampling = {"temperature": 0, "max_tokens": 16, "logprobs": True}
-    before, _, hits_at_sync, after, hits_after = run_steps(tiny_model_dir, [
+    before, _, hits_at_sync, after, hits_after = vllm_child.run_steps(tiny_model_dir, [
         {"op": "generate", "prompts": PROMPTS, "sampling": sampling},
         {"op": "load", "blobs": blobs, "version": 1},
         {"op": "prefix_hits"},
