@@ -11,7 +11,7 @@ from selfplay.train import Learner
 
 
 @pytest.mark.slow
-def test_trained_export_loads_in_vllm_with_the_learners_logps(tiny_model_dir, tmp_path):
+def test_trained_export_loads_in_vllm_with_the_learners_logps(tiny_model_dir, tmp_path, vllm_child):
     cfg = TrainConfig(learning_rate=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant")
     learner = Learner(tiny_model_dir, cfg, threads=1)
     try:
@@ -22,4 +22,4 @@ def test_trained_export_loads_in_vllm_with_the_learners_logps(tiny_model_dir, tm
         ours = learner.probe_logps(tok_ids)
     finally:
         learner.shutdown()
-    assert_vllm_logps_match(out, tok_ids, ours)
+    assert_vllm_logps_match(vllm_child, out, tok_ids, ours, tmp_path)

@@ -2,8 +2,9 @@
 
 What the in-process tests (``test_lora.py``) cannot show: adapters trained and gathered under ZeRO-2/3
 across ranks, the PEFT directory exported on the Ray path (its base named), and a LoRA round whose rank
-is killed mid-way resumed bitwise by a new group from its checkpoint. One group is started for the
-module and rebuilt per test with ``reload``; the kill test ends it and a later test gets a new one.
+is killed mid-way resumed bitwise by a new group from its checkpoint. The tier's shared group
+(``learner_groups`` in ``conftest.py``) is rebuilt per test with ``reload``; the kill test ends it and a
+later test gets a new one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import learner_groups, pair_accuracy, toy_pairs, weights
+from train_helpers import pair_accuracy, toy_pairs, weights
 
 from selfplay.config.schema import TrainConfig
 
@@ -22,15 +23,9 @@ BASE = dict(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedul
             lora={"r": 4, "alpha": 8.0})
 
 
-@pytest.fixture(scope="module")
-def groups(ray_local, tiny_model_dir, tmp_path_factory):
-    """The module's group, started on first use and again after a test ended it."""
-    yield from learner_groups(tiny_model_dir, TrainConfig(**BASE), lambda: tmp_path_factory.mktemp("lora_group_out"))
-
-
 @pytest.fixture
-def group(groups):
-    return groups()
+def group(learner_groups):
+    return learner_groups()
 
 
 def _logps(model, seq: list[int]) -> torch.Tensor:
@@ -98,7 +93,8 @@ def test_w2_warm_start_export_names_itself_as_the_adapters_base(group, tiny_mode
 
 def test_lora_rank_killed_midway_then_a_new_group_resumes_bitwise(group, tiny_model_dir, tmp_path):
     """Kills rank 1 at step 5 of 8 of a ZeRO-3 LoRA round; a new group loads the step-4 checkpoint (adapters
-    and their AdamW state) and ends with the uninterrupted round's weights and losses, bit for bit."""
+    and their AdamW state) and ends with the uninterrupted round's weights and losses, bit for bit. Then a
+    rank of that group dies during a weight sync's export: the group is lost, and the error names the rank."""
     from actors.learner import LearnerGroup, LearnerGroupError
 
     cfg = TrainConfig(**{**BASE, "checkpoint_every": 2, "lr_schedule": "linear", "warmup_ratio": 0.2},
@@ -127,6 +123,16 @@ def test_lora_rank_killed_midway_then_a_new_group_resumes_bitwise(group, tiny_mo
         assert fresh.load_checkpoint(tmp_path / "ckpt")["round"]["position"] == 4
         resumed = fresh.train_round(pairs, checkpoint_dir=tmp_path / "ckpt", timeout=300)
         got = weights(fresh.export_weights())
+        # A rank that dies during a weight sync's export is the group's bookkeeping too: the group is lost.
+        import ray
+
+        from actors.learner import LearnerLostError
+        from selfplay.sync.base import export
+
+        ray.kill(fresh.actors[1])
+        with pytest.raises(LearnerLostError, match=r"export_weights failed on rank 1: its actor died"):
+            export(fresh, bucket_mb=0.25, version=8, timeout=120)
+        assert fresh.lost is not None
     finally:
         fresh.shutdown()
     assert resumed["resumed_at_step"] == 4 and resumed["losses"] == full["losses"][4:]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import pyarrow as pa
 import torch
@@ -24,29 +22,36 @@ def toy_pairs(n: int = 16, seed: int = 0) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def learner_groups(model_dir, cfg, out_dir):
-    """A module fixture's body for a 2-rank ``LearnerGroup`` on Ray: yields ``live()``, which returns the
-    current group, starting one on first use and again after a test ended it (a killed rank), so any
-    subset of a module's tests runs in any order. Every group made is shut down when the fixture ends.
-    ``out_dir()`` gives each new group its own output directory."""
-    from actors.learner import LearnerGroup
-    from selfplay.config.schema import ResourcesConfig
+class LearnerGroups:
+    """The 2-rank ``LearnerGroup`` on Ray that the tier's modules share (``tests/train/conftest.py``):
+    ``groups()`` returns the live group, starting one on first use and again after a test ended it (a
+    killed rank), so any subset of the tests runs in any order; each test ``reload``s it with its own
+    config. A test that starts a group of its own (a resumed group after a kill) may ``adopt`` it, so the
+    tests after it need not start another. ``out_dir()`` gives each new group its own output directory."""
 
-    resources = ResourcesConfig(learners=2, learner_cpus=1, threads_per_actor=1, placement="pack")
-    made: list = []
+    def __init__(self, model_dir, cfg, out_dir) -> None:
+        from selfplay.config.schema import ResourcesConfig
 
-    def live():
-        if made and made[-1].lost is not None:  # a rank died under a test that did not end the group
-            made[-1].shutdown()
-        if not made or not made[-1].actors:
-            made.append(LearnerGroup(model_dir, cfg, num_learners=2, resources=resources, run_seed=0,
-                                     output_dir=out_dir(), setup_timeout_s=300))
-        return made[-1]
+        self.model_dir, self.cfg, self.out_dir = model_dir, cfg, out_dir
+        self.resources = ResourcesConfig(learners=2, learner_cpus=1, threads_per_actor=1, placement="pack")
+        self.made: list = []
 
-    try:
-        yield live
-    finally:
-        for g in made:
+    def __call__(self):
+        from actors.learner import LearnerGroup
+
+        if self.made and self.made[-1].lost is not None:  # a rank died under a test that did not end the group
+            self.made[-1].shutdown()
+        if not self.made or not self.made[-1].actors:
+            self.made.append(LearnerGroup(self.model_dir, self.cfg, num_learners=2, resources=self.resources,
+                                          run_seed=0, output_dir=self.out_dir(), setup_timeout_s=300))
+        return self.made[-1]
+
+    def adopt(self, group) -> None:
+        """``group`` (started by a test, healthy) is the live group from now on."""
+        self.made.append(group)
+
+    def shutdown(self) -> None:
+        for g in self.made:
             g.shutdown()
 
 
@@ -64,25 +69,12 @@ def pair_accuracy(ref: pa.Table, now: pa.Table) -> float:
     return float(((pc - rc) - (pr - rr) > 0).float().mean())
 
 
-_VLLM_PROBE = """
-import json, sys
-from selfplay.env import setup_env
-setup_env(threads=1)
-from selfplay.generate.vllm_engine import VLLMEngine
-engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=128)
-print("PROBE" + json.dumps(engine.probe_logps(json.loads(sys.argv[2]))))
-"""
-
-
-def assert_vllm_logps_match(policy_dir, token_ids: list[list[int]], ours: list[list[float]],
+def assert_vllm_logps_match(child, policy_dir, token_ids: list[list[int]], ours: list[list[float]], tmp,
                             tolerance: float = 1e-4) -> None:
     """A real vLLM engine (CPU build, fp32) on ``policy_dir`` gives ``ours`` log-probs for ``token_ids``
-    within ``tolerance``. vLLM runs in a subprocess: it patches process-wide torch settings that other
-    tests in this process rely on."""
-    done = subprocess.run([sys.executable, "-c", _VLLM_PROBE, str(policy_dir), json.dumps(token_ids)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = json.loads(done.stdout.split("PROBE", 1)[1])
+    within ``tolerance``. vLLM runs in the tier's child process (``vllm_child``, ``tests/generate/vllm_steps.py``):
+    it patches process-wide torch settings that other tests in this process rely on."""
+    (theirs,) = child.run_steps(policy_dir, [{"op": "probe", "seqs": token_ids}], tmp, max_model_len=128)
     assert [len(x) for x in theirs] == [len(x) for x in ours]
     worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
     assert worst <= tolerance, worst
