@@ -86,9 +86,9 @@ PAIR_CASES.update({"kto": LossConfig(type="kto"),
 
 @pytest.fixture(scope="module")
 def w1(tiny_model_dir):
-    from actors.learner import LearnerGroup
+    from actors.learner import LocalLearner
 
-    group = LearnerGroup(tiny_model_dir, SCORING, local=True)
+    group = LocalLearner.start(tiny_model_dir, SCORING)
     yield group
     group.shutdown()
 
@@ -215,7 +215,7 @@ def test_the_logged_drift_is_named_for_what_it_measures(w1, tiny_model_dir):
     cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
     w1.reload(tiny_model_dir, cfg)
     table = toy_pairs(N_PAIRS, seed=3)
-    tok = w1._local.tokenizer
+    tok = w1.learner.tokenizer
     ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
     ids[0] = None  # the reference answer of a SPIN pair has no sampled tokens: left out
     table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
@@ -238,7 +238,7 @@ def test_the_drift_scores_an_even_subsample_of_rejected_samples_alone(w1, tiny_m
     cfg = TrainConfig(**SHAPE, loss=LossConfig(type="sigmoid"))
     w1.reload(tiny_model_dir, cfg)
     table = toy_pairs(N_PAIRS, seed=5)
-    tok = w1._local.tokenizer
+    tok = w1.learner.tokenizer
     ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
     table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
     with_ref = w1.compute_reference(table, cfg=cfg)
@@ -262,14 +262,14 @@ def test_measuring_the_drift_after_a_tdpo_round_keeps_its_frozen_reference(w1, t
     cfg = TrainConfig(**SHAPE, loss=LossConfig(type="tdpo"))
     w1.reload(tiny_model_dir, cfg)
     table = toy_pairs(N_PAIRS, seed=4)
-    tok = w1._local.tokenizer
+    tok = w1.learner.tokenizer
     ids = [[*tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in table["rejected"].to_pylist()]
     table = table.append_column("rejected_token_ids", pa.array(ids, type=pa.list_(pa.int64())))
     with_ref = w1.compute_reference(table, cfg=cfg)
-    frozen = {k: v.clone() for k, v in w1._local.ref_model.state_dict().items()}
+    frozen = {k: v.clone() for k, v in w1.learner.ref_model.state_dict().items()}
     w1.train_round(with_ref, cfg)
     assert set(rejected_drift(w1, with_ref, cfg)) == {"rejected_drift"}
-    kept = w1._local.ref_model.state_dict()
+    kept = w1.learner.ref_model.state_dict()
     assert kept.keys() == frozen.keys() and all(torch.equal(kept[k], v) for k, v in frozen.items())
-    trained = dict(w1._local.engine.module.named_parameters())
+    trained = dict(w1.learner.engine.module.named_parameters())
     assert any(not torch.equal(trained[k].detach(), frozen[k]) for k in frozen if k in trained)  # the round moved

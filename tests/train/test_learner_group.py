@@ -85,10 +85,9 @@ def test_w2x1_equals_w1x2(group, tiny_model_dir, stage, n_pairs, accumulation):
     two_ranks = group.train_round(pairs, timeout=300)
     w2 = weights(group.export_weights())
 
-    from actors.learner import LearnerGroup
+    from actors.learner import LocalLearner
 
-    local = LearnerGroup(tiny_model_dir, TrainConfig(**common, gradient_accumulation_steps=2 * accumulation),
-                         local=True)
+    local = LocalLearner.start(tiny_model_dir, TrainConfig(**common, gradient_accumulation_steps=2 * accumulation))
     try:
         one_rank = local.train_round(local.compute_reference(toy_pairs(n_pairs)))
         w1 = weights(local.export_weights())
@@ -114,11 +113,10 @@ def test_w2x1_equals_w1x2(group, tiny_model_dir, stage, n_pairs, accumulation):
 def test_sync_side_goes_through_the_group(group, tiny_model_dir):
     """A weight sync asks the group (never its rank handles) for the export; rank 0's buckets stay in the
     object store, and their summary is rank 0's own."""
-    from selfplay.sync.base import export, learner_call
     from selfplay.sync.buckets import sync_digest
 
     group.reload(tiny_model_dir, TrainConfig(**BASE, zero_stage=3))
-    exported = export(group, bucket_mb=0.25, version=7, timeout=120)
+    exported = group.export(0.25, 7, timeout=120)
     assert exported.blobs is None and exported.count > 1
     assert exported.checksum == sync_digest(group.export_weights(0.25, 7))
     # stored as numpy arrays (out of band: a reader maps them instead of copying them out of the store)
@@ -126,7 +124,9 @@ def test_sync_side_goes_through_the_group(group, tiny_model_dir):
     assert len(stored) == exported.count and all(isinstance(b, np.ndarray) and b.dtype == np.uint8 for b in stored)
     assert sync_digest(stored) == exported.checksum
     probe = [[1, 5, 20, 30, 6, 40, 2]]
-    assert learner_call(group, "probe_logps", (probe,), 120) == group.probe_logps(probe)
+    assert [len(x) for x in group.probe_logps(probe, timeout=120)] == [len(probe[0]) - 1]
+    # where a restarted generator gets these weights again: the directory they were reloaded from, until they change
+    assert group.directory("policy") == str(tiny_model_dir) and group.directory("adapter") is None
 
 
 def test_rank_killed_midway_then_a_new_group_resumes_from_checkpoint(group, learner_groups, tiny_model_dir,

@@ -127,11 +127,10 @@ def test_lora_rank_killed_midway_then_a_new_group_resumes_bitwise(group, tiny_mo
         import ray
 
         from actors.learner import LearnerLostError
-        from selfplay.sync.base import export
 
         ray.kill(fresh.actors[1])
         with pytest.raises(LearnerLostError, match=r"export_weights failed on rank 1: its actor died"):
-            export(fresh, bucket_mb=0.25, version=8, timeout=120)
+            fresh.export(0.25, 8, timeout=120)
         assert fresh.lost is not None
     finally:
         fresh.shutdown()
