@@ -3,7 +3,12 @@ nano policy, and one child process that runs the tier's fresh-engine scenarios (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+HERE = Path(__file__).parent
+_OPEN: list = []  # the close() of what the tier's package fixtures started
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,5 +27,14 @@ def vllm_child(tmp_path_factory):
     from vllm_steps import VLLMChild
 
     child = VLLMChild(tmp_path_factory.mktemp("vllm_child"))
+    _OPEN.append(child.close)
     yield child
     child.close()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """``scope="package"`` lasts the whole session in a directory without ``__init__.py``: end what the
+    tier's fixtures started once its last test has run (their own teardown then finds nothing to do)."""
+    if _OPEN and (nextitem is None or HERE not in nextitem.path.parents):
+        while _OPEN:
+            _OPEN.pop()()
