@@ -312,19 +312,6 @@ class GeneratorPool:
         return out, time.perf_counter() - start
 
     # --- restarts
-    def remember_policy(self, path: str | Path, version: int, *, base: str | Path | None = None) -> None:
-        """Record that every replica holds ``version`` from the Hugging Face directory ``path`` (with ``base``:
-        the base directory ``base`` under the adapter ``path/adapter``), unless a load through the pool
-        already recorded ``version``: a sync records what it loaded itself, so calling this after one changes
-        nothing. Kept for callers of the older protocol, where a sync went around the pool."""
-        if self.policy.version == version:
-            return
-        if base is None:
-            self.policy = PolicySource(version, Load("load_dir", str(path)))
-        else:
-            self.policy = PolicySource(version, Load("load_dir", str(base)),
-                                       Load("load_adapter_dir", str(Path(path) / "adapter")))
-
     def submit_restore(self, a: int, version: int) -> Any:
         """Start restoring replica ``a`` (restarted by Ray) to the pool's policy; returns the call's ref.
         Waiting for the restarted process is part of the call: Ray queues it until the actor is back."""

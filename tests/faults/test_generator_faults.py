@@ -82,7 +82,6 @@ def test_hung_replica_is_named_in_time_and_restored_from_the_policy_directory(po
 
     v2 = build_policy(tmp_path / "v2", preset="nano", tokenizer="char", seed=2)
     pool.load_dir(v2, 2)  # through the pool, which records where version 2 is
-    pool.remember_policy(tmp_path / "elsewhere", 2)  # the older protocol's call after a load changes nothing
     assert (pool.policy.version, pool.policy.base) == (2, str(v2))
     want, _ = pool.generate(PROMPTS, SAMPLING)
     assert {c.policy_version for g in want for c in g} == {2}

@@ -40,11 +40,8 @@ def sync(rt: StageContext, it: Iteration, pool, learners, weight_sync: Callable[
         base = learners.lora_base()
         parts = lora_parts(base, pool.policy.base, rt.cfg.train.reference)
         report = weight_sync().push(learners, pool, it.version, parts)
-        # where a restarted generator reloads from: base + adapter, or the merged policy
-        pool.remember_policy(it.policy_out, it.version, base=None if parts == ("policy",) else base)
     else:
         report = weight_sync().push(learners, pool, it.version)
-        pool.remember_policy(it.policy_out, it.version)  # where a generator that Ray restarts reloads it from
     faults.kill_point("sync", it.k)  # crash tests: generators hold the new weights, the manifest does not say so
     return {"version": it.version, **report.as_dict()}
 
