@@ -12,6 +12,7 @@ from train_helpers import assert_vllm_logps_match, toy_pairs, weights
 from selfplay.config.schema import LossConfig, TrainConfig
 from selfplay.train import Learner
 from selfplay.train.lora import ADAPTER_DIR, merge_stream
+from selfplay.train.variant import LoraWeights
 
 BASE = dict(learning_rate=2e-2, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant", epochs=2)
 LORA = dict(r=4, alpha=8.0)
@@ -175,7 +176,7 @@ def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learne
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert set(base) == set(exported) and all(torch.equal(base[k], exported[k]) for k in base)
-    assert learner.lora.base == str(tmp_path / "p0")
+    assert learner.variant.base == str(tmp_path / "p0")
     adapter_cfg = json.loads((tmp_path / "p0" / ADAPTER_DIR / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir)
 
@@ -185,7 +186,7 @@ def test_previous_merges_into_base_and_restart_rebuilds_base_plus_adapter(learne
     learner.save_hf(tmp_path / "p1")
     want = weights(learner.export_weights())
     learner.reload(tmp_path / "p1", cfg())
-    assert learner.lora.base == str(tiny_model_dir) and not learner.lora.fresh
+    assert learner.variant.base == str(tiny_model_dir) and not learner.variant.fresh
     got = weights(learner.export_weights())
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got)
 
@@ -234,7 +235,7 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     assert summary["trainable_params"] == summary["total_params"]  # full fine-tuning for the warm start
     after = weights(learner.export_weights())
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
-    assert learner.lora is not None and learner.lora.fresh  # LoRA again, on the warm-started base
+    assert isinstance(learner.variant, LoraWeights) and learner.variant.fresh  # LoRA again, on the warm-started base
     base = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): t
             for n, t in iter_full_params(learner.engine) if "lora_" not in n}
     assert all(torch.equal(base[k], after[k]) for k in after)
@@ -242,7 +243,7 @@ def test_warm_start_trains_every_weight_then_becomes_the_base(learner, tiny_mode
     learner.save_hf(tmp_path / "initial")
     adapter_cfg = json.loads((tmp_path / "initial" / ADAPTER_DIR / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tmp_path / "initial")
-    assert learner.lora.base == str(tmp_path / "initial")
+    assert learner.variant.base == str(tmp_path / "initial")
     base_model = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base_model, tmp_path / "initial" / ADAPTER_DIR).eval()
     probes = _probes(learner.tokenizer)
