@@ -35,7 +35,10 @@ import yaml
 
 from tests.e2e.conftest import MICRO
 from tests.e2e.micro_run import tagged_processes
-from tests.e2e.test_job_submit import RAY, _free_port, _snapshot, _stop_head
+from tests.e2e.ray_job import RAY
+from tests.e2e.ray_job import free_port as _free_port
+from tests.e2e.ray_job import snapshot as _snapshot
+from tests.e2e.ray_job import stop_head as _stop_head
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
