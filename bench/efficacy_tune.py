@@ -6,11 +6,16 @@ reduced ``TUNE_BUDGET``, every run scored by its last iteration's validation acc
 
 1. ``coarse``: the arm's learning-rate grid (``ArmSpace.lr``: 4-5 values over 30-100x) at the default
    epochs and beta.
-2. ``axes``: at the coarse stage's best point, every other value of epochs and of beta, one axis at a time.
-3. ``fine``: the best epochs and the best beta together (each read where only it varied), at that
+2. ``edge``: only when the coarse stage's best learning rate is the grid's smallest or largest (and beats
+   the grid point beside it), the grid
+   goes one decade further that way (a third and a tenth of the smallest, or 3x and 10x the largest): an
+   optimum on the edge of a grid says the grid was wrong, not that the edge is best.
+3. ``axes``: at the best point so far, every other value of epochs and of beta, one axis at a time.
+4. ``fine``: the best epochs and the best beta together (each read where only it varied), at that
    learning rate and at half and twice it.
 
-That is 8-9 runs for an arm without beta and 11-12 for one with it (a point already run is not rerun). The chosen
+That is 8-9 runs for an arm without beta and 11-12 for one with it, two more when the edge stage runs
+(a point already run is not rerun). The chosen
 settings are the best validation accuracy over every run of the arm; ties go to the earlier run, so a
 setting that needs a later stage to win must beat what came before it. A failed run is never chosen.
 Test accuracy is never read here: the tuned file holds validation numbers only.
@@ -33,7 +38,10 @@ TUNE_BUDGET = ("iterations=2", "generation.prompts_per_iteration=2048")
 """The tuning runs' budget: the table's rounds (same prompts per iteration, so the same optimizer steps
 per round), two of them instead of three."""
 TUNED_FILE = Path(__file__).resolve().parent / "efficacy_tuned.yaml"
-STAGES = ("coarse", "axes", "fine")
+STAGES = ("coarse", "edge", "axes", "fine")
+EDGE_STEPS = (3.0, 10.0)
+"""How far past the grid's edge the ``edge`` stage goes: the edge learning rate over (or times) these."""
+LR_STAGES = ("coarse", "edge")
 
 
 def _key(settings: dict[str, Any]) -> tuple:
@@ -59,8 +67,18 @@ def stage_settings(space: ArmSpace, stage: str, trials: list[dict[str, Any]]) ->
     ``validation``), without the points already tried. Empty when nothing scored before it."""
     if stage == "coarse":
         out = [{**space.default(), "lr": lr} for lr in space.lr]
+    elif stage == "edge":
+        best = best_trial([t for t in trials if t.get("stage") == "coarse"])
+        if best is None:
+            return []
+        lr, grid = best["settings"]["lr"], sorted(space.lr)
+        inner = {grid[0]: grid[1], grid[-1]: grid[-2]}.get(lr) if len(grid) > 1 else None
+        beside = [t for t in trials if t.get("stage") == "coarse" and t["settings"]["lr"] == inner]
+        if inner is None or any(_score(t) is not None and _score(t) >= _score(best) for t in beside):
+            return []  # inside the grid, or tied with its neighbour: the grid brackets the optimum
+        out = [{**best["settings"], "lr": lr / f if lr == grid[0] else lr * f} for f in EDGE_STEPS]
     elif stage in ("axes", "fine"):
-        anchor = best_trial([t for t in trials if t.get("stage") == "coarse"])
+        anchor = best_trial([t for t in trials if t.get("stage") in LR_STAGES])
         if anchor is None:
             return []
         at = dict(anchor["settings"])
@@ -94,9 +112,9 @@ def _others(settings: dict[str, Any], at: dict[str, Any], axis: str) -> bool:
 
 
 def max_trials(space: ArmSpace) -> int:
-    """Most runs the search makes for an arm (when no point repeats)."""
+    """Most runs the search makes for an arm (when no point repeats and the edge stage runs)."""
     axes = len(space.epochs) - 1 + (len(space.beta) - 1 if space.beta is not None else 0)
-    return len(space.lr) + axes + 3
+    return len(space.lr) + len(EDGE_STEPS) + axes + 3
 
 
 # ------------------------------------------------------------------------------------------ the file

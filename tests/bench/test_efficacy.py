@@ -170,10 +170,10 @@ def _search(arm: str, validation) -> list[dict]:
 def test_each_search_covers_the_issues_ranges_in_6_to_12_runs(arm):
     space = SPACES[arm]
     assert max(space.lr) / min(space.lr) >= 30
-    assert 6 <= max_trials(space) <= 12
+    assert 8 <= max_trials(space) <= 14  # 6-12, and 2 more when the best learning rate is on the grid's edge
     trials = _search(arm, lambda s: 0.1)
     tried = [t["settings"] for t in trials]
-    assert 6 <= len(tried) <= max_trials(space)
+    assert 6 <= len(tried) <= 12  # all equal: a tie on the edge does not extend the grid
     assert len({tuple(sorted(s.items())) for s in tried}) == len(tried)  # no point run twice
     assert {s["epochs"] for s in tried} == set(space.epochs)
     if space.beta is not None:
@@ -193,6 +193,22 @@ def test_search_finds_the_best_point_coarse_to_fine():
     assert [t["settings"] for t in trials if t["stage"] == "fine"] == [
         {"lr": lr, "epochs": 1, "beta": 0.5, "nll_weight": 0.0} for lr in (3e-4, 1.5e-4, 6e-4)]
     assert best_trial(trials)["settings"] == {"lr": 1.5e-4, "epochs": 1, "beta": 0.5, "nll_weight": 0.0}
+
+
+def test_an_optimum_on_the_grids_edge_extends_the_grid_a_decade():
+    # accuracy falls with the learning rate over the whole grid (what plain DPO did on the quick start):
+    # the edge stage tries a third and a tenth of the smallest lr, and the later stages start from there
+    score = lambda s: -math.log10(s["lr"]) - 0.01 * abs(s["epochs"] - 2)
+    trials = _search("dpo_previous", score)
+    edge = [t["settings"]["lr"] for t in trials if t["stage"] == "edge"]
+    assert edge == pytest.approx([1e-5 / 3, 1e-6])
+    assert [t["settings"]["lr"] for t in trials if t["stage"] == "axes"] == pytest.approx([1e-6] * 4)
+    assert len(trials) <= max_trials(SPACES["dpo_previous"])
+    # the other way round on sft's grid, and no edge runs when the optimum is inside the grid
+    up = _search("sft", lambda s: math.log10(s["lr"]))
+    assert [t["settings"]["lr"] for t in up if t["stage"] == "edge"] == pytest.approx([9e-3, 3e-2])
+    inside = _search("sft", lambda s: -abs(math.log10(s["lr"] / 3e-4)))
+    assert not [t for t in inside if t["stage"] == "edge"]
 
 
 def test_failed_or_unscored_runs_are_never_chosen():
@@ -362,7 +378,7 @@ def test_dry_runs_count_the_runs_of_the_table_the_tuning_and_the_quick_check(tmp
     assert "quickstart kto: 3 run(s), lr 1e-05 ep 2 β 0.1\n" in out
     assert "quickstart ipo: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
     assert main(["--tune", *common]) == 0
-    assert "runs: at most 126, 1 seed(s)" in capsys.readouterr().out  # 2 x 9 + 9 x 12
+    assert "runs: at most 148, 1 seed(s)" in capsys.readouterr().out  # 2 x 11 + 9 x 14 (with the edge stage)
     assert main(["--quick", *common]) == 0
     assert "runs: 6, 1 seed(s)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="seed 0 only"):
@@ -396,6 +412,6 @@ def test_tune_runs_the_stages_in_order_and_writes_every_arms_choice(tmp_path):
     assert entry["budget"] == list(TUNE_BUDGET) and entry["seed"] == 0 and entry["start_validation"] == 0.2
     assert tuned_settings(data, "quickstart", "sft") == {"lr": 3e-3, "epochs": 3}
     assert tuned_settings(data, "quickstart", "ipo") == {"lr": 3e-5, "epochs": 3, "beta": 0.1, "nll_weight": 0.0}
-    assert len(entry["arms"]["ipo"]["trials"]) == made.count(("ipo", "coarse")) + made.count(("ipo", "axes")) + \
-        made.count(("ipo", "fine"))
+    assert len(entry["arms"]["ipo"]["trials"]) == sum(made.count(("ipo", stage)) for stage in STAGES)
+    assert made.count(("sft", "edge")) == 2 and made.count(("ipo", "edge")) == 0  # sft's best is its grid's top
     assert len(json.loads((tmp_path / "out" / "quickstart" / "tune.json").read_text())) == len(made)
