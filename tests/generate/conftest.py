@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
-_OPEN: list = []  # the close() of what the tier's package fixtures started
+from tests.tier_end import TierEnd, open_vllm_child
+
+TIER = TierEnd(Path(__file__).parent)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,17 +25,8 @@ def gen_pool(vllm_pool):
 @pytest.fixture(scope="package")
 def vllm_child(tmp_path_factory):
     """The tier's vLLM child process (``vllm_steps.VLLMChild``): its imports are paid once for every scenario."""
-    from vllm_steps import VLLMChild
-
-    child = VLLMChild(tmp_path_factory.mktemp("vllm_child"))
-    _OPEN.append(child.close)
-    yield child
-    child.close()
+    yield from open_vllm_child(tmp_path_factory, TIER)
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """``scope="package"`` lasts the whole session in a directory without ``__init__.py``: end what the
-    tier's fixtures started once its last test has run (their own teardown then finds nothing to do)."""
-    if _OPEN and (nextitem is None or HERE not in nextitem.path.parents):
-        while _OPEN:
-            _OPEN.pop()()
+    TIER.after(nextitem)

@@ -16,16 +16,16 @@ import pytest
 from train_helpers import LearnerGroups
 
 from selfplay.config.schema import TrainConfig
+from tests.tier_end import TierEnd, open_vllm_child
 
-HERE = Path(__file__).parent
-_OPEN: list = []  # the close() of what the tier's package fixtures started
+TIER = TierEnd(Path(__file__).parent)
 
 
 @pytest.fixture(scope="package")
 def learner_groups(ray_local, tiny_model_dir, tmp_path_factory):
     """``learner_groups()`` is the live 2-rank group (started on first use; see ``LearnerGroups``)."""
     groups = LearnerGroups(tiny_model_dir, TrainConfig(), lambda: tmp_path_factory.mktemp("group_out"))
-    _OPEN.append(groups.shutdown)
+    TIER.closing(groups.shutdown)
     try:
         yield groups
     finally:
@@ -35,17 +35,8 @@ def learner_groups(ray_local, tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="package")
 def vllm_child(tmp_path_factory):
     """The tier's vLLM child process (``tests/generate/vllm_steps.py``): its imports are paid once."""
-    from tests.generate.vllm_steps import VLLMChild
-
-    child = VLLMChild(tmp_path_factory.mktemp("vllm_child"))
-    _OPEN.append(child.close)
-    yield child
-    child.close()
+    yield from open_vllm_child(tmp_path_factory, TIER)
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """``scope="package"`` lasts the whole session in a directory without ``__init__.py``: end what the
-    tier's fixtures started once its last test has run (their own teardown then finds nothing to do)."""
-    if _OPEN and (nextitem is None or HERE not in nextitem.path.parents):
-        while _OPEN:
-            _OPEN.pop()()
+    TIER.after(nextitem)
