@@ -155,3 +155,4 @@ def test_the_pairs_stage_of_a_run_writes_the_kept_pairs_or_says_why_there_are_no
         assert len(table) == record.pairs == kept
     assert record.no_pairs and record.hint.startswith("1 session not_better: no played session scored above")
     assert "iteration 0 has no preference pairs" in logged[-1]
+    assert logged[-1].endswith(record.hint)  # the log gives the same reason as the record, not "no prompts"
