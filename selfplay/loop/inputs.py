@@ -153,8 +153,9 @@ def policy_tokenizer(cfg: RunConfig) -> Any:
 class FittedTask:
     """A task whose prompts over the length limit are dropped or truncated (``generation.long_prompts``)."""
 
-    def __init__(self, task: Any, tokenizer: Any, limit: int, policy: str):
+    def __init__(self, task: Any, tokenizer: Any, limit: int, policy: str, later_turns: tuple[int, int] | None = None):
         self.task, self.tokenizer, self.limit, self.policy = task, tokenizer, limit, policy
+        self.later_turns = later_turns  # a sessions task's (segment_turns, max_tokens): see ``extra``
         self.has_verifier = getattr(task, "has_verifier", False)
         self._cache: dict[str, Any] = {}
 
@@ -173,18 +174,35 @@ class FittedTask:
             return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]] if prompts else []
         return [self.length(p) for p in prompts]
 
+    def extra(self, ex: Any) -> int:
+        """Tokens a negative session's later turns can add to its prompt (0 for any other example).
+
+        Session play's last prompt is the history, then per later turn a played assistant turn (at most
+        ``max_tokens``) and the replayed user turn of the negative session: measured as the history
+        rendered with those user turns and empty assistant turns, plus ``max_tokens`` per played turn."""
+        rejected = (getattr(ex, "meta", None) or {}).get("rejected")
+        if self.later_turns is None or not rejected or isinstance(ex.prompt, str):
+            return 0
+        turns, max_tokens = self.later_turns
+        users = [m for m in rejected if m.get("role") == "user"][: turns - 1]
+        if not users:
+            return 0
+        skeleton = [m for u in users for m in ({"role": "assistant", "content": ""}, dict(u))]
+        return self.length([*ex.prompt, *skeleton]) - self.length(ex.prompt) + len(users) * max_tokens
+
     def fit(self, ex: Any) -> Any | None:
         """``ex`` when it fits; else None (drop) or a copy with the prompt's start cut (truncate)."""
         if ex.id not in self._cache:
-            if self.length(ex.prompt) <= self.limit:
+            extra = self.extra(ex)
+            if self.length(ex.prompt) + extra <= self.limit:
                 self._cache[ex.id] = ex
-            elif self.policy == "drop":
+            elif self.policy == "drop" or extra >= self.limit:
                 self._cache[ex.id] = None
             else:
-                self._cache[ex.id] = replace(ex, prompt=self._truncate(ex.prompt))
+                self._cache[ex.id] = replace(ex, prompt=self._truncate(ex.prompt, self.limit - extra))
         return self._cache[ex.id]
 
-    def _truncate(self, prompt: Any) -> Any:
+    def _truncate(self, prompt: Any, limit: int) -> Any:
         def with_text(text: str) -> Any:
             if isinstance(prompt, str):
                 return text
@@ -197,7 +215,7 @@ class FittedTask:
         lo, hi = 0, len(text)  # smallest cut (characters from the start) that fits
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.length(with_text(text[mid:])) <= self.limit:
+            if self.length(with_text(text[mid:])) <= limit:
                 hi = mid
             else:
                 lo = mid + 1
@@ -221,20 +239,27 @@ def check_prompt_lengths(cfg: RunConfig, task: Any) -> tuple[Any, list[str], lis
     if cfg.task.type == "pairs":
         return task, [], []  # offline pairs are not generated from; train.max_prompt_length applies
     gen = cfg.generation
-    fitted = FittedTask(task, policy_tokenizer(cfg), gen.max_prompt_tokens, gen.long_prompts)
+    turns = cfg.train.loss.segment_turns if cfg.task.type == "sessions" else None
+    later = (turns, gen.max_tokens) if turns and turns > 1 else None
+    fitted = FittedTask(task, policy_tokenizer(cfg), gen.max_prompt_tokens, gen.long_prompts, later)
     splits = [("train", task.train_examples(None, seed=cfg.seed))]
     if cfg.evaluation.num_prompts > 0:
         splits.append(("eval", _examples(task, "eval", cfg.seed)))
-    long = [(split, ex, n) for split, items in splits
-            for ex, n in zip(items, fitted.lengths([ex.prompt for ex in items])) if n > gen.max_prompt_tokens]
+    measured = [(split, ex, n, fitted.extra(ex)) for split, items in splits
+                for ex, n in zip(items, fitted.lengths([ex.prompt for ex in items]))]
+    long = [(split, ex, n + extra, extra) for split, ex, n, extra in measured if n + extra > gen.max_prompt_tokens]
     if not long:
         return task, [], []
-    rows = "; ".join(f"{_where(ex)} ({split}) has {n} tokens" for split, ex, n in long[:3])
+    what = (f" at its last turn (the history, {turns - 1} replayed user turn(s) and as many played turns of up to "
+            f"max_tokens)" if later else "")
+    rows = "; ".join(f"{_where(ex)} ({split}) has {n} tokens{what if extra else ''}"
+                     for split, ex, n, extra in long[:3])
     more = f" and {len(long) - 3} more" if len(long) > 3 else ""
     limit = (f"the limit is generation.max_model_len ({gen.max_model_len}) - generation.max_tokens "
              f"({gen.max_tokens}) = {gen.max_prompt_tokens}")
     if gen.long_prompts == "error":
-        return task, [f"task: {len(long)} prompt(s) too long: {rows}{more}; {limit}. Raise max_model_len, or set "
-                      "generation.long_prompts to drop or truncate"], []
+        fix = ", lower train.loss.segment_turns" if later else ""
+        return task, [f"task: {len(long)} prompt(s) too long: {rows}{more}; {limit}. Raise max_model_len{fix}, or "
+                      "set generation.long_prompts to drop or truncate"], []
     done = {"drop": "dropped", "truncate": "truncated to their last tokens"}[gen.long_prompts]
     return fitted, [], [f"{len(long)} prompt(s) too long ({rows}{more}; {limit}): {done}"]

@@ -98,3 +98,48 @@ def test_session_play_recipe_errors_name_the_field(path, value, message):
     with pytest.raises(ConfigError) as info:
         load_config(_broken(path, value))
     assert message in str(info.value)
+
+
+def _long_segment_config(tmp_path, long_prompts: str, user_chars: int):
+    """The shipped recipe on one file whose second session replays a user turn of ``user_chars`` characters."""
+    rows = [
+        {"prompt": [*HIST[:1], {"role": "user", "content": f"case {i}: " + HIST[1]["content"]}], "rejected": NEG}
+        for i in range(12)]
+    long_user = {"role": "user", "content": "why? " * (user_chars // 5)}
+    rows[1] = {"prompt": rows[1]["prompt"], "rejected": [NEG[0], long_user, NEG[2]]}
+    path = _write(tmp_path / "negatives.jsonl", rows)
+    cfg = copy.deepcopy(RECIPE)
+    cfg["task"] = {"type": "sessions", "path": str(path), "eval_fraction": 0.0}
+    cfg["generation"]["long_prompts"] = long_prompts
+    cfg["evaluation"] = {"num_prompts": 0}
+    return load_config(cfg)
+
+
+@pytest.mark.parametrize("long_prompts", ["error", "drop", "truncate"])
+def test_a_session_whose_later_turn_outgrows_the_context_is_caught_before_the_run(tmp_path, long_prompts):
+    """Each history fits, but the second session's turn-1 prompt (history + played turn of up to max_tokens +
+    the long replayed user turn) cannot: preflight counts it, and long_prompts decides what happens."""
+    from selfplay.loop.factory import build_task_from_config as build_task
+    from selfplay.loop.inputs import check_prompt_lengths
+
+    cfg = _long_segment_config(tmp_path, long_prompts, user_chars=300)
+    task = build_task(cfg)
+    limit = cfg.generation.max_prompt_tokens
+    assert all(len(str(ex.prompt)) < limit for ex in task.train_examples())  # no history is long by itself
+    fitted, problems, warnings = check_prompt_lengths(cfg, task)
+    if long_prompts == "error":
+        assert len(problems) == 1 and "1 prompt(s) too long" in problems[0]
+        assert "at its last turn (the history, 1 replayed user turn(s)" in problems[0]
+        assert "lower train.loss.segment_turns" in problems[0]
+        return
+    assert not problems and "1 prompt(s) too long" in warnings[0]
+    kept = fitted.train_examples()
+    if long_prompts == "drop":
+        assert len(kept) == len(task.train_examples()) - 1
+    else:
+        assert len(kept) == len(task.train_examples())
+    for ex in kept:  # every kept session's last prompt now fits, counted the way the engine will see it
+        assert fitted.length(ex.prompt) + fitted.extra(ex) <= limit
+
+    short = _long_segment_config(tmp_path, "error", user_chars=20)
+    assert check_prompt_lengths(short, build_task(short))[1] == []  # the same file with a short user turn fits
