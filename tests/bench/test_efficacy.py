@@ -415,3 +415,19 @@ def test_tune_runs_the_stages_in_order_and_writes_every_arms_choice(tmp_path):
     assert len(entry["arms"]["ipo"]["trials"]) == sum(made.count(("ipo", stage)) for stage in STAGES)
     assert made.count(("sft", "edge")) == 2 and made.count(("ipo", "edge")) == 0  # sft's best is its grid's top
     assert len(json.loads((tmp_path / "out" / "quickstart" / "tune.json").read_text())) == len(made)
+
+
+def test_the_committed_tuned_file_loads_and_names_only_known_arms_and_settings():
+    """bench/efficacy_tuned.yaml is what the table runs: every arm it names exists, its settings are the arm's
+    axes, the chosen trial is one of its trials, and the file holds validation numbers only (no test)."""
+    from bench.efficacy_tune import TUNED_FILE
+
+    data = load_tuned(TUNED_FILE)
+    for task, entry in data["tasks"].items():
+        assert task in TASKS and entry["seed"] == 0
+        for arm, rec in entry["arms"].items():
+            assert arm in SPACES, (task, arm)
+            assert set(rec["settings"]) == set(SPACES[arm].default()), (task, arm)
+            assert {**rec["settings"], "validation": rec["validation"]}.items() <= \
+                   max((t for t in rec["trials"] if t["validation"] != "failed"), key=lambda t: t["validation"]).items()
+            assert "test" not in rec and not any("test" in t for t in rec["trials"]), (task, arm)
