@@ -43,6 +43,7 @@ from bench.efficacy_tune import (
     write_tuned,
 )
 from selfplay.config import load_config
+from selfplay.loop.factory import build_task_from_config
 from selfplay.tasks import SortingTask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def test_settings_are_named_in_errors_and_described_compactly():
 
 
 def test_task_rows_and_their_arms():
-    assert [r.name for r in task_rows(["all"], None)] == ["quickstart", "rg_chain_sum", "rg_spell_backward"]
+    assert [r.name for r in task_rows(["all"], None)] == ["quickstart", "rg_spell_backward", "rg_palindrome"]
     assert task_rows([], str(QUICKSTART))[0].name == "quickstart"  # the recipe of a known task is that task
     adhoc = task_rows([], str(ROOT / "recipes" / "spin_quickstart.yaml"))[0]
     assert (adhoc.name, adhoc.eval_prompts, adhoc.arms) == ("spin_quickstart", None, ALL_ARMS)
@@ -358,6 +359,8 @@ def test_the_spin_regime_keeps_one_fixed_prompt_set_and_every_task_row_loads():
         cfg = load_config(ROOT / row.recipe, [*row.eval_overrides(), *row.overrides, *regime])
         assert pool_size(cfg) == 1000, row.name  # plateau and later runs draw the same pool, so the same set
         assert cfg.judge.type == "verifier", row.name
+        task = build_task_from_config(cfg)  # the row's task builds (a config the dataset rejects fails here)
+        assert len(task.eval_examples(row.eval_prompts)) == row.eval_prompts, row.name
         for arm in row.arms:
             if arm in ALL_ARMS:
                 load_config(ROOT / row.recipe, [*row.overrides, *arm_overrides(arm, cfg)])
@@ -374,7 +377,7 @@ def test_dry_runs_count_the_runs_of_the_table_the_tuning_and_the_quick_check(tmp
     out = capsys.readouterr().out
     assert "runs: 63, 3 seed(s)" in out  # 11 arms x 3 seeds + 2 tasks x 5 arms x 3 seeds
     # kto is the best other preference arm (tuned on quickstart), untuned on the reasoning-gym task itself
-    assert "rg_chain_sum kto: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
+    assert "rg_palindrome kto: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
     assert "quickstart kto: 3 run(s), lr 1e-05 ep 2 β 0.1\n" in out
     assert "quickstart ipo: 3 run(s), lr 1e-04 ep 2 β 0.1 (untuned)" in out
     assert main(["--tune", *common]) == 0
