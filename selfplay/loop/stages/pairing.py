@@ -36,10 +36,8 @@ def _write_pairs(rt: StageContext, it: Iteration, pairs, stats: dict[str, Any]) 
         from selfplay.pairs import no_pair_hint
 
         record.no_pairs = True
-        hint = no_pair_hint(stats) or record.hint  # a sessions task's pairs stage puts its own reason in `hint`
-        if hint:
-            record.hint = hint
-        reason = hint or ("no prompts" if not stats.get("prompts") else "no prompt had a pair")
+        record.hint = no_pair_hint(stats) or record.hint  # a sessions task's pairs stage puts its reason there
+        reason = record.hint or ("no prompts" if not stats.get("prompts") else "no prompt had a pair")
         rt.log(f"  iteration {it.k} has no preference pairs, so the policy is kept unchanged: {reason}")
     return record
 
