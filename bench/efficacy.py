@@ -195,7 +195,7 @@ def tune(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], pool: ThreadPoo
 
 def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[int], pool: ThreadPoolExecutor,
           tuned_path: Path) -> bool:
-    from bench.efficacy_report import claims, print_results, write_plots
+    from bench.efficacy_report import across_tasks, claims, print_results, write_plots
 
     tuned = load_tuned(tuned_path)
     jobs = []
@@ -228,6 +228,10 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
         for line in claims(mine, "previous"):
             print(line)
         ok = ok and all(r["returncode"] == 0 for r in mine)
+    if len(plans) > 1:
+        print()
+        for line in across_tasks({p.name: [r for r in results if r["task"] == p.name] for p in plans}):
+            print(line)
     return ok
 
 

@@ -29,10 +29,12 @@ MAX_ROWS = 1024  # samples / pairs per measurement: enough for a mean, cheap for
 def _logps(model_dir: str | Path, table, column: str, cfg) -> list[float]:
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from selfplay.train.data import encode
     from selfplay.train.reference import load_plain_model, score
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per policy would bury the bench's log
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     data = encode(table, tok, (column,), max_prompt_length=cfg.max_prompt_length,
                   max_completion_length=cfg.max_completion_length)
@@ -210,6 +212,26 @@ def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[s
     if c is not None:
         lines.append(f"- SPIN vs more SFT from this start (not the paper's regime; see --spin-regime): test "
                      f"{c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
+    return lines
+
+
+def across_tasks(results_by_task: dict[str, list[dict[str, Any]]], goal: int = 2) -> list[str]:
+    """The issue's cross-task goal from the per-task tables: on how many tasks the best preference arm
+    (chosen by validation, per task) beats RFT by more than the seeds' spread."""
+    lines, wins, measured = [f"across the {len(results_by_task)} tasks (test accuracy; from the tables above):"], 0, 0
+    for name, results in results_by_task.items():
+        summary = summarise(results)
+        n = min((s["seeds"] for s in summary.values()), default=0)
+        best = best_by_validation(summary, PREFERENCE_ARMS)
+        c = None if best is None else _compare(summary, best, "rft")
+        if c is None:
+            lines.append(f"- {name}: best preference arm vs RFT not measured (arms missing or failed)")
+            continue
+        measured += 1
+        wins += c[0] > 0 and c[1] and n >= 2
+        lines.append(f"- {name}: best preference arm {best} vs RFT {c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
+    lines.append(f"- the best preference arm beats RFT beyond seed noise on {wins} of {measured} measured task(s) "
+                 f"(goal: {goal}) -> {'HELD' if wins >= goal else 'NOT HELD'}")
     return lines
 
 

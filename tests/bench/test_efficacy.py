@@ -27,7 +27,7 @@ from bench.efficacy_arms import (
     describe,
     settings_overrides,
 )
-from bench.efficacy_report import best_by_validation, claims, summarise, table_lines
+from bench.efficacy_report import across_tasks, best_by_validation, claims, summarise, table_lines
 from bench.efficacy_spin import ITERATIONS, plateau_iteration, pool_size
 from bench.efficacy_split import run_split_scores, split_of, split_scores
 from bench.efficacy_tune import (
@@ -344,6 +344,20 @@ def test_the_best_arm_is_chosen_on_validation_even_when_test_disagrees():
     out = "\n".join(claims(results))
     assert "the best preference arm by validation (dpop) beats RFT at equal samples: test -0.060 -> NOT HELD" in out
     assert "Iterative RPO beats RFT at equal samples: not measured" in out
+
+
+def test_the_cross_task_goal_counts_tasks_where_the_best_arm_beats_rft_beyond_noise():
+    wins = [_run("dpop", s, 0.40 + s / 100, validation=0.5) for s in range(3)] + [_run("rft", s, 0.30 + s / 100)
+                                                                                for s in range(3)]
+    noisy = [_run("rpo", s, 0.36 + s / 10) for s in range(3)] + [_run("rft", s, 0.35) for s in range(3)]
+    loses = [_run("ipo", s, 0.20) for s in range(3)] + [_run("rft", s, 0.30 + s / 100) for s in range(3)]
+    out = across_tasks({"a": wins, "b": noisy, "c": loses, "d": [_run("rft", 0, 0.3)]})
+    assert out[1] == "- a: best preference arm dpop vs RFT +0.100 -> HELD beyond seed noise"
+    assert out[2] == "- b: best preference arm rpo vs RFT +0.110 -> HELD (within seed noise)"
+    assert out[3].startswith("- c: best preference arm ipo vs RFT -0.110 -> NOT HELD")
+    assert out[4] == "- d: best preference arm vs RFT not measured (arms missing or failed)"
+    assert out[5] == ("- the best preference arm beats RFT beyond seed noise on 1 of 3 measured task(s) "
+                      "(goal: 2) -> NOT HELD")
 
 
 def test_the_plateau_is_the_first_round_within_tolerance_of_the_best():
