@@ -216,7 +216,7 @@ def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[s
 
 
 def across_tasks(results_by_task: dict[str, list[dict[str, Any]]], goal: int = 2) -> list[str]:
-    """The issue's cross-task goal from the per-task tables: on how many tasks the best preference arm
+    """Issue 26's cross-task goal from the per-task tables: on how many tasks the best preference arm
     (chosen by validation, per task) beats RFT by more than the seeds' spread."""
     lines, wins, measured = [f"across the {len(results_by_task)} tasks (test accuracy; from the tables above):"], 0, 0
     for name, results in results_by_task.items():
