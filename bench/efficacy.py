@@ -215,9 +215,9 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
     for i, fut in enumerate(futures, 1):
         results.append(fut.result())
         _report(i, len(jobs), results[-1], "test")
-    ok = True
+    ok, by_task = True, {p.name: [r for r in results if r["task"] == p.name] for p in plans}
     for p in plans:
-        mine = [r for r in results if r["task"] == p.name]
+        mine = by_task[p.name]
         (p.out / "results.json").write_text(json.dumps({"starts": p.starts, "runs": mine}, indent=2))
         for path in write_plots(p.out, mine):
             print(f"  plot: {path}")
@@ -230,7 +230,7 @@ def table(plans: list[Plan], arms_of: dict[str, tuple[str, ...]], seeds: list[in
         ok = ok and all(r["returncode"] == 0 for r in mine)
     if len(plans) > 1:
         print()
-        for line in across_tasks({p.name: [r for r in results if r["task"] == p.name] for p in plans}):
+        for line in across_tasks(by_task):
             print(line)
     return ok
 

@@ -165,6 +165,11 @@ def _verdict(held: bool, beyond: bool, n_seeds: int) -> str:
     return ("HELD" if held else "NOT HELD") + (" beyond seed noise" if beyond else " (within seed noise)")
 
 
+def min_seeds(summary: dict[str, dict[str, Any]]) -> int:
+    """The fewest seeds any arm of ``summary`` ran on: the n a verdict's noise estimate rests on."""
+    return min((s["seeds"] for s in summary.values()), default=0)
+
+
 def best_by_validation(summary: dict[str, dict[str, Any]], arms: tuple[str, ...]) -> str | None:
     """Of ``arms``, the one with the highest mean *validation* accuracy in this table (never test)."""
     scored = [(summary[a]["validation"]["mean"], -i, a) for i, a in enumerate(arms)
@@ -175,7 +180,7 @@ def best_by_validation(summary: dict[str, dict[str, Any]], arms: tuple[str, ...]
 def claims(results: list[dict[str, Any]], reference: str = "previous") -> list[str]:
     """One line per published claim (issue 26), held or not, from the measured table."""
     summary = summarise(results)
-    n = min((s["seeds"] for s in summary.values()), default=0)
+    n = min_seeds(summary)
     lines = ["claims at this scale (test accuracy; computed from the table above):"]
     for arm in LOSS_ARMS:
         s = summary.get(arm)
@@ -221,7 +226,7 @@ def across_tasks(results_by_task: dict[str, list[dict[str, Any]]], goal: int = 2
     lines, wins, measured = [f"across the {len(results_by_task)} tasks (test accuracy; from the tables above):"], 0, 0
     for name, results in results_by_task.items():
         summary = summarise(results)
-        n = min((s["seeds"] for s in summary.values()), default=0)
+        n = min_seeds(summary)
         best = best_by_validation(summary, PREFERENCE_ARMS)
         c = None if best is None else _compare(summary, best, "rft")
         if c is None:

@@ -72,7 +72,7 @@ def spin_regime(rows, args: argparse.Namespace, seeds: list[int], tuned_path: Pa
 def _one_task(row, args: argparse.Namespace, seeds: list[int], tuned: dict) -> bool:
     from bench.efficacy import Plan, prepare
     from bench.efficacy_arms import SPACES, describe
-    from bench.efficacy_report import _compare, _verdict, summarise, table_lines
+    from bench.efficacy_report import _compare, _verdict, min_seeds, summarise, table_lines
 
     regime = ("generation.prompt_source=fixed", f"generation.prompts_per_iteration={row.spin_prompts}",
               f"iterations={ITERATIONS}")
@@ -112,7 +112,7 @@ def _one_task(row, args: argparse.Namespace, seeds: list[int], tuned: dict) -> b
     if c is None or None in steps.values():
         print("- SPIN beats more SFT from an SFT plateau: not measured (runs failed)")
     else:
-        n = min(s["seeds"] for s in summary.values())
+        n = min_seeds(summary)
         print(f"- SPIN beats more SFT from an SFT plateau (mean steps: spin {steps['spin']:.0f}, "
               f"sft {steps['sft']:.0f}): test {c[0]:+.3f} -> {_verdict(c[0] > 0, c[1], n)}")
     return all(r["returncode"] == 0 for r in results)
